@@ -1,0 +1,78 @@
+"""The Critic protocol, value checking, and the registry that configs name critics by."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from treesearch.types import State
+
+
+@runtime_checkable
+class Critic(Protocol):
+    """Values partial or complete solutions: one float in [0, 1] per state, batched."""
+
+    async def score(self, states: Sequence[State]) -> np.ndarray: ...
+
+
+def check_values(values: Any, count: int, source: str) -> np.ndarray:
+    """Validate a critic's output: `count` finite floats in [0, 1]; else a clear error."""
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"critic {source} returned {type(values).__name__}, not numbers: {exc}") from exc
+    if array.shape[0] != count:
+        raise ValueError(f"critic {source} returned {array.shape[0]} values for {count} states")
+    bad = np.flatnonzero(~np.isfinite(array) | (array < 0) | (array > 1))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"critic {source} returned {array[i]!r} for state {i}: values must be in [0, 1]"
+        )
+    return array
+
+
+_REGISTRY: dict[str, Callable[..., Critic]] = {}
+
+
+def register_critic(name: str, factory: Callable[..., Critic] | None = None):
+    """Register a critic factory (a class or function returning a Critic) under `name`.
+
+    Usable as `register_critic("name", factory)` or as a decorator `@register_critic("name")`.
+    """
+
+    def add(f: Callable[..., Critic]):
+        _REGISTRY[name] = f
+        return f
+
+    return add(factory) if factory is not None else add
+
+
+def registered_critics() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_critic(name: str, **kwargs: Any) -> Critic:
+    """Build a registered critic by name (as configs do)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown critic {name!r}; registered: {registered_critics()}")
+    return as_critic(_REGISTRY[name](**kwargs))
+
+
+def as_critic(obj: Any) -> Critic:
+    """Accept a Critic, a registered critic's name, or a plain Python value function."""
+    if isinstance(obj, str):
+        return make_critic(obj)
+    score = getattr(obj, "score", None)
+    if score is not None and inspect.iscoroutinefunction(score):
+        return obj
+    if callable(obj):
+        from critics.function import FunctionCritic
+
+        return FunctionCritic(obj)
+    raise TypeError(
+        f"cannot use {obj!r} as a critic: pass a Critic (async score(states)), "
+        "a registered critic name, or a function state -> float"
+    )

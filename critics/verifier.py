@@ -1,0 +1,40 @@
+"""The gold-answer verifier: 1 for a terminal state whose answer is right, else 0."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from critics.base import register_critic
+from treesearch.tasks import Task
+from treesearch.types import State
+
+
+class VerifierCritic:
+    """Grades terminal states against `problem.gold` with the task's grader.
+
+    Non-terminal states get `nonterminal_value` (the verifier has no opinion on them).
+    This is the critic of training-data mode, where gold answers are known.
+    """
+
+    def __init__(self, task: Optional[Task] = None, nonterminal_value: float = 0.5):
+        if not 0 <= nonterminal_value <= 1:
+            raise ValueError(f"nonterminal_value must be in [0, 1], got {nonterminal_value}")
+        self.task = task or Task()
+        self.nonterminal_value = nonterminal_value
+
+    async def score(self, states: Sequence[State]) -> np.ndarray:
+        out = np.full(len(states), self.nonterminal_value, dtype=np.float64)
+        for i, state in enumerate(states):
+            if not state.terminal:
+                continue
+            if state.problem.gold is None:
+                raise ValueError(
+                    f"verifier critic: problem {state.problem.id!r} has no gold answer"
+                )
+            out[i] = float(self.task.grade(state.answer, state.problem.gold))
+        return out
+
+
+register_critic("verifier", VerifierCritic)

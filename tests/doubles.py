@@ -1,0 +1,117 @@
+"""Test doubles: scripted policies whose proposals and costs are known in advance."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import zlib
+from typing import Callable, Optional, Sequence, Union
+
+from treesearch.policy import per_state_counts
+from treesearch.types import SamplingParams, State, Step
+
+Candidates = list[tuple[str, float]]  # (step text, summed logprob)
+
+
+def _step(text: str, logprob: float) -> Step:
+    finish = "stop" if text.endswith("\n") else "eos"
+    return Step(text=text, num_tokens=max(1, len(text.split())), logprob=logprob, finish_reason=finish)
+
+
+class ScriptedPolicy:
+    """Proposes steps from a script `{steps so far (tuple): [(text, logprob), ...]}`.
+
+    - temperature 0: always the highest-logprob candidate
+    - `mode="cycle"`: sample i of an expansion is candidate i (mod the count), in order
+    - `mode="sample"`: samples by the candidates' probabilities, seeded by params.seed
+    Prefixes missing from the script get `fallback(prefix)` (default: a final wrong answer).
+    `delay` seconds are awaited per call (an engine's latency). Every call is recorded.
+    """
+
+    def __init__(
+        self,
+        script: Union[dict, Callable[[tuple], Candidates]],
+        mode: str = "cycle",
+        delay: float = 0.0,
+        fallback: Optional[Callable[[tuple], Candidates]] = None,
+    ):
+        self.script = script
+        self.mode = mode
+        self.delay = delay
+        self.fallback = fallback or (lambda prefix: [("The answer is -1.", -1.0)])
+        self.calls: list[tuple[str, int]] = []  # (kind, batch size)
+
+    def candidates(self, prefix: tuple) -> Candidates:
+        if callable(self.script):
+            return self.script(prefix)
+        return self.script.get(prefix) or self.fallback(prefix)
+
+    def _pick(self, prefix: tuple, i: int, params: SamplingParams, rng: random.Random) -> Step:
+        cands = self.candidates(prefix)
+        if params.temperature == 0:
+            return _step(*max(cands, key=lambda c: c[1]))
+        if self.mode == "cycle":
+            return _step(*cands[i % len(cands)])
+        weights = [math.exp(lp) for _, lp in cands]
+        return _step(*rng.choices(cands, weights=weights)[0])
+
+    def _rng(self, params: SamplingParams, state: State) -> random.Random:
+        seed = params.seed if params.seed is not None else 0
+        return random.Random(seed * 7919 + zlib.crc32("".join(state.steps).encode()))
+
+    async def expand(self, states: Sequence[State], n, params: SamplingParams) -> list[list[Step]]:
+        counts = per_state_counts(states, n)
+        self.calls.append(("expand", len(states)))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        out = []
+        for state, count in zip(states, counts):
+            rng = self._rng(params, state)
+            out.append([self._pick(state.steps, i, params, rng) for i in range(count)])
+        return out
+
+    async def complete(self, states: Sequence[State], params: SamplingParams) -> list[list[Step]]:
+        self.calls.append(("complete", len(states)))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        out = []
+        for state in states:
+            rng = self._rng(params, state)
+            prefix, steps, budget = tuple(state.steps), [], params.max_new_tokens
+            for i in range(50):
+                step = self._pick(prefix, rng.randrange(1 << 30), params, rng)
+                steps.append(step)
+                budget -= step.num_tokens
+                prefix += (step.text,)
+                if step.finish_reason == "eos" or "answer is" in step.text or budget <= 0:
+                    break
+            out.append(steps)
+        return out
+
+
+def random_script(seed: int, branching: int = 3, depth: int = 4) -> Callable[[tuple], Candidates]:
+    """A deterministic pseudo-random infinite script: each prefix gets `branching`
+    candidates; prefixes at `depth` (or by chance earlier) get answering steps."""
+
+    def script(prefix: tuple) -> Candidates:
+        rng = random.Random(seed * 1_000_003 + zlib.crc32("|".join(prefix).encode()))
+        out = []
+        for j in range(rng.randint(1, branching)):
+            if len(prefix) + 1 >= depth or rng.random() < 0.2:
+                text = f"The answer is {rng.randint(0, 3)}.\n"
+            else:
+                text = f"step {len(prefix)}.{j} {rng.randint(0, 2)}\n"
+            out.append((text, -rng.uniform(0.1, 5.0)))
+        return out
+
+    return script
+
+
+def hashed_value(seed: int) -> Callable[[State], float]:
+    """A deterministic pseudo-random critic on [0, 1]."""
+
+    def value(state: State) -> float:
+        return random.Random(seed + zlib.crc32(state.solution.encode())).random()
+
+    return value

@@ -1,0 +1,169 @@
+"""The runner: many trees in flight at once, their model requests batched per model.
+
+Each problem's search is a coroutine; up to `trees_in_flight` run concurrently on one
+event loop. Their policy and critic requests go through one `Batcher` per model, so the
+engine sees batches gathered across trees instead of one request at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
+
+from critics.base import Critic, as_critic, check_values
+from treesearch.batching import Batcher, BatchStats, ModelClock
+from treesearch.policy.base import Policy
+from treesearch.search import SearchAlgorithm, SearchContext, make_algorithm
+from treesearch.search.answer import select_answer
+from treesearch.search.budget import Budget
+from treesearch.tasks import Task
+from treesearch.types import Problem, SearchResult, State
+
+
+@dataclass
+class RunStats:
+    """Batching and time split of a runner's work (accumulated over its runs)."""
+
+    policy: BatchStats = field(default_factory=BatchStats)
+    critic: BatchStats = field(default_factory=BatchStats)
+    clock: ModelClock = field(default_factory=ModelClock)
+    wall_seconds: float = 0.0
+
+    @property
+    def model_seconds(self) -> float:
+        """Wall time during which at least one model call was running."""
+        return self.clock.busy_seconds
+
+    @property
+    def engine_seconds(self) -> float:
+        return max(0.0, self.wall_seconds - self.model_seconds)
+
+    def as_dict(self) -> dict:
+        return {
+            "wall_seconds": self.wall_seconds,
+            "model_seconds": self.model_seconds,
+            "engine_seconds": self.engine_seconds,
+            "engine_share": self.engine_seconds / self.wall_seconds if self.wall_seconds else 0.0,
+            "policy": self.policy.as_dict(),
+            "critic": self.critic.as_dict(),
+        }
+
+
+class Runner:
+    """Runs searches for many problems against one policy and (optionally) one critic."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        critic: Any = None,
+        task: Optional[Task] = None,
+        *,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 2.0,
+        trees_in_flight: int = 64,
+        policy_concurrency: int = 1,
+        critic_concurrency: int = 1,
+    ):
+        if trees_in_flight < 1:
+            raise ValueError(f"trees_in_flight must be >= 1, got {trees_in_flight}")
+        if not hasattr(policy, "expand") or not hasattr(policy, "complete"):
+            raise TypeError(f"policy {policy!r} lacks expand()/complete(): see treesearch.policy.Policy")
+        self.policy = policy
+        self.critic: Optional[Critic] = as_critic(critic) if critic is not None else None
+        self.task = task or Task()
+        self.trees_in_flight = trees_in_flight
+        self._batching = dict(max_batch_size=max_batch_size, max_wait_s=max_wait_ms / 1000.0)
+        self._concurrency = (policy_concurrency, critic_concurrency)
+        self.stats = RunStats()
+
+    async def _policy_batch(self, key: Hashable, items: list[Any]) -> Sequence[Any]:
+        kind, params = key
+        if kind == "expand":
+            states = [state for state, _ in items]
+            counts = [n for _, n in items]
+            out = await self.policy.expand(states, counts, params)
+            for i, (steps, n) in enumerate(zip(out, counts)):
+                if len(steps) != n:
+                    raise RuntimeError(f"policy returned {len(steps)} steps for state {i}, asked for {n}")
+            return out
+        return await self.policy.complete(items, params)
+
+    async def _critic_batch(self, key: Hashable, states: list[State]) -> Sequence[float]:
+        values = await self.critic.score(states)
+        return list(check_values(values, len(states), repr(self.critic)))
+
+    async def run(
+        self,
+        problems: Iterable[Problem],
+        algorithm: Any = "mcts",
+        budget: Optional[Budget] = None,
+        on_result: Optional[Callable[[SearchResult], Any]] = None,
+        **options: Any,
+    ) -> list[SearchResult]:
+        """Search every problem; results come back in input order. `on_result` is called
+        as each finishes (e.g. to write it out)."""
+        algo = make_algorithm(algorithm, **options)
+        if algo.needs_critic and self.critic is None:
+            raise ValueError(f"algorithm {algo.name!r} needs a critic: pass critic=...")
+        budget = budget or Budget(generated_tokens=4096)
+        problems = list(problems)
+        clock = self.stats.clock
+        policy = Batcher(
+            self._policy_batch, max_concurrency=self._concurrency[0], clock=clock, name="policy", **self._batching
+        )
+        policy.stats = self.stats.policy
+        critic = None
+        if self.critic is not None:
+            critic = Batcher(
+                self._critic_batch, max_concurrency=self._concurrency[1], clock=clock, name="critic", **self._batching
+            )
+            critic.stats = self.stats.critic
+        slots = asyncio.Semaphore(self.trees_in_flight)
+
+        async def one(problem: Problem) -> SearchResult:
+            async with slots:
+                result = await self._search(problem, algo, budget, policy, critic)
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        started = time.perf_counter()
+        try:
+            return list(await asyncio.gather(*(one(p) for p in problems)))
+        finally:
+            self.stats.wall_seconds += time.perf_counter() - started
+            await policy.close()
+            if critic is not None:
+                await critic.close()
+
+    async def _search(
+        self, problem: Problem, algo: SearchAlgorithm, budget: Budget, policy: Batcher, critic: Optional[Batcher]
+    ) -> SearchResult:
+        ctx = SearchContext(problem, self.task, budget, algo.config, policy, critic)
+        ctx.accounting.start()
+        error = None
+        try:
+            await algo.search(ctx)
+        except Exception as exc:  # one failing problem must not sink the others
+            error = f"{type(exc).__name__}: {exc}"
+        ctx.accounting.stop()
+        backup = getattr(algo.config, "backup", "mean")
+        choice = select_answer(ctx.tree, self.task, algo.config.answer_selection, backup)
+        correct = None
+        if problem.gold is not None:
+            correct = bool(self.task.grade(choice.answer, problem.gold))
+        return SearchResult(
+            problem=problem,
+            answer=choice.answer,
+            correct=correct,
+            algorithm=algo.name,
+            answer_selection=algo.config.answer_selection,
+            value=choice.value,
+            solution="".join(ctx.tree.steps(choice.node)),
+            tree=ctx.tree,
+            accounting=ctx.accounting,
+            candidates=choice.candidates,
+            error=error,
+        )

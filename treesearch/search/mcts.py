@@ -1,0 +1,171 @@
+"""MCTS* (ReST-MCTS*-style) with PUCT/UCT selection and virtual loss.
+
+One simulation:
+
+1. select: from the root, follow the open child with the best PUCT (or UCT) score until
+   reaching a node without children; every node on the path takes a virtual loss, so
+   the `parallel_simulations` simulations in flight spread over the tree;
+2. expand: sample `expansions` next steps (`root_expansions` at the root), merge
+   identical ones, and value every new child with the critic;
+3. simulate: the best new child is the simulation's leaf; optionally roll it forward
+   greedily for `rollforward_steps` steps and mix the critic value of where it lands:
+   v = (1 - rollforward_weight) * v_critic + rollforward_weight * v_rollforward;
+4. back up: remove the virtual loss and add v to every node on the path (Q is the mean
+   of backed-up values, or their max with `backup="max"`).
+
+The search ends when the budget is spent, when every path is closed (terminal, dead end,
+or depth limit), or when a terminal node's value reaches `terminal_gate`. Children that
+were never visited keep their critic value as Q (first-play value), so one expansion's
+critic calls inform selection among all its children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from treesearch.search.base import SearchAlgorithm, SearchConfig, SearchContext
+from treesearch.search.selection import SELECTION_RULES, select_child
+
+BACKUPS = ("mean", "max")
+
+
+@dataclass
+class MCTSConfig(SearchConfig):
+    expansions: int = 4
+    root_expansions: int = 8
+    c_puct: float = 1.0
+    selection: str = "puct"
+    parallel_simulations: int = 4
+    virtual_loss_value: float = 0.0
+    backup: str = "mean"
+    rollforward_steps: int = 0
+    rollforward_weight: float = 0.5
+    terminal_gate: Optional[float] = None
+
+    def validate(self) -> None:
+        super().validate()
+        name = type(self).__name__
+        for field in ("expansions", "root_expansions", "parallel_simulations"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{name}.{field} must be >= 1, got {getattr(self, field)}")
+        if self.c_puct < 0:
+            raise ValueError(f"{name}.c_puct must be >= 0, got {self.c_puct}")
+        if self.selection not in SELECTION_RULES:
+            raise ValueError(f"{name}.selection must be one of {SELECTION_RULES}, got {self.selection!r}")
+        if self.backup not in BACKUPS:
+            raise ValueError(f"{name}.backup must be one of {BACKUPS}, got {self.backup!r}")
+        if self.rollforward_steps < 0:
+            raise ValueError(f"{name}.rollforward_steps must be >= 0, got {self.rollforward_steps}")
+        for field in ("rollforward_weight", "virtual_loss_value"):
+            if not 0 <= getattr(self, field) <= 1:
+                raise ValueError(f"{name}.{field} must be in [0, 1], got {getattr(self, field)}")
+        if self.terminal_gate is not None and not 0 <= self.terminal_gate <= 1:
+            raise ValueError(f"{name}.terminal_gate must be in [0, 1] or None, got {self.terminal_gate}")
+
+
+class MCTSStar(SearchAlgorithm):
+    name = "mcts"
+    Config = MCTSConfig
+    needs_critic = True
+
+    async def search(self, ctx: SearchContext) -> None:
+        tree, cfg = ctx.tree, self.config
+        pending: dict[int, asyncio.Future] = {}  # nodes being expanded -> done signal
+        gate_passed = False
+        in_flight: set[asyncio.Task] = set()
+        try:
+            while True:
+                while (
+                    len(in_flight) < cfg.parallel_simulations
+                    and not gate_passed
+                    and not tree.closed[0]
+                    and not ctx.exhausted()
+                ):
+                    ctx.accounting.simulations += 1
+                    in_flight.add(asyncio.ensure_future(self._simulate(ctx, pending)))
+                if not in_flight:
+                    return
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    leaf, value = task.result()
+                    if cfg.terminal_gate is not None and tree.terminal[leaf] and value >= cfg.terminal_gate:
+                        gate_passed = True
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _select(self, ctx: SearchContext, node: int) -> int:
+        cfg = self.config
+        parent_q = ctx.tree.value(node, cfg.backup)
+        return select_child(
+            ctx.tree,
+            node,
+            c=cfg.c_puct,
+            rule=cfg.selection,
+            backup=cfg.backup,
+            vl_value=cfg.virtual_loss_value,
+            fpu=0.5 if np.isnan(parent_q) else float(parent_q),
+        )
+
+    async def _simulate(self, ctx: SearchContext, pending: dict[int, asyncio.Future]) -> tuple[int, float]:
+        """Run one simulation; return its leaf and the value backed up (leaf -1: none)."""
+        tree, cfg = ctx.tree, self.config
+        path = [0]
+        tree.virtual_loss[0] += 1
+        try:
+            node = 0
+            while True:
+                if tree.closed[node] and not tree.expanded[node]:
+                    return -1, float("nan")  # reached a closed leaf: nothing to do
+                if not tree.expanded[node]:
+                    if node in pending:
+                        await asyncio.shield(pending[node])
+                        continue
+                    leaf, value = await self._expand(ctx, node, pending)
+                    if leaf < 0:
+                        return -1, float("nan")
+                    if leaf != node:
+                        path.append(leaf)
+                        tree.virtual_loss[leaf] += 1
+                    tree.virtual_loss[path] -= 1
+                    tree.backup(path, value)
+                    path = []
+                    return leaf, value
+                child = self._select(ctx, node)
+                if child < 0:
+                    return -1, float("nan")  # everything below is closed
+                path.append(child)
+                tree.virtual_loss[child] += 1
+                node = child
+        finally:
+            if path:
+                tree.virtual_loss[path] -= 1
+
+    async def _expand(self, ctx: SearchContext, node: int, pending: dict[int, asyncio.Future]) -> tuple[int, float]:
+        """Expand and value `node`'s children; return the best child and its value."""
+        tree, cfg = ctx.tree, self.config
+        done = asyncio.get_running_loop().create_future()
+        pending[node] = done
+        try:
+            n = cfg.root_expansions if node == 0 else cfg.expansions
+            kids = await ctx.expand(node, n)
+            if kids.size == 0:
+                return -1, float("nan")
+            values = await ctx.score(kids)
+        finally:
+            del pending[node]
+            done.set_result(None)
+        best = int(kids[int(np.argmax(values))])
+        value = float(values.max())
+        if cfg.rollforward_steps > 0 and cfg.rollforward_weight > 0 and not tree.terminal[best]:
+            end = await ctx.roll_forward(best, cfg.rollforward_steps)
+            (rolled,) = await ctx.score_states([end])
+            tree.rollout_value[best] = rolled
+            value = (1 - cfg.rollforward_weight) * value + cfg.rollforward_weight * float(rolled)
+        return best, value

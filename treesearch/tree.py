@@ -1,0 +1,310 @@
+"""The node store: one search tree as a struct of growable numpy arrays.
+
+Node 0 is the root (the prompt, no step text). The children of a node are added in one
+batch and so occupy a contiguous id range `[first_child, first_child + num_children)`,
+which makes selection over a node's children a vectorised slice. Appends are amortised
+O(1) (capacities double).
+
+Per-node columns (shape `[num_nodes]`):
+
+==============  ========  ========================================================
+column          dtype     meaning
+==============  ========  ========================================================
+parent          int32     parent id, -1 for the root
+depth           int32     number of steps from the root
+first_child     int32     id of the first child, -1 when none
+num_children    int32     number of children
+expanded        bool      the policy was asked for this node's children
+visits          int32     completed simulations through the node
+value_sum       float64   sum of values backed up through the node
+value_max       float64   largest value backed up through the node (NaN if none)
+prior           float32   P(s, a) used by PUCT, normalised over siblings
+critic_value    float32   the critic's value of the state (NaN if not scored)
+rollout_value   float32   value of a roll-forward / rollout from it (NaN if none)
+virtual_loss    int32     simulations in flight through the node
+terminal        bool      the step ends the solution
+closed          bool      the subtree can yield nothing new (terminal, dead end,
+                          depth limit, or all children closed)
+reward          float32   outcome when graded against a gold answer (NaN if not)
+num_tokens      int32     generated tokens of the step
+logprob         float32   summed log-probability of the step's tokens
+finish_reason   int8      index into ``FINISH_REASONS``; -1 for the root
+duplicates      int32     identical sibling steps merged into this one
+text            str       the step text (list)
+answer          str|None  extracted final answer of terminal nodes (list)
+==============  ========  ========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from treesearch.types import FINISH_REASONS
+
+FORMAT_VERSION = 1
+
+# name -> (dtype, fill value for a new node)
+_COLUMNS: dict[str, tuple[Any, Any]] = {
+    "parent": (np.int32, -1),
+    "depth": (np.int32, 0),
+    "first_child": (np.int32, -1),
+    "num_children": (np.int32, 0),
+    "expanded": (np.bool_, False),
+    "visits": (np.int32, 0),
+    "value_sum": (np.float64, 0.0),
+    "value_max": (np.float64, np.nan),
+    "prior": (np.float32, 1.0),
+    "critic_value": (np.float32, np.nan),
+    "rollout_value": (np.float32, np.nan),
+    "virtual_loss": (np.int32, 0),
+    "terminal": (np.bool_, False),
+    "closed": (np.bool_, False),
+    "reward": (np.float32, np.nan),
+    "num_tokens": (np.int32, 0),
+    "logprob": (np.float32, 0.0),
+    "finish_reason": (np.int8, -1),
+    "duplicates": (np.int32, 0),
+}
+
+
+class Tree:
+    """A search tree for one problem. Array columns are exposed as attributes
+    (views of the first `len(tree)` entries are returned by `column(name)`)."""
+
+    def __init__(self, problem_id: str = "", prompt: Any = "", capacity: int = 64):
+        self.problem_id = problem_id
+        self.prompt = prompt
+        self.meta: dict[str, Any] = {}
+        self._size = 0
+        capacity = max(int(capacity), 1)
+        for name, (dtype, fill) in _COLUMNS.items():
+            setattr(self, name, np.full(capacity, fill, dtype=dtype))
+        self.text: list[str] = []
+        self.answer: list[Optional[str]] = []
+        self._append(1)
+        self.text.append("")
+        self.answer.append(None)
+
+    # ------------------------------------------------------------------ growth
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def capacity(self) -> int:
+        return len(self.parent)
+
+    def _append(self, count: int) -> np.ndarray:
+        start, end = self._size, self._size + count
+        if end > self.capacity:
+            new_capacity = max(end, 2 * self.capacity)
+            for name, (dtype, fill) in _COLUMNS.items():
+                old = getattr(self, name)
+                grown = np.full(new_capacity, fill, dtype=dtype)
+                grown[: self._size] = old[: self._size]
+                setattr(self, name, grown)
+        self._size = end
+        return np.arange(start, end, dtype=np.int32)
+
+    def add_children(
+        self,
+        parent: int,
+        texts: Sequence[str],
+        *,
+        priors: Optional[Sequence[float]] = None,
+        num_tokens: Optional[Sequence[int]] = None,
+        logprobs: Optional[Sequence[float]] = None,
+        finish_reasons: Optional[Sequence[str]] = None,
+        terminal: Optional[Sequence[bool]] = None,
+        answers: Optional[Sequence[Optional[str]]] = None,
+        duplicates: Optional[Sequence[int]] = None,
+    ) -> np.ndarray:
+        """Append all children of `parent` at once and return their ids.
+
+        A node is expanded once: its children must arrive in a single call.
+        """
+        if not 0 <= parent < self._size:
+            raise IndexError(f"node {parent} does not exist (tree has {self._size} nodes)")
+        if self.expanded[parent]:
+            raise ValueError(f"node {parent} is already expanded")
+        count = len(texts)
+        ids = self._append(count)
+        self.expanded[parent] = True
+        self.num_children[parent] = count
+        if count == 0:
+            return ids
+        self.first_child[parent] = ids[0]
+        self.parent[ids] = parent
+        self.depth[ids] = self.depth[parent] + 1
+        if priors is None:
+            priors = np.full(count, 1.0 / count)
+        self.prior[ids] = priors
+        if num_tokens is not None:
+            self.num_tokens[ids] = num_tokens
+        if logprobs is not None:
+            self.logprob[ids] = logprobs
+        if finish_reasons is not None:
+            self.finish_reason[ids] = [FINISH_REASONS.index(r) for r in finish_reasons]
+        else:
+            self.finish_reason[ids] = 0
+        if terminal is not None:
+            self.terminal[ids] = terminal
+        if duplicates is not None:
+            self.duplicates[ids] = duplicates
+        self.text.extend(texts)
+        self.answer.extend(answers if answers is not None else [None] * count)
+        return ids
+
+    # ---------------------------------------------------------------- queries
+    def column(self, name: str) -> np.ndarray:
+        """The live values of one array column (a view)."""
+        if name not in _COLUMNS:
+            raise KeyError(f"unknown column {name!r}; columns: {list(_COLUMNS)}")
+        return getattr(self, name)[: self._size]
+
+    def children(self, node: int) -> np.ndarray:
+        start = self.first_child[node]
+        if start < 0:
+            return np.empty(0, dtype=np.int32)
+        return np.arange(start, start + self.num_children[node], dtype=np.int32)
+
+    def path(self, node: int) -> list[int]:
+        """Node ids from the root to `node`, inclusive."""
+        out = []
+        while node >= 0:
+            out.append(int(node))
+            node = self.parent[node]
+        return out[::-1]
+
+    def steps(self, node: int) -> tuple[str, ...]:
+        """Step texts from the root's first step down to `node`."""
+        return tuple(self.text[i] for i in self.path(node)[1:])
+
+    def value(self, nodes: Any, backup: str = "mean") -> np.ndarray | float:
+        """Q of node(s): the backed-up value (mean or max) where visited, else the
+        critic's value of the node (NaN when it was never scored)."""
+        nodes_arr = np.asarray(nodes)
+        visits = self.visits[nodes_arr]
+        if backup == "max":
+            backed = self.value_max[nodes_arr]
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                backed = self.value_sum[nodes_arr] / np.maximum(visits, 1)
+        q = np.where(visits > 0, backed, self.critic_value[nodes_arr].astype(np.float64))
+        return float(q) if q.ndim == 0 else q
+
+    def terminal_nodes(self) -> np.ndarray:
+        return np.flatnonzero(self.column("terminal")).astype(np.int32)
+
+    def leaves(self) -> np.ndarray:
+        return np.flatnonzero(~self.column("expanded")).astype(np.int32)
+
+    # --------------------------------------------------------------- updates
+    def close(self, node: int) -> None:
+        """Mark `node` closed and close ancestors whose children are all closed."""
+        self.closed[node] = True
+        parent = self.parent[node]
+        while parent >= 0:
+            kids = self.children(parent)
+            if not self.closed[kids].all():
+                return
+            self.closed[parent] = True
+            parent = self.parent[parent]
+
+    def backup(self, path: Sequence[int], value: float) -> None:
+        """Add one visit and `value` to every node on `path` (vectorised)."""
+        idx = np.asarray(path, dtype=np.int64)
+        self.visits[idx] += 1
+        self.value_sum[idx] += value
+        self.value_max[idx] = np.fmax(self.value_max[idx], value)
+
+    # ----------------------------------------------------------- persistence
+    def to_arrow(self):
+        """The node table as a `pyarrow.Table` (tree metadata in the schema)."""
+        import pyarrow as pa
+
+        arrays = {name: pa.array(self.column(name)) for name in _COLUMNS}
+        arrays["text"] = pa.array(self.text, type=pa.string())
+        arrays["answer"] = pa.array(self.answer, type=pa.string())
+        table = pa.table(arrays)
+        meta = {
+            "treesearch.format": str(FORMAT_VERSION),
+            "treesearch.problem_id": self.problem_id,
+            "treesearch.prompt": json.dumps(self.prompt),
+            "treesearch.meta": json.dumps(self.meta),
+        }
+        return table.replace_schema_metadata(meta)
+
+    @classmethod
+    def from_arrow(cls, table) -> "Tree":
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        version = meta.get("treesearch.format")
+        if version != str(FORMAT_VERSION):
+            raise ValueError(f"not a treesearch tree table (format {version!r})")
+        tree = cls.__new__(cls)
+        tree.problem_id = meta["treesearch.problem_id"]
+        tree.prompt = json.loads(meta["treesearch.prompt"])
+        tree.meta = json.loads(meta["treesearch.meta"])
+        tree._size = table.num_rows
+        for name, (dtype, _) in _COLUMNS.items():
+            values = table.column(name).to_numpy(zero_copy_only=False).astype(dtype)
+            setattr(tree, name, values.copy())
+        tree.text = table.column("text").to_pylist()
+        tree.answer = table.column("answer").to_pylist()
+        return tree
+
+    def save(self, path: str | Path) -> Path:
+        """Write the tree to a Parquet file (round-trips exactly through `load`)."""
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self.to_arrow(), path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tree":
+        import pyarrow.parquet as pq
+
+        return cls.from_arrow(pq.read_table(path))
+
+    def to_json(self) -> dict:
+        """A nested, JSON-serialisable view for tree viewers."""
+
+        def clean(x: float) -> Optional[float]:
+            return None if math.isnan(x) else float(x)
+
+        def node(i: int) -> dict:
+            return {
+                "id": i,
+                "text": self.text[i],
+                "visits": int(self.visits[i]),
+                "value": clean(float(self.value(i))),
+                "prior": float(self.prior[i]),
+                "critic_value": clean(float(self.critic_value[i])),
+                "rollout_value": clean(float(self.rollout_value[i])),
+                "terminal": bool(self.terminal[i]),
+                "answer": self.answer[i],
+                "reward": clean(float(self.reward[i])),
+                "num_tokens": int(self.num_tokens[i]),
+                "children": [node(int(c)) for c in self.children(i)],
+            }
+
+        return {"problem_id": self.problem_id, "prompt": self.prompt, "meta": self.meta, "root": node(0)}
+
+    def equals(self, other: "Tree") -> bool:
+        """Exact equality of every column, text and metadata (NaN equals NaN)."""
+        if len(self) != len(other) or self.problem_id != other.problem_id:
+            return False
+        if self.prompt != other.prompt or self.meta != other.meta:
+            return False
+        for name in _COLUMNS:
+            a, b = self.column(name), other.column(name)
+            if a.dtype != b.dtype or not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
+                return False
+        return self.text == other.text and self.answer == other.answer
+

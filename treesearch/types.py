@@ -1,0 +1,135 @@
+"""Plain data types shared by every part of the engine.
+
+A `Problem` goes in, a search grows a `Tree` of steps, the policy proposes `Step`s for a
+`State` (a problem plus the steps taken so far), critics value `State`s, and a
+`SearchResult` comes out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from treesearch.search.budget import Accounting
+    from treesearch.tree import Tree
+
+# A prompt is either plain text or chat messages ({"role": ..., "content": ...}).
+Prompt = Union[str, Sequence[dict]]
+
+FINISH_REASONS = ("stop", "eos", "length")
+"""Why a step ended: at the step delimiter, at end of sequence, or at the token limit."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question to solve. `gold` is the reference answer when known."""
+
+    id: str
+    question: str
+    gold: Optional[str] = None
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise ValueError(f"problem {self.id!r}: question is empty")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A policy's proposal for the next reasoning step.
+
+    `text` includes the step delimiter when the step ended at it, so that the solution
+    so far is exactly the concatenation of its steps' texts. `logprob` is the summed
+    log-probability of the step's tokens.
+    """
+
+    text: str
+    num_tokens: int
+    logprob: float = 0.0
+    finish_reason: str = "stop"
+    token_ids: Optional[tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.finish_reason not in FINISH_REASONS:
+            raise ValueError(
+                f"Step.finish_reason must be one of {FINISH_REASONS}, got {self.finish_reason!r}"
+            )
+
+
+@dataclass(frozen=True)
+class State:
+    """A partial (or complete) solution: what policies continue and critics value."""
+
+    problem: Problem
+    prompt: Prompt
+    steps: tuple[str, ...] = ()
+    terminal: bool = False
+    answer: Optional[str] = None
+    node: int = 0
+
+    @property
+    def solution(self) -> str:
+        """The solution text so far (the steps, concatenated)."""
+        return "".join(self.steps)
+
+    @property
+    def depth(self) -> int:
+        return len(self.steps)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the policy samples. `stop` holds the strings that end a step."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    stop: tuple[str, ...] = ()
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(
+                f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class SearchResult:
+    """What one search returns for one problem."""
+
+    problem: Problem
+    answer: Optional[str]
+    correct: Optional[bool]
+    algorithm: str
+    answer_selection: str
+    value: float
+    solution: str
+    tree: "Tree"
+    accounting: "Accounting"
+    candidates: dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None
+
+    def summary(self) -> dict[str, Any]:
+        """A flat row for tables and Parquet files."""
+        return {
+            "id": self.problem.id,
+            "answer": self.answer,
+            "gold": self.problem.gold,
+            "correct": self.correct,
+            "algorithm": self.algorithm,
+            "answer_selection": self.answer_selection,
+            "value": self.value,
+            "nodes": len(self.tree),
+            "error": self.error,
+            **self.accounting.as_dict(),
+        }
