@@ -1,0 +1,22 @@
+"""Turning states into model text, the same way for every model-backed component."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treesearch.types import Prompt, State
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
+    """Plain prompts pass through; chat messages go through the tokenizer's chat template
+    with the assistant turn opened (the solution is written into that turn)."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None) is None:
+        return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: "
+    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def render_state(tokenizer: Any, state: State) -> str:
+    """The full text a model continues or judges: rendered prompt + solution so far."""
+    return render_prompt(tokenizer, state.prompt) + state.solution
