@@ -8,7 +8,7 @@ import random
 import zlib
 from typing import Callable, Optional, Sequence, Union
 
-from treesearch.policy import per_state_counts
+from treesearch.policy import per_state_counts, per_state_params
 from treesearch.types import SamplingParams, State, Step
 
 Candidates = list[tuple[str, float]]  # (step text, summed logprob)
@@ -60,23 +60,23 @@ class ScriptedPolicy:
         seed = params.seed if params.seed is not None else 0
         return random.Random(seed * 7919 + zlib.crc32("".join(state.steps).encode()))
 
-    async def expand(self, states: Sequence[State], n, params: SamplingParams) -> list[list[Step]]:
+    async def expand(self, states: Sequence[State], n, params) -> list[list[Step]]:
         counts = per_state_counts(states, n)
         self.calls.append(("expand", len(states)))
         if self.delay:
             await asyncio.sleep(self.delay)
         out = []
-        for state, count in zip(states, counts):
+        for state, count, params in zip(states, counts, per_state_params(states, params)):
             rng = self._rng(params, state)
             out.append([self._pick(state.steps, i, params, rng) for i in range(count)])
         return out
 
-    async def complete(self, states: Sequence[State], params: SamplingParams) -> list[list[Step]]:
+    async def complete(self, states: Sequence[State], params) -> list[list[Step]]:
         self.calls.append(("complete", len(states)))
         if self.delay:
             await asyncio.sleep(self.delay)
         out = []
-        for state in states:
+        for state, params in zip(states, per_state_params(states, params)):
             rng = self._rng(params, state)
             prefix, steps, budget = tuple(state.steps), [], params.max_new_tokens
             for i in range(50):

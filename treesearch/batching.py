@@ -162,31 +162,44 @@ class Batcher:
     async def _call(self, key: Hashable, batch: list[tuple[Any, asyncio.Future]]) -> None:
         live = [(item, fut) for item, fut in batch if not fut.cancelled()]
         try:
-            if not live:
-                return
-            self.clock.enter()
-            started = time.perf_counter()
-            try:
-                results = await self.batch_fn(key, [item for item, _ in live])
-            finally:
-                self.stats.call_seconds += time.perf_counter() - started
-                self.clock.leave()
-            self.stats.sizes.append(len(live))
+            if live:
+                await self._dispatch(key, live)
+        except BaseException as exc:  # cancelled: hand it to every waiter of this batch
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(exc)
+            raise
+        finally:
+            self._slots.release()
+
+    async def _dispatch(self, key: Hashable, live: list[tuple[Any, asyncio.Future]]) -> None:
+        """Run one batch. If it fails, retry its requests one by one, so that only the
+        requests that fail on their own get the error (one bad tree cannot sink a batch)."""
+        self.clock.enter()
+        started = time.perf_counter()
+        try:
+            results = await self.batch_fn(key, [item for item, _ in live])
             if len(results) != len(live):
                 raise RuntimeError(
                     f"{self.name}: batch call returned {len(results)} results for {len(live)} requests"
                 )
+        except Exception as exc:
+            error: Exception | None = exc
+        else:
+            error = None
+        finally:
+            self.stats.call_seconds += time.perf_counter() - started
+            self.clock.leave()
+        self.stats.sizes.append(len(live))
+        if error is None:
             for (_, fut), result in zip(live, results):
                 if not fut.done():
                     fut.set_result(result)
-        except BaseException as exc:  # hand the failure to every waiter of this batch
-            for _, fut in live:
-                if not fut.done():
-                    fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._slots.release()
+        elif len(live) > 1:
+            for single in live:
+                await self._dispatch(key, [single])
+        elif not live[0][1].done():
+            live[0][1].set_exception(error)
 
     async def close(self) -> None:
         """Stop the worker (pending calls finish first)."""

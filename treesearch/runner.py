@@ -79,16 +79,17 @@ class Runner:
         self.stats = RunStats()
 
     async def _policy_batch(self, key: Hashable, items: list[Any]) -> Sequence[Any]:
-        kind, params = key
-        if kind == "expand":
-            states = [state for state, _ in items]
-            counts = [n for _, n in items]
-            out = await self.policy.expand(states, counts, params)
-            for i, (steps, n) in enumerate(zip(out, counts)):
-                if len(steps) != n:
-                    raise RuntimeError(f"policy returned {len(steps)} steps for state {i}, asked for {n}")
-            return out
-        return await self.policy.complete(items, params)
+        kind, _ = key
+        states = [state for state, _, _ in items]
+        params = [p for _, _, p in items]
+        if kind == "complete":
+            return await self.policy.complete(states, params)
+        counts = [n for _, n, _ in items]
+        out = await self.policy.expand(states, counts, params)
+        for i, (steps, n) in enumerate(zip(out, counts)):
+            if len(steps) != n:
+                raise RuntimeError(f"policy returned {len(steps)} steps for state {i}, asked for {n}")
+        return out
 
     async def _critic_batch(self, key: Hashable, states: list[State]) -> Sequence[float]:
         values = await self.critic.score(states)

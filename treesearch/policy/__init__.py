@@ -1,5 +1,5 @@
 """Policy backends behind one protocol."""
 
-from treesearch.policy.base import Policy, per_state_counts
+from treesearch.policy.base import ParamsArg, Policy, per_state_counts, per_state_params
 
-__all__ = ["Policy", "per_state_counts"]
+__all__ = ["ParamsArg", "Policy", "per_state_counts", "per_state_params"]

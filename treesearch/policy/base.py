@@ -10,20 +10,25 @@ from typing import Protocol, Sequence, Union, runtime_checkable
 
 from treesearch.types import SamplingParams, State, Step
 
+# One SamplingParams for the whole batch, or one per state. Per-state params differ only
+# in their seed: the runner batches requests whose other parameters are equal.
+ParamsArg = Union[SamplingParams, Sequence[SamplingParams]]
+
 
 @runtime_checkable
 class Policy(Protocol):
     async def expand(
-        self, states: Sequence[State], n: Union[int, Sequence[int]], params: SamplingParams
+        self, states: Sequence[State], n: Union[int, Sequence[int]], params: ParamsArg
     ) -> list[list[Step]]:
-        """For each state, `n` (or `n[i]`) samples of the next step, in order.
+        """For each state, `n` (or `n[i]`) samples of the next step, in order, sampled
+        with `params` (or `params[i]`; a seed makes a state's samples reproducible).
 
         Generation stops at any of `params.stop` (kept in the step text), at end of
         sequence, or after `params.max_new_tokens`.
         """
         ...
 
-    async def complete(self, states: Sequence[State], params: SamplingParams) -> list[list[Step]]:
+    async def complete(self, states: Sequence[State], params: ParamsArg) -> list[list[Step]]:
         """For each state, one sampled completion to the end, split into steps at
         `params.stop` (the stop strings delimit steps here; they do not end generation)."""
         ...
@@ -37,3 +42,13 @@ def per_state_counts(states: Sequence[State], n: Union[int, Sequence[int]]) -> l
     if any(c < 1 for c in counts):
         raise ValueError(f"expand: sample counts must be >= 1, got {counts}")
     return counts
+
+
+def per_state_params(states: Sequence[State], params: ParamsArg) -> list[SamplingParams]:
+    """Normalise the `params` argument to one SamplingParams per state."""
+    if isinstance(params, SamplingParams):
+        return [params] * len(states)
+    params = list(params)
+    if len(params) != len(states):
+        raise ValueError(f"got {len(params)} sampling params for {len(states)} states")
+    return params

@@ -29,7 +29,8 @@ def select_answer(tree: Tree, task: Task, method: str = "value", backup: str = "
     - ``majority``: the most frequent answer (ties: higher summed value)
     - ``weighted``: the answer with the highest summed value (a critic-weighted vote)
 
-    Answers are compared after `task.normalize_answer`. `candidates` maps each answer to
+    A node stands for `1 + duplicates` samples (identical samples merged into it), and
+    votes that many times. Answers are compared after `task.normalize_answer`. `candidates` maps each answer to
     its score under the method. With no answered terminal node, the answer is None and
     the node is the deepest best-valued one.
     """
@@ -52,8 +53,9 @@ def select_answer(tree: Tree, task: Task, method: str = "value", backup: str = "
     best_node: dict[str, tuple[float, int]] = {}
     for node, v in zip(nodes, values):
         key = task.normalize_answer(tree.answer[node])
-        counts[key] += 1
-        sums[key] += float(v)
+        votes = 1 + int(tree.duplicates[node])
+        counts[key] += votes
+        sums[key] += votes * float(v)
         if key not in best_node or v > best_node[key][0]:
             best_node[key] = (float(v), node)
     if method == "majority":

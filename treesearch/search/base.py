@@ -163,6 +163,11 @@ class SearchContext:
             self._waiting.leave()
             self.accounting.seconds_in_model = self._waiting.busy_seconds
 
+    async def _ask_policy(self, kind: str, state: State, params: SamplingParams, n: int = 1) -> Any:
+        # Requests batch together when all but their seeds agree: the key drops the seed.
+        key = (kind, dataclasses.replace(params, seed=None))
+        return await self._ask(self._policy, key, (state, n, params))
+
     def _account(self, steps: Sequence[Step]) -> None:
         self.accounting.policy_calls += 1
         self.accounting.generated_tokens += sum(s.num_tokens for s in steps)
@@ -175,7 +180,7 @@ class SearchContext:
             raise ValueError(f"expand: n must be >= 1, got {n}")
         params = params or self.sampling()
         state = self.state(node)
-        steps: list[Step] = await self._ask(self._policy, ("expand", params), (state, n))
+        steps: list[Step] = await self._ask_policy("expand", state, params, n)
         self._account(steps)
         steps = [s for s in steps if s.text.strip() or s.finish_reason == "eos"]
         logprobs = np.array([s.logprob for s in steps], dtype=np.float64)
@@ -196,7 +201,7 @@ class SearchContext:
 
     async def complete_state(self, state: State, params: SamplingParams) -> list[Step]:
         """One completion of `state` under `params`, split into non-empty steps."""
-        steps: list[Step] = await self._ask(self._policy, ("complete", params), state)
+        steps: list[Step] = await self._ask_policy("complete", state, params)
         self._account(steps)
         return [s for s in steps if s.text.strip() or s.finish_reason == "eos"]
 
@@ -238,7 +243,7 @@ class SearchContext:
             if state.terminal or self.exhausted():
                 break
             params = self.sampling(greedy=True)
-            (step,) = await self._ask(self._policy, ("expand", params), (state, 1))
+            (step,) = await self._ask_policy("expand", state, params, 1)
             self._account([step])
             terminal, answer = self.outcome(state, step)
             state = dataclasses.replace(

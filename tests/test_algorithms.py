@@ -1,0 +1,153 @@
+"""Behaviour of each search algorithm on scripted problems."""
+
+import numpy as np
+import pytest
+
+import treesearch
+from treesearch import Budget, Problem
+from tests.doubles import ScriptedPolicy
+
+PROBLEM = Problem("groups", "There are 3 groups of 3 apples. How many apples?", gold="9")
+
+QUICK, CAREFUL = "Quick guess.\n", "Careful: 3 groups of 3.\n"
+MUL, ADD = "3 * 3 = 9.\n", "3 + 3 = 6.\n"
+HIDDEN_SCRIPT = {
+    (): [(QUICK, -0.05), (CAREFUL, -12.0)],
+    (QUICK,): [("The answer is 5.", -0.1), ("The answer is 6.", -2.5)],
+    (CAREFUL,): [(ADD, -0.3), (MUL, -1.5)],
+    (CAREFUL, MUL): [("The answer is 9.", -0.1)],
+    (CAREFUL, ADD): [("The answer is 6.", -0.1)],
+}
+
+
+def hidden_critic(state):
+    text = state.solution
+    if state.terminal:
+        return 0.95 if state.answer == "9" else 0.1
+    if MUL in text:
+        return 0.9
+    if ADD in text:
+        return 0.2
+    return 0.8 if CAREFUL in text else 0.3
+
+
+def test_mcts_finds_the_unlikely_branch_the_critic_likes_but_greedy_does_not():
+    policy = ScriptedPolicy(HIDDEN_SCRIPT)
+    (greedy,) = treesearch.search([PROBLEM], policy=policy, algorithm="greedy", budget=Budget(simulations=1))
+    assert greedy.answer == "5" and not greedy.correct
+    (mcts,) = treesearch.search(
+        [PROBLEM],
+        policy=policy,
+        critic=hidden_critic,
+        algorithm="mcts",
+        budget=Budget(simulations=8),
+        root_expansions=2,
+        expansions=2,
+    )
+    assert mcts.answer == "9" and mcts.correct
+    assert mcts.solution == CAREFUL + MUL + "The answer is 9."
+    # the path through the low-prior step was found, not just sampled: its prior is tiny
+    careful = [int(k) for k in mcts.tree.children(0) if mcts.tree.text[k] == CAREFUL][0]
+    assert mcts.tree.prior[careful] < 0.1 and mcts.tree.visits[careful] >= 2
+
+
+def test_greedy_follows_the_most_likely_steps_and_accounts_tokens():
+    (result,) = treesearch.search([PROBLEM], policy=ScriptedPolicy(HIDDEN_SCRIPT), algorithm="greedy")
+    tree = result.tree
+    assert result.solution == QUICK + "The answer is 5."
+    assert len(tree) == 3 and tree.terminal[2] and tree.answer[2] == "5"
+    assert result.accounting.generated_tokens == int(tree.num_tokens[: len(tree)].sum())
+    assert result.accounting.policy_calls == 1 and result.accounting.simulations == 1
+    assert tree.reward[2] == 0.0  # graded against the gold answer
+
+
+VOTE_SCRIPT = {(): [("The answer is 4.", -0.2), ("The answer is 5.", -2.0)]}
+
+
+def run_votes(algorithm, **options):
+    (result,) = treesearch.search(
+        [Problem("v", "?", gold="5")],
+        policy=ScriptedPolicy(VOTE_SCRIPT, mode="sample"),
+        critic=lambda s: 1.0 if s.answer == "5" else 0.01,
+        algorithm=algorithm,
+        budget=Budget(simulations=32),
+        samples=32,
+        seed=1,
+        **options,
+    )
+    return result
+
+
+def answer_counts(tree):
+    counts = {}
+    for k in tree.children(0):
+        counts[tree.answer[k]] = counts.get(tree.answer[k], 0) + 1 + int(tree.duplicates[k])
+    return counts
+
+
+def test_self_consistency_majority_counts_every_sample():
+    result = run_votes("self_consistency")
+    counts = answer_counts(result.tree)
+    assert sum(counts.values()) == 32 and result.accounting.simulations == 32
+    assert counts["4"] > counts.get("5", 0)
+    assert result.answer == "4" and result.candidates["4"] == counts["4"]
+
+
+def test_best_of_n_weighted_vote_follows_the_critic():
+    result = run_votes("best_of_n")
+    counts = answer_counts(result.tree)
+    assert counts.get("5", 0) >= 1, "precondition: the seed samples the minority answer"
+    assert result.answer == "5"  # one vote of 1.0 for 5 beats ~31 votes of 0.01 for 4
+    assert result.candidates["5"] == pytest.approx(counts["5"] * 1.0)
+    assert result.candidates["4"] == pytest.approx(counts["4"] * 0.01)
+
+
+def test_beam_keeps_the_best_children_by_value():
+    (result,) = treesearch.search(
+        [PROBLEM],
+        policy=ScriptedPolicy(HIDDEN_SCRIPT),
+        critic=hidden_critic,
+        algorithm="beam",
+        budget=Budget(simulations=10),
+        beam_width=1,
+        expansions=2,
+    )
+    assert result.answer == "9"
+    # width 1: only the best child of each level was expanded
+    tree = result.tree
+    expanded = [i for i in range(len(tree)) if tree.expanded[i]]
+    assert ["".join(tree.steps(i)) for i in expanded] == ["", CAREFUL, CAREFUL + MUL]
+    assert result.accounting.simulations == 3
+
+
+def test_beam_search_scores_every_candidate():
+    (result,) = treesearch.search(
+        [PROBLEM],
+        policy=ScriptedPolicy(HIDDEN_SCRIPT),
+        critic=hidden_critic,
+        algorithm="beam",
+        budget=Budget(simulations=10),
+        beam_width=2,
+        expansions=2,
+    )
+    tree = result.tree
+    assert not np.isnan(tree.critic_value[1 : len(tree)]).any()
+    assert result.accounting.critic_calls == len(tree) - 1
+
+
+def test_search_errors_are_reported_per_problem_without_losing_others():
+    def critic(state):
+        if "boom" in state.problem.question:
+            raise RuntimeError("critic exploded")
+        return 0.5
+
+    results = treesearch.search(
+        [Problem("ok", "fine?", gold="5"), Problem("bad", "boom?", gold="5")],
+        policy=ScriptedPolicy(HIDDEN_SCRIPT),
+        critic=critic,
+        algorithm="mcts",
+        budget=Budget(simulations=4),
+    )
+    assert results[0].error is None and results[0].answer is not None
+    assert "critic exploded" in results[1].error
+    assert len(results[1].tree) > 1  # what it built before failing is kept

@@ -1,0 +1,78 @@
+"""Bad configuration gets a clear error that names the problem."""
+
+import pytest
+
+import treesearch
+from treesearch import Budget, Problem
+from tests.doubles import ScriptedPolicy
+
+POLICY = ScriptedPolicy({(): [("The answer is 1.", -0.1)]})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(generated_tokens=-5), r"Budget.generated_tokens must be positive, got -5"),
+        (dict(simulations=0), r"Budget.simulations must be positive"),
+        (dict(seconds="10"), r"Budget.seconds must be a number"),
+        (dict(), r"Budget is unbounded"),
+    ],
+)
+def test_bad_budgets(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        Budget(**kwargs)
+
+
+def test_unknown_budget_field_from_dict():
+    with pytest.raises(ValueError, match=r"unknown budget field\(s\) \['tokenz'\]"):
+        treesearch.search(["q"], policy=POLICY, algorithm="greedy", budget={"tokenz": 5})
+
+
+@pytest.mark.parametrize(
+    "algorithm, options, message",
+    [
+        ("mcts", dict(expansions=0), r"MCTSConfig.expansions must be >= 1, got 0"),
+        ("mcts", dict(root_expansions=0), r"MCTSConfig.root_expansions must be >= 1"),
+        ("beam", dict(beam_width=0), r"BeamConfig.beam_width must be >= 1"),
+        ("best_of_n", dict(samples=0), r"BestOfNConfig.samples must be >= 1"),
+        ("mcts", dict(selection="ucb9"), r"MCTSConfig.selection must be one of \('puct', 'uct'\)"),
+        ("mcts", dict(backup="median"), r"MCTSConfig.backup must be one of"),
+        ("mcts", dict(rollforward_weight=2.0), r"rollforward_weight must be in \[0, 1\]"),
+        ("greedy", dict(answer_selection="vibes"), r"answer_selection must be one of"),
+        ("mcts", dict(c_pucts=1.0), r"unknown option\(s\) \['c_pucts'\] for algorithm 'mcts'"),
+        ("mcts", dict(prior="softmax"), r"prior must be one of"),
+        ("alphazero", {}, r"unknown algorithm 'alphazero'; choose from \['beam', 'best_of_n', 'greedy', 'mcts', 'self_consistency'\]"),
+    ],
+)
+def test_bad_algorithm_configs(algorithm, options, message):
+    with pytest.raises(ValueError, match=message):
+        treesearch.search(["q"], policy=POLICY, critic=lambda s: 0.5, algorithm=algorithm, budget=Budget(simulations=2), **options)
+
+
+def test_critic_required():
+    with pytest.raises(ValueError, match="algorithm 'mcts' needs a critic"):
+        treesearch.search(["q"], policy=POLICY, algorithm="mcts", budget=Budget(simulations=2))
+
+
+def test_bad_problems():
+    with pytest.raises(ValueError, match="question is empty"):
+        Problem("x", "  ")
+    with pytest.raises(ValueError, match=r"problem 0: missing field 'question'"):
+        treesearch.search([{"q": "hi"}], policy=POLICY, algorithm="greedy")
+
+
+def test_not_a_policy():
+    with pytest.raises(TypeError, match=r"lacks expand\(\)/complete\(\)"):
+        treesearch.search(["q"], policy=object(), algorithm="greedy")
+
+
+def test_sync_api_inside_event_loop_points_to_async_twin():
+    import asyncio
+
+    async def main():
+        with pytest.raises(RuntimeError, match="asearch"):
+            treesearch.search(["q"], policy=POLICY, algorithm="greedy")
+        (result,) = await treesearch.asearch(["q"], policy=POLICY, algorithm="greedy")
+        return result
+
+    assert asyncio.run(main()).answer == "1"

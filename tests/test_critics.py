@@ -1,0 +1,134 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+import treesearch
+from critics import (
+    FunctionCritic,
+    VerifierCritic,
+    WeightedCritic,
+    as_critic,
+    make_critic,
+    registered_critics,
+    value_function,
+)
+from treesearch import Budget, Problem, State
+from tests.doubles import ScriptedPolicy
+
+PROBLEM = Problem("p", "What is 2+3?", gold="5")
+STATES = [
+    State(PROBLEM, "prompt", ("x\n",)),
+    State(PROBLEM, "prompt", ("x\n", "yy\n")),
+    State(PROBLEM, "prompt", ("The answer is 5.",), terminal=True, answer="5"),
+]
+
+
+def length_value(state):
+    return 1.0 / (1 + len(state.steps))
+
+
+async def async_length_value(state):
+    await asyncio.sleep(0)
+    return 1.0 / (1 + len(state.steps))
+
+
+def batched_length_value(states):
+    return [1.0 / (1 + len(s.steps)) for s in states]
+
+
+async def async_batched_length_value(states):
+    await asyncio.sleep(0)
+    return np.array([1.0 / (1 + len(s.steps)) for s in states])
+
+
+EXPECTED = [0.5, 1 / 3, 0.5]
+
+
+def score(critic, states=STATES):
+    return asyncio.run(critic.score(states))
+
+
+@pytest.mark.parametrize(
+    "critic",
+    [
+        as_critic(length_value),
+        as_critic(async_length_value),
+        FunctionCritic(batched_length_value, batched=True),
+        FunctionCritic(async_batched_length_value, batched=True),
+    ],
+    ids=["sync-per-state", "async-per-state", "sync-batched", "async-batched"],
+)
+def test_function_critics_in_all_four_shapes(critic):
+    assert np.allclose(score(critic), EXPECTED)
+
+
+def test_decorator_registers_by_name_and_stays_callable():
+    @value_function
+    def prefers_short(state):
+        return 1.0 / (1 + len(state.solution))
+
+    @value_function(batched=True, name="all_half")
+    async def halves(states):
+        return [0.5] * len(states)
+
+    assert "prefers_short" in registered_critics() and "all_half" in registered_critics()
+    assert prefers_short(STATES[0]) == pytest.approx(1 / 3)  # still a plain function
+    assert np.allclose(score(make_critic("all_half")), 0.5)
+    assert score(as_critic("prefers_short"))[0] == pytest.approx(1 / 3)
+
+
+def test_a_user_function_drives_a_search():
+    # The scripted policy offers a likely wrong answer and an unlikely right one; the
+    # user's value function prefers the right answer, so best-of-N by value picks it.
+    policy = ScriptedPolicy({(): [("The answer is 4.", -0.1), ("The answer is 5.", -3.0)]})
+    (result,) = treesearch.search(
+        [PROBLEM],
+        policy=policy,
+        critic=lambda s: 1.0 if s.answer == "5" else 0.0,
+        algorithm="best_of_n",
+        budget=Budget(simulations=4),
+        answer_selection="value",
+    )
+    assert result.answer == "5" and result.correct
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), "high"])
+def test_values_outside_unit_interval_raise_clear_errors(bad):
+    critic = as_critic(lambda s: bad)
+    with pytest.raises((ValueError, TypeError), match=r"critic .*(\[0, 1\]|not numbers)"):
+        score(critic)
+
+
+def test_batched_critic_returning_wrong_count_is_an_error():
+    critic = FunctionCritic(lambda states: [0.5], batched=True, name="short")
+    with pytest.raises(ValueError, match="returned 1 values for 3 states"):
+        score(critic)
+
+
+def test_not_a_critic():
+    with pytest.raises(TypeError, match="cannot use"):
+        as_critic(42)
+    with pytest.raises(KeyError, match="unknown critic 'nope'"):
+        make_critic("nope")
+
+
+def test_weighted_combination():
+    combo = WeightedCritic([lambda s: 1.0, length_value], weights=[3, 1])
+    expected = 0.75 * 1.0 + 0.25 * np.array(EXPECTED)
+    assert np.allclose(score(combo), expected)
+    with pytest.raises(ValueError, match="2 weights for 1 critics"):
+        WeightedCritic([length_value], weights=[1, 2])
+    with pytest.raises(ValueError, match="positive sum"):
+        WeightedCritic([length_value], weights=[0])
+
+
+def test_verifier_grades_terminal_states_only():
+    values = score(VerifierCritic(nonterminal_value=0.25))
+    assert list(values) == [0.25, 0.25, 1.0]
+    wrong = State(PROBLEM, "prompt", ("The answer is 6.",), terminal=True, answer="6")
+    no_answer = State(PROBLEM, "prompt", ("I give up",), terminal=True, answer=None)
+    assert list(score(VerifierCritic(), [wrong, no_answer])) == [0.0, 0.0]
+    nogold = State(Problem("q", "?"), "prompt", ("The answer is 1.",), terminal=True, answer="1")
+    with pytest.raises(ValueError, match="problem 'q' has no gold answer"):
+        score(VerifierCritic(), [nogold])

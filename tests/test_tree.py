@@ -1,0 +1,130 @@
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from treesearch.tree import Tree
+
+
+def small_tree() -> Tree:
+    tree = Tree("p1", [{"role": "user", "content": "2+2?"}])
+    a, b = tree.add_children(0, ["a\n", "b\n"], priors=[0.7, 0.3], num_tokens=[2, 3], logprobs=[-0.1, -1.2])
+    (c,) = tree.add_children(int(a), ["The answer is 4."], terminal=[True], answers=["4"], finish_reasons=["eos"])
+    tree.critic_value[[a, b, c]] = [0.5, 0.25, 1.0]
+    tree.backup(tree.path(int(c)), 1.0)
+    tree.reward[c] = 1.0
+    tree.close(int(c))
+    tree.meta["note"] = "x"
+    return tree
+
+
+def test_children_are_contiguous_and_paths_walk_up():
+    tree = small_tree()
+    assert list(tree.children(0)) == [1, 2]
+    assert list(tree.children(1)) == [3]
+    assert tree.children(2).size == 0
+    assert tree.path(3) == [0, 1, 3]
+    assert tree.steps(3) == ("a\n", "The answer is 4.")
+    assert tree.depth[3] == 2 and tree.parent[3] == 1
+
+
+def test_node_is_expanded_once():
+    tree = small_tree()
+    with pytest.raises(ValueError, match="already expanded"):
+        tree.add_children(0, ["again"])
+    with pytest.raises(IndexError, match="does not exist"):
+        tree.add_children(99, ["x"])
+
+
+def test_growth_keeps_data():
+    tree = Tree(capacity=1)
+    parent = 0
+    for i in range(200):
+        (parent,) = tree.add_children(int(parent), [f"s{i}"], num_tokens=[i])
+    assert len(tree) == 201 and tree.capacity >= 201
+    assert tree.num_tokens[200] == 199 and tree.text[200] == "s199"
+    assert tree.path(200) == list(range(201))
+
+
+def test_backup_updates_visits_sum_and_max():
+    tree = small_tree()
+    tree.backup([0, 2], 0.25)
+    assert tree.visits[0] == 2 and tree.value_sum[0] == pytest.approx(1.25)
+    assert tree.value(0) == pytest.approx(0.625)
+    assert tree.value(0, "max") == pytest.approx(1.0)
+    assert tree.value(2) == pytest.approx(0.25)
+    # unvisited nodes fall back to the critic's value
+    fresh = Tree()
+    (k,) = fresh.add_children(0, ["x"])
+    fresh.critic_value[k] = 0.3
+    assert fresh.value(int(k)) == pytest.approx(0.3)
+
+
+def test_close_propagates_only_when_all_children_closed():
+    tree = small_tree()
+    assert tree.closed[3] and tree.closed[1]  # a's only child is closed
+    assert not tree.closed[0]  # b is still open
+    tree.close(2)
+    assert tree.closed[0]
+
+
+def test_parquet_round_trip_is_exact(tmp_path):
+    tree = small_tree()
+    path = tree.save(tmp_path / "trees" / "p1.parquet")
+    loaded = Tree.load(path)
+    assert loaded.equals(tree)
+    assert math.isnan(loaded.rollout_value[0]) and loaded.critic_value.dtype == np.float32
+    assert loaded.prompt == tree.prompt and loaded.meta == {"note": "x"}
+    # the loaded tree keeps growing
+    loaded.add_children(2, ["more"])
+    assert len(loaded) == len(tree) + 1
+
+
+def test_round_trip_detects_a_difference(tmp_path):
+    tree = small_tree()
+    loaded = Tree.load(tree.save(tmp_path / "t.parquet"))
+    loaded.visits[1] += 1
+    assert not loaded.equals(tree)
+
+
+def test_load_rejects_foreign_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="not a treesearch tree"):
+        Tree.load(tmp_path / "other.parquet")
+
+
+def test_json_export_is_nested_and_serialisable():
+    data = small_tree().to_json()
+    text = json.dumps(data)  # NaN must not leak into JSON
+    assert "NaN" not in text
+    root = data["root"]
+    assert [c["text"] for c in root["children"]] == ["a\n", "b\n"]
+    leaf = root["children"][0]["children"][0]
+    assert leaf["answer"] == "4" and leaf["terminal"] and leaf["visits"] == 1
+    assert root["children"][1]["rollout_value"] is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=40),
+    values=st.lists(st.floats(min_value=0, max_value=1), min_size=40, max_size=40),
+    texts=st.lists(st.text(max_size=12), min_size=200, max_size=200),
+)
+def test_random_trees_round_trip(tmp_path_factory, shape, values, texts):
+    tree = Tree("rand", "plain prompt")
+    t = iter(texts)
+    for i, count in enumerate(shape):
+        node = i % len(tree)
+        if tree.expanded[node]:
+            continue
+        ids = tree.add_children(node, [next(t) for _ in range(count)])
+        for k in ids:
+            tree.critic_value[k] = values[int(k) % len(values)]
+            tree.backup(tree.path(int(k)), values[(int(k) * 7) % len(values)])
+    path = tmp_path_factory.mktemp("rt") / "t.parquet"
+    assert Tree.load(tree.save(path)).equals(tree)
