@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from treesearch.types import State
+if TYPE_CHECKING:  # pragma: no cover - the engine imports this module, not the reverse
+    from treesearch.types import State
 
 
 @runtime_checkable
@@ -35,6 +37,15 @@ def check_values(values: Any, count: int, source: str) -> np.ndarray:
 
 
 _REGISTRY: dict[str, Callable[..., Critic]] = {}
+# Built-in critics whose modules import torch/transformers: registered on first use.
+_BUILTIN_MODULES = {
+    "self_eval": "critics.self_eval",
+    "loglik": "critics.loglik",
+    "prm": "critics.prm",
+    "rollout": "critics.rollout",
+    "verifier": "critics.verifier",
+    "weighted": "critics.combine",
+}
 
 
 def register_critic(name: str, factory: Callable[..., Critic] | None = None):
@@ -51,11 +62,13 @@ def register_critic(name: str, factory: Callable[..., Critic] | None = None):
 
 
 def registered_critics() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
 
 
 def make_critic(name: str, **kwargs: Any) -> Critic:
     """Build a registered critic by name (as configs do)."""
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
     if name not in _REGISTRY:
         raise KeyError(f"unknown critic {name!r}; registered: {registered_critics()}")
     return as_critic(_REGISTRY[name](**kwargs))

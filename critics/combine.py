@@ -26,11 +26,24 @@ class WeightedCritic:
             raise ValueError(f"WeightedCritic weights must be >= 0 with a positive sum, got {weights}")
         self.weights = w / w.sum()
 
-    async def score(self, states: Sequence[State]) -> np.ndarray:
+    async def score_with_cost(self, states: Sequence[State]) -> tuple[np.ndarray, np.ndarray]:
+        """The combined values, and the tokens members generated (e.g. rollouts)."""
         states = list(states)
-        parts = await asyncio.gather(*(c.score(states) for c in self.critics))
-        checked = [check_values(p, len(states), repr(c)) for p, c in zip(parts, self.critics)]
-        return np.clip(self.weights @ np.stack(checked), 0.0, 1.0)
+
+        async def one(critic: Critic):
+            with_cost = getattr(critic, "score_with_cost", None)
+            if with_cost is not None:
+                return await with_cost(states)
+            return await critic.score(states), np.zeros(len(states), dtype=np.int64)
+
+        parts = await asyncio.gather(*(one(c) for c in self.critics))
+        checked = [check_values(v, len(states), repr(c)) for (v, _), c in zip(parts, self.critics)]
+        tokens = np.sum([np.asarray(t, dtype=np.int64) for _, t in parts], axis=0)
+        return np.clip(self.weights @ np.stack(checked), 0.0, 1.0), tokens
+
+    async def score(self, states: Sequence[State]) -> np.ndarray:
+        values, _ = await self.score_with_cost(states)
+        return values
 
 
 register_critic("weighted", WeightedCritic)

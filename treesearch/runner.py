@@ -91,9 +91,16 @@ class Runner:
                 raise RuntimeError(f"policy returned {len(steps)} steps for state {i}, asked for {n}")
         return out
 
-    async def _critic_batch(self, key: Hashable, states: list[State]) -> Sequence[float]:
-        values = await self.critic.score(states)
-        return list(check_values(values, len(states), repr(self.critic)))
+    async def _critic_batch(self, key: Hashable, states: list[State]) -> Sequence[tuple[float, int]]:
+        """(value, tokens generated to compute it) per state; critics that generate text
+        (rollouts) report their tokens through `score_with_cost`."""
+        with_cost = getattr(self.critic, "score_with_cost", None)
+        if with_cost is not None:
+            values, tokens = await with_cost(states)
+        else:
+            values, tokens = await self.critic.score(states), [0] * len(states)
+        values = check_values(values, len(states), repr(self.critic))
+        return [(float(v), int(t)) for v, t in zip(values, tokens)]
 
     async def run(
         self,

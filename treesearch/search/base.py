@@ -262,8 +262,11 @@ class SearchContext:
         if not states:
             return np.zeros(0)
         self.accounting.critic_calls += len(states)
-        values = await asyncio.gather(*(self._ask(self._critic, "score", s) for s in states))
-        out = np.asarray(values, dtype=np.float64)
+        scored = await asyncio.gather(*(self._ask(self._critic, "score", s) for s in states))
+        out = np.asarray([value for value, _ in scored], dtype=np.float64)
+        critic_tokens = sum(tokens for _, tokens in scored)
+        self.accounting.critic_tokens += critic_tokens
+        self.accounting.generated_tokens += critic_tokens
         if nodes is not None:
             self.tree.critic_value[np.asarray(nodes, dtype=np.int64)] = out
         return out

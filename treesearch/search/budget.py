@@ -62,9 +62,12 @@ class Budget:
 
 @dataclass
 class Accounting:
-    """What one search spent. Model seconds are time this search waited on models."""
+    """What one search spent. Model seconds are time this search waited on models.
+    `generated_tokens` counts every generated token, the critic's rollouts included
+    (`critic_tokens` of them)."""
 
     generated_tokens: int = 0
+    critic_tokens: int = 0
     prompt_tokens: int = 0
     policy_calls: int = 0
     critic_calls: int = 0

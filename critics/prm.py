@@ -1,0 +1,127 @@
+"""The process reward model critic: a PRM's value of the latest step (or of all steps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from critics.base import register_critic
+from critics.lm import LMScorer
+from critics.prm_model import PRMFormat, ValueHeadModel, encode_steps, read_format
+from treesearch.prompting import render_prompt
+from treesearch.types import State
+
+AGGREGATES = ("last", "min", "mean", "prod")
+
+
+class PRMCritic:
+    """Scores states with a process reward model.
+
+    `model`: a checkpoint folder, or a ready `(model, tokenizer)` pair. `style`:
+    "value_head", "math_shepherd" or "qwen_prm" (see `critics.prm_model`); by default read
+    from a treesearch folder's `treesearch_prm.json`, else "math_shepherd".
+    `aggregate`: how step values become the state's value: the latest step's ("last",
+    the default), or the min / mean / product over all steps. A state with no steps
+    scores `empty_value`.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, Path, tuple],
+        *,
+        style: Optional[str] = None,
+        separator: Optional[str] = None,
+        aggregate: str = "last",
+        device: str = "auto",
+        dtype: Any = "auto",
+        threads: Optional[int] = None,
+        max_batch_size: int = 16,
+        empty_value: float = 0.5,
+    ):
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"unknown PRM aggregate {aggregate!r}; choose from {AGGREGATES}")
+        self.aggregate = aggregate
+        self.empty_value = empty_value
+        if isinstance(model, tuple):
+            network, tokenizer = model
+            fmt = PRMFormat(style or ("value_head" if isinstance(network, ValueHeadModel) else "math_shepherd"), separator)
+        else:
+            folder = Path(model).expanduser()
+            if not folder.is_dir():
+                raise FileNotFoundError(f"PRM checkpoint folder not found: {folder}")
+            fmt = read_format(folder) or PRMFormat(style or "math_shepherd", separator)
+            if style is not None and style != fmt.style:
+                fmt = PRMFormat(style, separator)
+            network, tokenizer = self._load(folder, fmt, device, dtype)
+        self.format = fmt
+        self.lm = LMScorer((network, tokenizer), threads=threads, max_batch_size=max_batch_size)
+        if fmt.style == "math_shepherd":
+            self.good_id = self._single_token(fmt.good_token)
+            self.bad_id = self._single_token(fmt.bad_token)
+
+    @staticmethod
+    def _load(folder: Path, fmt: PRMFormat, device: str, dtype: Any):
+        from treesearch.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+
+        if fmt.style == "value_head":
+            return ValueHeadModel.from_pretrained(folder, device=device, dtype=dtype), load_tokenizer(str(folder))
+        if fmt.style == "math_shepherd":
+            return load_causal_lm(str(folder), device=device, dtype=dtype)
+        from transformers import AutoModel
+
+        device = resolve_device(device)
+        net = AutoModel.from_pretrained(str(folder), dtype=resolve_dtype(dtype, device), trust_remote_code=True)
+        return net.to(device).eval(), load_tokenizer(str(folder))
+
+    def _single_token(self, text: str) -> int:
+        ids = self.lm.encode(text)
+        if len(ids) != 1:
+            raise ValueError(f"PRM label token {text!r} is {len(ids)} tokens; it must be one token")
+        return ids[0]
+
+    def step_values_batch(self, items: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Values of every scored position, for encoded `(ids, positions)` items."""
+        import torch
+
+        ids, mask = self.lm.pad([seq for seq, _ in items])
+        net = self.lm.model
+        if self.format.style == "value_head":
+            per_token = torch.sigmoid(net(input_ids=ids, attention_mask=mask).float())
+        else:
+            output = net(input_ids=ids, attention_mask=mask)
+            logits = (output.logits if hasattr(output, "logits") else output[0]).float()
+            if self.format.style == "math_shepherd":
+                pair = torch.stack([logits[..., self.good_id], logits[..., self.bad_id]], dim=-1)
+                per_token = torch.softmax(pair, dim=-1)[..., 0]
+            else:
+                per_token = torch.softmax(logits[..., :2], dim=-1)[..., 1]
+        return [per_token[i, pos].tolist() for i, (_, pos) in enumerate(items)]
+
+    def encode(self, state: State) -> tuple[list[int], list[int]]:
+        prompt = render_prompt(self.lm.tokenizer, state.prompt)
+        return encode_steps(self.lm.tokenizer, prompt, state.steps, self.format)
+
+    async def step_values(self, states: Sequence[State]) -> list[list[float]]:
+        """The PRM's value of every step of each state."""
+        items = [self.encode(s) for s in states]
+        scored = [i for i, (_, pos) in enumerate(items) if pos]
+        values = await self.lm.run(self.step_values_batch, [items[i] for i in scored])
+        out: list[list[float]] = [[] for _ in states]
+        for i, v in zip(scored, values):
+            out[i] = v
+        return out
+
+    async def score(self, states: Sequence[State]) -> np.ndarray:
+        per_step = await self.step_values(states)
+        out = np.full(len(states), self.empty_value, dtype=np.float64)
+        for i, values in enumerate(per_step):
+            if not values:
+                continue
+            v = np.asarray(values, dtype=np.float64)
+            out[i] = {"last": v[-1], "min": v.min(), "mean": v.mean(), "prod": v.prod()}[self.aggregate]
+        return np.clip(out, 0.0, 1.0)
+
+
+register_critic("prm", PRMCritic)
