@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Optional, Sequence
 
 import numpy as np
@@ -26,14 +27,16 @@ class VerifierCritic:
 
     async def score(self, states: Sequence[State]) -> np.ndarray:
         out = np.full(len(states), self.nonterminal_value, dtype=np.float64)
-        for i, state in enumerate(states):
-            if not state.terminal:
-                continue
-            if state.problem.gold is None:
-                raise ValueError(
-                    f"verifier critic: problem {state.problem.id!r} has no gold answer"
-                )
-            out[i] = float(self.task.grade(state.answer, state.problem.gold))
+        terminal = [i for i, s in enumerate(states) if s.terminal]
+        for i in terminal:
+            if states[i].problem.gold is None:
+                raise ValueError(f"verifier critic: problem {states[i].problem.id!r} has no gold answer")
+        if terminal:
+            # grading may be slow (math-verify): keep it off the event loop
+            grades = await asyncio.to_thread(
+                lambda: [self.task.grade(states[i].answer, states[i].problem.gold) for i in terminal]
+            )
+            out[terminal] = np.asarray(grades, dtype=np.float64)
         return out
 
 

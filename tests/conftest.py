@@ -65,3 +65,15 @@ def _torch_threads():
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(int(os.environ.get("TREESEARCH_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster shared by the tests that need one (4 logical CPUs, so a
+    policy and a critic actor fit beside a replacement)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

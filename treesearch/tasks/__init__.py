@@ -1,5 +1,57 @@
-"""Task definitions: prompts, step splitting, answer extraction and grading."""
+"""Task definitions: prompts, step splitting, answer extraction, grading and data loading.
+
+`make_task(name, **kwargs)` builds a registered task: "numeric" (the base `Task`),
+"gsm8k", "math", "jsonl" (field-mapped JSONL files) and "hub" (Hugging Face datasets).
+Every data-backed task has `load(path=None, split="test", limit=None, skip_bad_rows=False)`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
 
 from treesearch.tasks.base import Task
+from treesearch.tasks.gsm8k import GSM8KTask
+from treesearch.tasks.hub import HubTask
+from treesearch.tasks.jsonl import BadRow, DataError, JSONLTask
+from treesearch.tasks.math import MATHTask
 
-__all__ = ["Task"]
+TASKS: dict[str, Callable[..., Task]] = {
+    "numeric": Task,
+    "gsm8k": GSM8KTask,
+    "math": MATHTask,
+    "jsonl": JSONLTask,
+    "hub": HubTask,
+}
+
+
+def register_task(name: str, factory: Callable[..., Task]) -> None:
+    """Makes `make_task(name, ...)` build tasks with `factory(...)`."""
+    if not name:
+        raise ValueError("a task needs a name")
+    TASKS[name] = factory
+
+
+def make_task(name: str, **kwargs) -> Task:
+    """A task by registered name.
+
+    Example: `make_task("jsonl", question_field="input", answer_field="target")`.
+    """
+    try:
+        factory = TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None
+    return factory(**kwargs)
+
+
+__all__ = [
+    "BadRow",
+    "DataError",
+    "GSM8KTask",
+    "HubTask",
+    "JSONLTask",
+    "MATHTask",
+    "TASKS",
+    "Task",
+    "make_task",
+    "register_task",
+]

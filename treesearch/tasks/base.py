@@ -51,3 +51,11 @@ class Task:
         if pred is None or gold is None:
             return False
         return numbers_equal(pred, gold) or self.normalize_answer(pred) == self.normalize_answer(gold)
+
+    def load(self, path=None, split: str = "test", limit=None, skip_bad_rows: bool = False) -> list[Problem]:
+        """Problems from a data set; data-backed tasks ("gsm8k", "math", "jsonl", "hub")
+        implement it. The plain numeric task has no data of its own."""
+        raise NotImplementedError(
+            f"task {self.name!r} has no data loader: use task 'jsonl' (with a path and field names), "
+            "'gsm8k', 'math' or 'hub'"
+        )

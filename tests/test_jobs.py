@@ -1,0 +1,143 @@
+"""Batch search jobs on a real local Ray cluster with a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from treesearch.jobs import RunFolder, run_job
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from treesearch.cli import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose("search", overrides=list(overrides))
+
+
+def tiny_job(tiny_model_dir, out, *extra):
+    return [
+        f"policy.model={tiny_model_dir}",
+        "policy.device=cpu",
+        "critic=verifier",
+        "task.limit=6",
+        "search.budget.generated_tokens=96",
+        "search.options.max_step_tokens=12",
+        "search.options.max_solution_tokens=48",
+        "search.options.max_depth=4",
+        f"job.output_dir={out}",
+        "job.progress=false",
+        "job.trees_in_flight=3",
+        *extra,
+    ]
+
+
+def results(folder):
+    return pq.read_table(Path(folder) / "results.parquet").to_pylist()
+
+
+def test_job_writes_a_complete_run_folder(tiny_model_dir, tmp_path):
+    folder = run_job(compose(tiny_job(tiny_model_dir, tmp_path / "run")))
+    rows = results(folder)
+    assert [r["id"] for r in rows] == json.loads((folder / "manifest.json").read_text())["problem_ids"]
+    assert len(rows) == 6 and all(r["error"] is None for r in rows)
+    assert all(r["generated_tokens"] > 0 and r["gold"] for r in rows)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["problems"] == 6 and metrics["graded"] == 6
+    assert metrics["last_session"]["policy"]["requests"] > 0
+    assert (folder / "config.yaml").read_text().count("verifier") >= 1
+    trees = sorted((folder / "trees").glob("*.parquet"))
+    assert len(trees) == 6
+    # the tree viewer renders a finished problem
+    from treesearch.viewer import write_view
+
+    page = write_view(folder)
+    assert page.exists() and "<details" in page.read_text()
+
+
+def test_killed_policy_actor_does_not_lose_or_repeat_problems(tiny_model_dir, tmp_path):
+    import ray
+
+    from treesearch import cluster
+
+    created = []
+    original = cluster.ActorPool._start
+
+    def spy(self):
+        actor = original(self)
+        created.append((self.name, actor))
+        return actor
+
+    cluster.ActorPool._start = spy
+    killed = []
+
+    def killer():
+        # kill the first policy actor as soon as it has served a request
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            policies = [a for name, a in created if name == "policy"]
+            if policies and list((tmp_path / "run" / "results").glob("*.json")):
+                ray.kill(policies[0])
+                killed.append(policies[0])
+                return
+            time.sleep(0.05)
+
+    import threading
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        folder = run_job(compose(tiny_job(tiny_model_dir, tmp_path / "run", "task.limit=12", "job.trees_in_flight=2")))
+    finally:
+        cluster.ActorPool._start = original
+        thread.join()
+    assert killed, "the test did not get to kill the actor"
+    rows = results(folder)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == 12 and len(set(ids)) == 12
+    assert all(r["error"] is None for r in rows), [r["error"] for r in rows]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["last_session"]["replacements"]["policy"] >= 1
+
+
+def test_driver_killed_mid_job_resumes_without_recomputing(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    overrides = tiny_job(tiny_model_dir, out, "task.limit=10", "job.trees_in_flight=1")
+    script = (
+        "import sys; from tests.test_jobs import compose; from treesearch.jobs import run_job; "
+        f"run_job(compose({overrides!r}))"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=str(tmp_path))
+    results_dir = out / "results"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(results_dir.glob("*.json"))) < 3:
+        if proc.poll() is not None:
+            pytest.fail(f"the job ended (rc {proc.returncode}) before it could be killed")
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in results_dir.glob("*.json")}
+    assert 3 <= len(before) < 10, "kill the job mid-way"
+
+    folder = run_job(compose(overrides))
+    rows = results(folder)
+    assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
+    after = {p.name: p.stat().st_mtime_ns for p in results_dir.glob("*.json")}
+    assert all(after[name] == mtime for name, mtime in before.items()), "finished problems were recomputed"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["resumed_skipped"] == len(before)
+    # the folder refuses a different job
+    with pytest.raises(ValueError, match="holds a different job"):
+        run_job(compose(tiny_job(tiny_model_dir, out, "task.limit=10", "search.options.c_puct=3.0")))

@@ -1,0 +1,89 @@
+"""`treesearch <command> [options]`: the command line.
+
+Commands:
+  search [overrides]          run (or resume) a batch search job; Hydra overrides, -m for sweeps
+  view RUN [PROBLEM_ID]       write a self-contained HTML page of a search tree and print its path
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+USAGE = """usage: treesearch <command> [options]
+
+commands:
+  search [overrides]        run (or resume) a batch search job with Hydra configs
+                            e.g. treesearch search task.limit=20 search=beam critic=prm critic.model=DIR
+                                 treesearch search -m search.options.c_puct=0.5,1,2   (a sweep)
+                                 treesearch search --cfg job        (print the composed config)
+  view RUN [PROBLEM_ID]     write RUN/view/<id>.html showing a tree (default: the first problem)
+
+Config groups (configs/): task, policy, critic, search, cluster, job.
+`treesearch search --help` lists them with their options.
+"""
+
+
+def config_dir() -> Path:
+    """The Hydra config folder: `configs/` beside the package (editable installs)."""
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    if not (folder / "search.yaml").is_file():
+        raise FileNotFoundError(f"treesearch configs not found at {folder}; install with `pip install -e .`")
+    return folder
+
+
+def _hydra_command(config_name: str, body: Callable, args: Sequence[str]) -> None:
+    import hydra
+
+    @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
+    def entry(cfg):
+        return body(cfg)
+
+    saved = sys.argv
+    sys.argv = [f"treesearch {config_name}", *args]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+
+
+def _search(cfg) -> None:
+    from treesearch.jobs import run_job
+    from treesearch.report import print_run
+
+    print_run(run_job(cfg))
+
+
+def _view(args: Sequence[str]) -> int:
+    from treesearch.viewer import write_view
+
+    if not args or len(args) > 2:
+        print("usage: treesearch view RUN [PROBLEM_ID]", file=sys.stderr)
+        return 2
+    page = write_view(Path(args[0]), args[1] if len(args) > 1 else None)
+    print(page)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = args[0], args[1:]
+    try:
+        if command == "search":
+            _hydra_command("search", _search, rest)
+            return 0
+        if command == "view":
+            return _view(rest)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"treesearch {command}: error: {err}", file=sys.stderr)
+        return 1
+    print(f"treesearch: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

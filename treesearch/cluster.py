@@ -1,0 +1,224 @@
+"""Ray actors hosting policies and critics, and the pools the runner talks to.
+
+`PolicyActor` / `CriticActor` build their backend from a config section inside the actor
+process (torch threads set there). An `ActorPool` holds a model's replicas: requests of one
+problem always go to the same replica (prefix-cache affinity), and a replica that dies is
+replaced and the request retried, so a job survives a crashed actor. `RemotePolicy` and
+`RemoteCritic` put a pool behind the ordinary Policy / Critic protocols, so the runner and
+the searches are the same code locally and on a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from treesearch.components import build_critic, build_policy, build_task, plain
+from treesearch.policy.base import per_state_counts, per_state_params
+from treesearch.types import State
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+    """Start a local Ray cluster (address None) or join one ("auto", "ray://host:port")."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+class _PolicyHost:
+    """Body of `PolicyActor`: a policy backend built from its config."""
+
+    def __init__(self, spec: dict):
+        _set_threads(spec.get("threads"))
+        self.policy = build_policy(spec)
+
+    async def expand(self, states, n, params):
+        return await self.policy.expand(states, n, params)
+
+    async def complete(self, states, params):
+        return await self.policy.complete(states, params)
+
+    def ping(self) -> bool:
+        return True
+
+
+class _CriticHost:
+    """Body of `CriticActor`: a critic built from its config (and the task's)."""
+
+    def __init__(self, spec: dict, task_spec: Optional[dict]):
+        _set_threads(spec.get("threads"))
+        task = build_task(task_spec) if task_spec else None
+        self.critic = build_critic(spec, task)
+
+    async def score_with_cost(self, states):
+        with_cost = getattr(self.critic, "score_with_cost", None)
+        if with_cost is not None:
+            values, tokens = await with_cost(states)
+        else:
+            values, tokens = await self.critic.score(states), np.zeros(len(states), dtype=np.int64)
+        return np.asarray(values, dtype=np.float64), np.asarray(tokens, dtype=np.int64)
+
+    def ping(self) -> bool:
+        return True
+
+
+def _actor_classes():
+    import ray
+
+    return ray.remote(_PolicyHost), ray.remote(_CriticHost)
+
+
+class ActorPool:
+    """Replicas of one model as Ray actors, with affinity routing and replacement of dead
+    replicas. `resources`: replicas, num_cpus, num_gpus (fractions allowed),
+    max_restarts, max_task_retries, max_concurrency."""
+
+    def __init__(self, actor_class: Any, args: tuple, resources: Mapping, name: str, retries: int = 3):
+        res = plain(resources)
+        self.replicas = int(res.get("replicas", 1))
+        if self.replicas < 1:
+            raise ValueError(f"{name}: replicas must be >= 1, got {self.replicas}")
+        self.actor_class = actor_class
+        self.args = args
+        self.name = name
+        self.retries = retries
+        self.options = {
+            "num_cpus": res.get("num_cpus", 1),
+            "num_gpus": res.get("num_gpus", 0),
+            "max_restarts": res.get("max_restarts", 3),
+            "max_task_retries": res.get("max_task_retries", 3),
+            "max_concurrency": res.get("max_concurrency", 4),
+        }
+        self.actors = [self._start() for _ in range(self.replicas)]
+        self.replacements = 0
+
+    def _start(self):
+        return self.actor_class.options(**self.options).remote(*self.args)
+
+    def ready(self, timeout: float = 600.0) -> None:
+        """Block until every replica has built its model (surfaces load errors early)."""
+        import ray
+
+        ray.get([a.ping.remote() for a in self.actors], timeout=timeout)
+
+    def replica_for(self, key: str) -> int:
+        return zlib.crc32(key.encode()) % self.replicas
+
+    async def call(self, replica: int, method: str, *args: Any) -> Any:
+        """Call `method` on a replica; if the replica is dead, replace it and retry."""
+        import ray
+
+        for attempt in range(self.retries + 1):
+            actor = self.actors[replica]
+            try:
+                return await getattr(actor, method).remote(*args)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+                if attempt == self.retries:
+                    raise
+                log.warning("%s replica %d failed (%s); replacing it and retrying", self.name, replica, err)
+                if self.actors[replica] is actor:  # another request may have replaced it already
+                    self.actors[replica] = self._start()
+                    self.replacements += 1
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def scatter(self, method: str, states: Sequence[State], make_args) -> list:
+        """Split a batch by replica (affinity by problem id), call each part concurrently,
+        and return the per-state results in input order. `make_args(indices)` gives the
+        call's arguments for the states at `indices`."""
+        groups: dict[int, list[int]] = {}
+        for i, state in enumerate(states):
+            groups.setdefault(self.replica_for(state.problem.id), []).append(i)
+        parts = await asyncio.gather(
+            *(self.call(replica, method, *make_args(idx)) for replica, idx in groups.items())
+        )
+        return [(idx, part) for idx, part in zip(groups.values(), parts)]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+class RemotePolicy:
+    """The Policy protocol over an ActorPool of PolicyActors."""
+
+    def __init__(self, pool: ActorPool):
+        self.pool = pool
+
+    async def expand(self, states, n, params):
+        counts = per_state_counts(states, n)
+        params = per_state_params(states, params)
+
+        def args(idx):
+            return [states[i] for i in idx], [counts[i] for i in idx], [params[i] for i in idx]
+
+        out: list = [None] * len(states)
+        for idx, part in await self.pool.scatter("expand", states, args):
+            for i, steps in zip(idx, part):
+                out[i] = steps
+        return out
+
+    async def complete(self, states, params):
+        params = per_state_params(states, params)
+
+        def args(idx):
+            return [states[i] for i in idx], [params[i] for i in idx]
+
+        out: list = [None] * len(states)
+        for idx, part in await self.pool.scatter("complete", states, args):
+            for i, steps in zip(idx, part):
+                out[i] = steps
+        return out
+
+
+class RemoteCritic:
+    """The Critic protocol (with costs) over an ActorPool of CriticActors."""
+
+    def __init__(self, pool: ActorPool):
+        self.pool = pool
+
+    async def score_with_cost(self, states: Sequence[State]):
+        values = np.zeros(len(states))
+        tokens = np.zeros(len(states), dtype=np.int64)
+        for idx, (v, t) in await self.pool.scatter("score_with_cost", states, lambda idx: ([states[i] for i in idx],)):
+            values[idx] = v
+            tokens[idx] = t
+        return values, tokens
+
+    async def score(self, states: Sequence[State]) -> np.ndarray:
+        values, _ = await self.score_with_cost(states)
+        return values
+
+    def __repr__(self) -> str:
+        return f"RemoteCritic({self.pool.name})"
+
+
+def policy_pool(policy_cfg: Mapping, resources: Mapping) -> ActorPool:
+    policy_actor, _ = _actor_classes()
+    return ActorPool(policy_actor, (plain(policy_cfg),), resources, name="policy")
+
+
+def critic_pool(critic_cfg: Mapping, task_cfg: Mapping, resources: Mapping) -> ActorPool:
+    _, critic_actor = _actor_classes()
+    return ActorPool(critic_actor, (plain(critic_cfg), plain(task_cfg)), resources, name="critic")
