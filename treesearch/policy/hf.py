@@ -1,0 +1,395 @@
+"""The transformers backend: batched step generation on CPU or GPU with prefix reuse.
+
+Decoding is a small loop of our own rather than `model.generate`, for two reasons:
+
+- prefix reuse: the n samples of one state share one prefill of its prompt; the KV cache
+  is then repeated n times along the batch before decoding (`prompt_tokens_encoded` vs
+  `prompt_tokens_naive` count what that saves);
+- per-sequence stopping on decoded text (a step delimiter such as "\\n" may be part of a
+  token like "\\n\\n" or ".\\n"), with whitespace-only steps skipped, and finished
+  sequences dropped from the batch at once.
+
+Step semantics shared with the vLLM backend (`step_from_tokens`, `split_completion`):
+a step's text ends with (and includes) the first stop string that follows some
+non-whitespace text; anything decoded after it is cut. `num_tokens`/`token_ids` are the
+tokens generated (the end-of-sequence token included when one was sampled) and
+`logprob` their summed log-probability under the model's unscaled distribution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import random
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from treesearch.policy.base import ParamsArg, per_state_counts, per_state_params
+from treesearch.prompting import render_state
+from treesearch.types import SamplingParams, State, Step
+
+# ----------------------------------------------------------------------------------------
+# Text-level helpers shared by the backends
+
+
+def find_stop(text: str, stops: Sequence[str]) -> Optional[int]:
+    """End offset of the first stop string in `text` that follows non-whitespace text
+    (so a step is never whitespace only), or None."""
+    if not stops:
+        return None
+    first = len(text) - len(text.lstrip())  # index of the first non-whitespace char
+    if first >= len(text):
+        return None
+    best = None
+    for stop in stops:
+        if not stop:
+            continue
+        pos = text.find(stop, first + 1)
+        if pos >= 0 and (best is None or pos + len(stop) < best):
+            best = pos + len(stop)
+    return best
+
+
+def step_boundaries(text: str, stops: Sequence[str]) -> list[int]:
+    """End offsets of the steps of `text` split at `stops` (each step keeps its stop
+    string; a whitespace-only tail joins the last step). The last offset is len(text)."""
+    ends: list[int] = []
+    start = 0
+    while True:
+        end = find_stop(text[start:], stops)
+        if end is None:
+            break
+        ends.append(start + end)
+        start += end
+    if not ends or text[start:].strip():
+        ends.append(len(text))
+    else:
+        ends[-1] = len(text)
+    return ends
+
+
+def token_char_ends(tokenizer: Any, token_ids: Sequence[int]) -> list[int]:
+    """For each token, the length of the text decoded up to and including it
+    (non-decreasing; special tokens add nothing)."""
+    if not token_ids:
+        return []
+    prefixes = [list(token_ids[: i + 1]) for i in range(len(token_ids))]
+    texts = tokenizer.batch_decode(prefixes, skip_special_tokens=True)
+    out, high = [], 0
+    for t in texts:
+        high = max(high, len(t))
+        out.append(high)
+    return out
+
+
+def split_completion(
+    tokenizer: Any,
+    text: str,
+    token_ids: Sequence[int],
+    logprobs: Sequence[float],
+    finish_reason: str,
+    stops: Sequence[str],
+) -> list[Step]:
+    """Split one completion into steps at `stops`. Each token goes to the step in which
+    its decoded text ends, so the steps' `num_tokens` add up to `len(token_ids)`. The
+    last step carries the completion's own finish reason ("eos" or "length")."""
+    bounds = step_boundaries(text, stops)
+    char_ends = token_char_ends(tokenizer, token_ids)
+    owner, k = [], 0
+    for end in char_ends:
+        while k < len(bounds) - 1 and end > bounds[k]:
+            k += 1
+        owner.append(k)
+    steps, start = [], 0
+    for k, end in enumerate(bounds):
+        idx = [i for i, o in enumerate(owner) if o == k]
+        last = k == len(bounds) - 1
+        steps.append(
+            Step(
+                text=text[start:end],
+                num_tokens=len(idx),
+                logprob=float(sum(logprobs[i] for i in idx)),
+                finish_reason=finish_reason if last else "stop",
+                token_ids=tuple(int(token_ids[i]) for i in idx),
+            )
+        )
+        start = end
+    return steps
+
+
+def request_seed(base: int, prompt_ids: Sequence[int], sample: int) -> int:
+    """A per-sample seed from the request seed, the prompt's tokens and the sample's
+    index among the samples of that prompt: results do not depend on batch composition."""
+    digest = zlib.crc32(repr(tuple(prompt_ids)).encode())
+    return (base * 1_000_003 + digest * 10_007 + sample) % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------------------
+# The backend
+
+
+@dataclass
+class _Row:
+    """One sequence being generated."""
+
+    prompt_ids: list[int]
+    generator: Optional[torch.Generator]
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    finish: Optional[str] = None
+
+
+class HFPolicy:
+    """A `Policy` on a transformers causal LM (CPU or GPU).
+
+    `model`: "smollm2", a local folder or a Hugging Face id (see `treesearch.models`),
+    or a `(model, tokenizer)` pair. `threads` sets torch's CPU thread count.
+    `max_batch_size` bounds the sequences decoded at once; larger requests are split.
+
+    Counters: `prompt_tokens_encoded` (prompt tokens actually prefilled),
+    `prompt_tokens_naive` (what encoding every sample's prompt would cost),
+    `generated_tokens`, `calls`, `model_seconds`.
+    """
+
+    def __init__(
+        self,
+        model: Any = "smollm2",
+        *,
+        device: str = "auto",
+        dtype: Any = "auto",
+        threads: Optional[int] = None,
+        max_batch_size: int = 32,
+    ):
+        from treesearch.models import load_causal_lm
+
+        if max_batch_size < 1:
+            raise ValueError(f"HFPolicy.max_batch_size must be >= 1, got {max_batch_size}")
+        self.threads = threads
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        if isinstance(model, (tuple, list)):
+            self.model, self.tokenizer = model
+            if self.tokenizer.pad_token_id is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+        else:
+            self.model, self.tokenizer = load_causal_lm(
+                model, device=device, dtype=dtype, threads=threads
+            )
+        self.device = next(self.model.parameters()).device
+        self.max_batch_size = int(max_batch_size)
+        self.eos_ids = self._eos_ids()
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = next(iter(self.eos_ids), 0)
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._logits_to_keep = "logits_to_keep" in params
+        self._lock = threading.Lock()
+        self.prompt_tokens_encoded = 0
+        self.prompt_tokens_naive = 0
+        self.generated_tokens = 0
+        self.calls = 0
+        self.model_seconds = 0.0
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
+            value = getattr(source, "eos_token_id", None)
+            if value is None:
+                continue
+            ids.update([value] if isinstance(value, int) else value)
+        return ids
+
+    def stats(self) -> dict:
+        """The counters as a dict."""
+        return {
+            "prompt_tokens_encoded": self.prompt_tokens_encoded,
+            "prompt_tokens_naive": self.prompt_tokens_naive,
+            "generated_tokens": self.generated_tokens,
+            "calls": self.calls,
+            "model_seconds": self.model_seconds,
+        }
+
+    # -- Policy protocol ------------------------------------------------------------------
+
+    async def expand(
+        self, states: Sequence[State], n: Union[int, Sequence[int]], params: ParamsArg
+    ) -> list[list[Step]]:
+        """For each state, `n` (or `n[i]`) samples of the next step, in order, sampled with
+        `params` (or `params[i]`)."""
+        counts = per_state_counts(states, n)
+        per_state = per_state_params(states, params)
+        return await asyncio.to_thread(self._run, states, counts, per_state, True)
+
+    async def complete(self, states: Sequence[State], params: ParamsArg) -> list[list[Step]]:
+        """For each state, one completion to EOS or `max_new_tokens`, split into steps."""
+        per_state = per_state_params(states, params)
+        return await asyncio.to_thread(self._run, states, [1] * len(states), per_state, False)
+
+    # -- blocking work --------------------------------------------------------------------
+
+    def _encode(self, state: State) -> list[int]:
+        text = render_state(self.tokenizer, state)
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and text.startswith(bos))
+        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        if not ids:
+            raise ValueError(f"state of problem {state.problem.id!r} renders to no tokens")
+        return list(ids)
+
+    def _run(
+        self,
+        states: Sequence[State],
+        counts: list[int],
+        params: list[SamplingParams],
+        as_steps: bool,
+    ) -> list[list[Step]]:
+        with self._lock:
+            if self.threads is not None:
+                torch.set_num_threads(int(self.threads))
+            start = time.perf_counter()
+            # rows of states whose params differ only in their seed are generated together
+            groups: dict[SamplingParams, list[_Row]] = {}
+            rows: list[tuple[int, _Row]] = []
+            for i, (state, count, p) in enumerate(zip(states, counts, params)):
+                prompt = self._encode(state)
+                base = p.seed if p.seed is not None else random.SystemRandom().getrandbits(62)
+                group = groups.setdefault(dataclasses.replace(p, seed=None, stop=tuple(p.stop)), [])
+                for j in range(count):
+                    gen = None
+                    if not p.greedy:
+                        gen = torch.Generator(device=self.device)
+                        gen.manual_seed(request_seed(base, prompt, j))
+                    row = _Row(prompt, gen)
+                    group.append(row)
+                    rows.append((i, row))
+            for p, group in groups.items():
+                stops = tuple(p.stop) if as_steps else ()
+                for k in range(0, len(group), self.max_batch_size):
+                    self._generate(group[k : k + self.max_batch_size], p, stops)
+            out: list[list[Step]] = [[] for _ in states]
+            for i, row in rows:
+                if as_steps:
+                    out[i].append(self._step(row, params[i].stop))
+                else:
+                    out[i] = split_completion(
+                        self.tokenizer, row.text, row.ids, row.logprobs, row.finish, params[i].stop
+                    )
+            self.calls += 1
+            self.generated_tokens += sum(len(r.ids) for _, r in rows)
+            self.model_seconds += time.perf_counter() - start
+            return out
+
+    def _step(self, row: _Row, stops: Sequence[str]) -> Step:
+        text = row.text
+        if row.finish == "stop":
+            text = text[: find_stop(text, stops)]
+        return Step(
+            text=text,
+            num_tokens=len(row.ids),
+            logprob=float(sum(row.logprobs)),
+            finish_reason=row.finish,
+            token_ids=tuple(row.ids),
+        )
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache, last_only: bool):
+        kwargs = {self._cache_arg: cache, "use_cache": True}
+        if last_only and self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+        return out.logits[:, -1, :].float()
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    @torch.inference_mode()
+    def _generate(self, rows: list[_Row], params: SamplingParams, stops: Sequence[str]) -> None:
+        """Generate for `rows` (one batch) in place: prefill each distinct prompt once,
+        repeat its cache for its samples, then decode until every row has finished."""
+        distinct: dict[tuple[int, ...], int] = {}
+        which = [distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows]
+        prompts = list(distinct)
+        self.prompt_tokens_encoded += sum(len(p) for p in prompts)
+        self.prompt_tokens_naive += sum(len(r.prompt_ids) for r in rows)
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self._new_cache()
+        logits = self._forward(ids, mask, positions, cache, last_only=True)
+
+        index = torch.tensor(which, device=self.device)
+        if which != list(range(len(prompts))):
+            cache.batch_select_indices(index)  # repeat each prompt's cache for its samples
+        logits, mask = logits[index], mask[index]
+        next_pos = positions[index, -1] + 1
+
+        active = list(range(len(rows)))  # rows still generating, in batch order
+        for _ in range(params.max_new_tokens):
+            tokens, logps = self._sample(logits, [rows[i].generator for i in active], params)
+            keep = []
+            for b, i in enumerate(active):
+                row = rows[i]
+                token = int(tokens[b])
+                row.ids.append(token)
+                row.logprobs.append(float(logps[b]))
+                if stops:  # stop strings are matched on decoded text
+                    row.text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+                if token in self.eos_ids:
+                    row.finish = "eos"
+                elif stops and find_stop(row.text, stops) is not None:
+                    row.finish = "stop"
+                elif len(row.ids) >= params.max_new_tokens:
+                    row.finish = "length"
+                else:
+                    keep.append(b)
+                    continue
+                row.text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                sel = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(sel)
+                mask, next_pos, tokens = mask[sel], next_pos[sel], tokens[sel]
+                active = [active[b] for b in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            logits = self._forward(tokens[:, None], mask, next_pos[:, None], cache, last_only=False)
+            next_pos = next_pos + 1
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, generators: list, params: SamplingParams):
+        """Next token per row (greedy, or temperature + top-p with each row's generator)
+        and its log-probability under the unscaled distribution."""
+        logp = torch.log_softmax(logits, dim=-1)
+        if params.greedy:
+            tokens = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logits / params.temperature, dim=-1)
+            if params.top_p < 1.0:
+                sorted_p, order = probs.sort(dim=-1, descending=True)
+                drop = sorted_p.cumsum(dim=-1) - sorted_p > params.top_p
+                sorted_p = sorted_p.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            tokens = torch.stack(
+                [torch.multinomial(probs[b], 1, generator=g)[0] for b, g in enumerate(generators)]
+            )
+        return tokens, logp.gather(-1, tokens[:, None])[:, 0].tolist()
