@@ -1,0 +1,108 @@
+"""Bad input and bad config: clear errors before any model loads; skipped rows become error rows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from omegaconf import OmegaConf
+
+from tests.test_jobs import compose, tiny_job
+from treesearch.jobs import run_job
+
+GOOD = '{"input": "Tom has 2 apples and buys 3. How many?", "target": 5}\n'
+
+
+def mawps_job(data: Path, out: Path, *extra):
+    # a model path that does not exist: if anything tried to load a model first, the
+    # error would be about the model, not the data
+    return [
+        "task=mawps",
+        f"task.path={data}",
+        "policy.model=/nonexistent/model",
+        "critic=verifier",
+        f"job.output_dir={out}",
+        "job.progress=false",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "content, line, field, reason",
+    [
+        (GOOD + '{"input": "x", "target": 1\n', 2, "target", "malformed JSON"),
+        (GOOD + GOOD + '{"target": 3}\n', 3, "input", "missing"),
+        (GOOD + '{"input": "   ", "target": 3}\n', 2, "input", "empty"),
+        (GOOD.encode() + b'{"input": "caf\xe9 au lait?", "target": 3}\n', 2, "input", "invalid UTF-8"),
+    ],
+    ids=["malformed-json", "missing-field", "empty-question", "invalid-utf8"],
+)
+def test_bad_rows_are_located_before_any_model_loads(tmp_path, content, line, field, reason):
+    data = tmp_path / "problems.jsonl"
+    data.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError) as err:
+        run_job(compose(mawps_job(data, tmp_path / "run")))
+    message = str(err.value)
+    assert "problems.jsonl" in message and f"line {line}" in message and repr(field) in message
+    assert reason in message
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_missing_data_file(tmp_path):
+    with pytest.raises(ValueError, match=r"nothere\.jsonl: file not found"):
+        run_job(compose(mawps_job(tmp_path / "nothere.jsonl", tmp_path / "run")))
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_skipped_bad_rows_become_error_rows_while_the_rest_runs(tmp_path, tiny_model_dir):
+    data = tmp_path / "problems.jsonl"
+    data.write_text(GOOD + '{"target": 3}\n' + GOOD.replace("Tom", "Ann"))
+    overrides = tiny_job(tiny_model_dir, tmp_path / "run") + [
+        "task=mawps",
+        f"task.path={data}",
+        "task.skip_bad_rows=true",
+    ]
+    folder = run_job(compose(overrides))
+    rows = pq.read_table(folder / "results.parquet").to_pylist()
+    assert len(rows) == 3
+    errors = [r for r in rows if r["error"]]
+    assert len(errors) == 1 and errors[0]["id"] == "bad-line-2" and "input" in errors[0]["error"]
+    assert all(r["generated_tokens"] > 0 for r in rows if not r["error"])
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "treesearch.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_unknown_config_key_is_named_by_hydra(tmp_path):
+    proc = run_cli("search", "search.options.c_puctt=2", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "c_puctt" in proc.stderr
+
+
+def test_unknown_algorithm_option_value_is_named(tmp_path):
+    proc = run_cli("search", "search.options.selection=ucb9", "policy.model=/nonexistent", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "selection" in proc.stderr and "ucb9" in proc.stderr
+
+
+def test_sweep_runs_one_job_per_value_and_the_viewer_renders(tmp_path, tiny_model_dir):
+    overrides = [o for o in tiny_job(tiny_model_dir, tmp_path / "unused") if not o.startswith("job.output_dir")]
+    overrides = [o for o in overrides if not o.startswith("task.limit")] + ["task.limit=2", f"job.output_root={tmp_path}/runs"]
+    proc = run_cli("search", "-m", "search.options.c_puct=0.5,2", *overrides, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = sorted(p for p in (tmp_path / "runs").glob("gsm8k-mcts-*") if p.is_dir())
+    assert len(runs) == 2
+    c_values = sorted(OmegaConf.load(r / "config.yaml").search.options.c_puct for r in runs)
+    assert c_values == [0.5, 2.0]
+    assert not list(tmp_path.glob("*.parquet")), "outputs must go to the run folders"
+    view = run_cli("view", str(runs[0]), cwd=tmp_path)
+    assert view.returncode == 0, view.stderr
+    page = Path(view.stdout.strip().splitlines()[-1])
+    assert page.is_file() and page.parent == runs[0] / "view"
+    assert "chosen path" in page.read_text()
