@@ -238,9 +238,11 @@ def test_prefix_reuse_encodes_each_prompt_once(policy, smollm2_tokenizer):
     assert pol.prompt_tokens_encoded == length(a) + length(b)
     assert pol.prompt_tokens_naive == 3 * length(a) + 2 * length(b)
     pol = HFPolicy((policy.model, policy.tokenizer))
-    run(pol.expand([a, a], 2, params))  # the same prompt twice in one batch: one prefill
+    same = run(pol.expand([a, a], 2, params))  # the same prompt twice in one batch: one prefill
     assert (pol.prompt_tokens_encoded, pol.prompt_tokens_naive) == (length(a), 4 * length(a))
     assert pol.generated_tokens <= 4 * 3 and pol.calls == 1
+    # the steps carry the prefill cost once, on the first step of the first request
+    assert [[s.prompt_tokens for s in steps] for steps in same] == [[length(a), 0], [0, 0]]
 
 
 def test_prefix_reuse_matches_encoding_each_sample(lively):

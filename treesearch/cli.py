@@ -49,10 +49,16 @@ def _hydra_command(config_name: str, body: Callable, args: Sequence[str]) -> Non
 
 
 def _search(cfg) -> None:
+    import json
+
     from treesearch.jobs import run_job
     from treesearch.report import print_run
 
-    print_run(run_job(cfg))
+    folder = run_job(cfg)
+    print_run(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    if metrics["problems"] and metrics["errors"] == metrics["problems"]:
+        raise SystemExit(f"every problem failed; see the error column of {folder / 'results.parquet'}")
 
 
 def _view(args: Sequence[str]) -> int:

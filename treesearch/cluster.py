@@ -37,18 +37,25 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
-def _set_threads(threads: Optional[int]) -> None:
+def _prepare_process(threads: Optional[int]) -> None:
+    """Per-actor process set-up: torch's thread count, and no download progress bars."""
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 class _PolicyHost:
     """Body of `PolicyActor`: a policy backend built from its config."""
 
     def __init__(self, spec: dict):
-        _set_threads(spec.get("threads"))
+        _prepare_process(spec.get("threads"))
         self.policy = build_policy(spec)
 
     async def expand(self, states, n, params):
@@ -65,7 +72,7 @@ class _CriticHost:
     """Body of `CriticActor`: a critic built from its config (and the task's)."""
 
     def __init__(self, spec: dict, task_spec: Optional[dict]):
-        _set_threads(spec.get("threads"))
+        _prepare_process(spec.get("threads"))
         task = build_task(task_spec) if task_spec else None
         self.critic = build_critic(spec, task)
 

@@ -41,7 +41,9 @@ class Step:
 
     `text` includes the step delimiter when the step ended at it, so that the solution
     so far is exactly the concatenation of its steps' texts. `logprob` is the summed
-    log-probability of the step's tokens.
+    log-probability of the step's tokens. `prompt_tokens` is the number of prompt tokens
+    the engine encoded for the request, carried by the first step of each request's
+    answer (0 on the others), so that accounting adds it once.
     """
 
     text: str
@@ -49,6 +51,7 @@ class Step:
     logprob: float = 0.0
     finish_reason: str = "stop"
     token_ids: Optional[tuple[int, ...]] = None
+    prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_REASONS:

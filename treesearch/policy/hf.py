@@ -282,6 +282,13 @@ class HFPolicy:
                     out[i] = split_completion(
                         self.tokenizer, row.text, row.ids, row.logprobs, row.finish, params[i].stop
                     )
+            # each distinct prompt was prefilled once: charge it to its first request
+            charged: set[tuple[int, ...]] = set()
+            for i, row in rows:
+                key = tuple(row.prompt_ids)
+                if key not in charged and out[i]:
+                    charged.add(key)
+                    out[i][0] = dataclasses.replace(out[i][0], prompt_tokens=len(row.prompt_ids))
             self.calls += 1
             self.generated_tokens += sum(len(r.ids) for _, r in rows)
             self.model_seconds += time.perf_counter() - start

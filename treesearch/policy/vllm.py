@@ -16,6 +16,7 @@ output handler lives on the loop of its first request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import random
@@ -190,11 +191,14 @@ class VLLMPolicy:
             prompt, self._sampling(params, count, params.max_new_tokens, seed, stops)
         )
         outs = sorted(first.outputs, key=lambda o: o.index)
-        return list(
+        steps = list(
             await asyncio.gather(
                 *(self._finish_step(prompt, o, j, params, base) for j, o in enumerate(outs))
             )
         )
+        encoded = max(0, len(prompt) - (getattr(first, "num_cached_tokens", None) or 0))
+        steps[0] = dataclasses.replace(steps[0], prompt_tokens=encoded)
+        return steps
 
     async def _finish_step(
         self, prompt: list[int], out: Any, sample: int, params: SamplingParams, base: int

@@ -171,6 +171,7 @@ class SearchContext:
     def _account(self, steps: Sequence[Step]) -> None:
         self.accounting.policy_calls += 1
         self.accounting.generated_tokens += sum(s.num_tokens for s in steps)
+        self.accounting.prompt_tokens += sum(s.prompt_tokens for s in steps)
 
     # ------------------------------------------------------------- requests
     async def expand(self, node: int, n: int, params: Optional[SamplingParams] = None) -> np.ndarray:
