@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import treesearch
-from treesearch import Budget, Problem
+from treesearch import Budget, Problem, Step
+from treesearch.types import FINISH_REASONS
 from tests.doubles import ScriptedPolicy
 
 PROBLEM = Problem("groups", "There are 3 groups of 3 apples. How many apples?", gold="9")
@@ -151,3 +152,47 @@ def test_search_errors_are_reported_per_problem_without_losing_others():
     assert results[0].error is None and results[0].answer is not None
     assert "critic exploded" in results[1].error
     assert len(results[1].tree) > 1  # what it built before failing is kept
+
+
+class FlakyGraderTask(treesearch.Task):
+    """A grader that cannot decide answer "7" (as if math-verify timed out)."""
+
+    def grade_outcome(self, pred, gold):
+        return None if pred == "7" else self.grade(pred, gold)
+
+
+def test_odd_model_outputs_are_recorded_on_nodes_and_the_search_goes_on():
+    script = {
+        (): [
+            ("I am not sure what to do", -0.5),  # ends at EOS with no answer
+            ("12345678901234567890 and so on forever", -0.6),  # never reaches the delimiter
+            ("Half way.\n", -0.7),
+        ],
+        ("Half way.\n",): [("The answer is 7.", -0.1), ("The answer is 9.", -0.2)],
+    }
+
+    class CappedPolicy(ScriptedPolicy):
+        async def expand(self, states, n, params):
+            out = await super().expand(states, n, params)
+            return [[Step(s.text, s.num_tokens, s.logprob, "length") if "forever" in s.text else s for s in steps] for steps in out]
+
+    (result,) = treesearch.search(
+        [Problem("odd", "q?", gold="9")],
+        policy=CappedPolicy(script),
+        critic=lambda s: 0.9 if "Half" in s.solution else 0.2,
+        algorithm="mcts",
+        task=FlakyGraderTask(),
+        budget=Budget(simulations=6),
+        root_expansions=3,
+        expansions=2,
+    )
+    tree = result.tree
+    by_text = {tree.text[i]: i for i in range(len(tree))}
+    no_answer = by_text["I am not sure what to do"]
+    assert tree.terminal[no_answer] and tree.answer[no_answer] is None
+    endless = by_text["12345678901234567890 and so on forever"]
+    assert FINISH_REASONS[tree.finish_reason[endless]] == "length" and not tree.terminal[endless]
+    seven, nine = by_text["The answer is 7."], by_text["The answer is 9."]
+    assert np.isnan(tree.reward[seven]) and tree.meta["ungraded_nodes"] == [seven]
+    assert tree.reward[nine] == 1.0
+    assert result.error is None and result.answer in {"7", "9"}

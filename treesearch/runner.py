@@ -17,6 +17,7 @@ from treesearch.batching import Batcher, BatchStats, ModelClock
 from treesearch.policy.base import Policy
 from treesearch.search import SearchAlgorithm, SearchContext, make_algorithm
 from treesearch.search.answer import select_answer
+from treesearch.search.base import grade_terminals
 from treesearch.search.budget import Budget
 from treesearch.tasks import Task
 from treesearch.types import Problem, SearchResult, State
@@ -161,7 +162,12 @@ class Runner:
         choice = select_answer(ctx.tree, self.task, algo.config.answer_selection, backup)
         correct = None
         if problem.gold is not None:
-            correct = bool(self.task.grade(choice.answer, problem.gold))
+            def grade() -> bool:
+                grade_terminals(ctx.tree, self.task, problem.gold)
+                return bool(self.task.grade(choice.answer, problem.gold))
+
+            # grading may be slow (math-verify in a worker): keep it off the event loop
+            correct = await asyncio.to_thread(grade)
         return SearchResult(
             problem=problem,
             answer=choice.answer,

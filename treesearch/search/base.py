@@ -276,8 +276,8 @@ class SearchContext:
     def _add_children(
         self, node: int, state: State, steps: Sequence[Step], priors: np.ndarray, duplicates: np.ndarray
     ) -> np.ndarray:
-        """Add `steps` as the children of `node`: mark terminals, extract and grade their
-        answers, close nodes that end or hit `max_depth` (and `node` if no step came)."""
+        """Add `steps` as the children of `node`: mark terminals and extract their answers,
+        close nodes that end or hit `max_depth` (and `node` if no step came)."""
         task, tree = self.task, self.tree
         if not steps:
             tree.add_children(node, [])
@@ -298,10 +298,7 @@ class SearchContext:
             answers=answers,
             duplicates=duplicates,
         )
-        gold = self.problem.gold
-        for child, is_terminal, answer in zip(ids, terminal, answers):
-            if is_terminal and gold is not None:
-                tree.reward[child] = float(task.grade(answer, gold))
+        for child, is_terminal in zip(ids, terminal):
             if is_terminal or tree.depth[child] >= self.config.max_depth:
                 tree.close(int(child))
         return ids
@@ -325,3 +322,17 @@ def merge_identical(steps: Sequence[Step], priors: np.ndarray) -> tuple[list[Ste
         mass.append(float(p))
         dups.append(0)
     return kept, np.asarray(mass), np.asarray(dups)
+
+
+def grade_terminals(tree: Tree, task: Task, gold: Optional[str]) -> None:
+    """Grade every answered terminal node against `gold` into `tree.reward` (1/0). A node
+    the grader could not decide (a timeout) keeps reward NaN and is listed in
+    `tree.meta["ungraded_nodes"]`. Blocking: run it off the event loop."""
+    if gold is None:
+        return
+    for node in tree.terminal_nodes():
+        graded = task.grade_outcome(tree.answer[node], gold)
+        if graded is None:
+            tree.meta.setdefault("ungraded_nodes", []).append(int(node))
+        else:
+            tree.reward[node] = float(graded)

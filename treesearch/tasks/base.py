@@ -19,7 +19,8 @@ class Task:
     - `step_delimiter`: the string that ends a reasoning step (kept in the step's text)
     - `prompt(problem)`: chat messages for the policy
     - `is_terminal(step_text)`: the step states a final answer
-    - `extract_answer(solution)`, `normalize_answer(answer)`, `grade(pred, gold)`
+    - `extract_answer(solution)`, `normalize_answer(answer)`, `grade(pred, gold)`,
+      `grade_outcome(pred, gold)` (None when the grader could not decide)
     """
 
     name = "numeric"
@@ -51,6 +52,10 @@ class Task:
         if pred is None or gold is None:
             return False
         return numbers_equal(pred, gold) or self.normalize_answer(pred) == self.normalize_answer(gold)
+
+    def grade_outcome(self, pred: Optional[str], gold: Optional[str]) -> Optional[bool]:
+        """Like `grade`, but None when the grader could not decide (e.g. it timed out)."""
+        return self.grade(pred, gold)
 
     def load(self, path=None, split: str = "test", limit=None, skip_bad_rows: bool = False) -> list[Problem]:
         """Problems from a data set; data-backed tasks ("gsm8k", "math", "jsonl", "hub")

@@ -396,12 +396,15 @@ def _verify_cached(pred: str, gold: str, timeout: float) -> bool:
     raise _Overrun()  # pragma: no cover
 
 
-def grade_latex(pred: Optional[str], gold: Optional[str], timeout: float = 5.0) -> bool:
+def grade_latex(
+    pred: Optional[str], gold: Optional[str], timeout: float = 5.0, on_timeout: Optional[bool] = False
+) -> Optional[bool]:
     """True when the LaTeX answer `pred` equals `gold` mathematically (math-verify).
 
     Safe from any thread. Plain numbers are compared directly ('0.5' vs '\\frac{1}{2}');
     anything else is compared by math-verify in a worker process. A comparison that
-    takes longer than `timeout` seconds is graded False and its worker is replaced.
+    takes longer than `timeout` seconds returns `on_timeout` (False by default; None lets
+    a caller record "could not grade") and its worker is replaced.
     """
     if pred is None or gold is None:
         return False
@@ -415,7 +418,7 @@ def grade_latex(pred: Optional[str], gold: Optional[str], timeout: float = 5.0) 
     try:
         return _verify_cached(pred, gold, float(timeout))
     except _Overrun:
-        return False
+        return on_timeout
     except _PoolUnavailable:
         if threading.current_thread() is not threading.main_thread():
             raise  # math-verify's own timeouts need the main thread: nothing safe is left

@@ -95,5 +95,8 @@ class MATHTask(JSONLTask):
         return format(number, ".10g") if number is not None else normalize_latex(answer)
 
     def grade(self, pred: Optional[str], gold: Optional[str]) -> bool:
-        return grade_latex(pred, gold, timeout=self.timeout)
+        return bool(grade_latex(pred, gold, timeout=self.timeout))
+
+    def grade_outcome(self, pred: Optional[str], gold: Optional[str]) -> Optional[bool]:
+        return grade_latex(pred, gold, timeout=self.timeout, on_timeout=None)
 
