@@ -3,6 +3,7 @@
 Commands:
   search [overrides]          run (or resume) a batch search job; Hydra overrides, -m for sweeps
   view RUN [PROBLEM_ID]       write a self-contained HTML page of a search tree and print its path
+  harvest RUN [RUN...] OUT    turn finished runs' trees into SFT / PRM / preference datasets
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ commands:
                                  treesearch search -m search.options.c_puct=0.5,1,2   (a sweep)
                                  treesearch search --cfg job        (print the composed config)
   view RUN [PROBLEM_ID]     write RUN/view/<id>.html showing a tree (default: the first problem)
+  harvest RUN [RUN...] OUT  write OUT/sft.parquet, prm.parquet, preference.parquet from runs' trees
+                            (treesearch harvest --help for options)
 
 Config groups (configs/): task, policy, critic, search, cluster, job.
 `treesearch search --help` lists them with their options.
@@ -84,6 +87,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if command == "view":
             return _view(rest)
+        if command == "harvest":
+            from treesearch.harvest_cli import main as harvest_main
+
+            return harvest_main(rest)
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"treesearch {command}: error: {err}", file=sys.stderr)
         return 1

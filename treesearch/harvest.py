@@ -1,0 +1,594 @@
+"""Harvest: search trees -> SFT, PRM and preference datasets (Parquet, explicit features).
+
+`harvest(runs, out)` reads job run folders (see `treesearch.jobs`) and writes
+
+    out/sft.parquet         correct traces, top-k per problem by value (SFT_FEATURES)
+    out/prm.parquet         stepwise rows with float value targets (PRM_FEATURES)
+    out/preference.parquet  step-level pairs from sibling values (PREFERENCE_FEATURES)
+    out/harvest.json        parameters, counts, value source and lineage (which runs)
+
+Every file loads with `datasets.load_dataset("parquet", data_files=...)` and keeps its
+features (list-of-message columns, float labels). A table with no rows is still written
+(zero row groups: pyarrow reads it; `datasets` refuses empty splits, a limit of datasets).
+
+Per-node value targets
+----------------------
+`mc_values(tree)`: Monte Carlo estimates. For each node, the fraction of graded terminal
+nodes in its subtree (itself included) that are correct, each terminal weighted by the
+samples it stands for (`1 + duplicates`); NaN where no graded terminal lies below.
+
+`inferred_values(tree)`: ReST-MCTS* inferred process values (Zhang et al. 2024,
+"ReST-MCTS*: LLM Self-Training via Process Reward Guided Tree Search", arXiv 2406.03816,
+section 3 "weighted reward" / "quality value", and its training-data inference). What is
+implemented, for a step node k with parent value v_{k-1} (the root is v_0 = 0):
+
+    v_k = max(v_{k-1} + (1 - v_{k-1}) * r_k / (m_k + 1), 0)
+
+- r_k = +1 when the subtree of k holds a correct terminal, -1 otherwise;
+- m_k = the fewest further steps from k to a correct terminal seen in the tree (0 for a
+  correct terminal itself). For a step with no correct terminal below, m_k is that of its
+  nearest ancestor that has one: the distance at the point where the path left every
+  correct continuation;
+- nodes whose subtree holds no decided end (only open frontier leaves or ungraded
+  terminals) are NaN; decided ends are graded terminals (reward 1/0) and closed
+  non-terminal leaves (dead ends, depth limit), which count as failures.
+
+Why "m_k + 1" and not "m_k" (as `DESIGN.md` wrote it): the paper's weighted reward (its
+section 3.1, as recalled: the paper's body could not be opened with the tools used here,
+only its abstract) is w_{s_k} = (1 - v_{k-1}) / (m_k + 1) * (1 - 2 r_{s_k}), with
+v_k = max(v_{k-1} + w_{s_k}, 0) and m_k the reasoning distance (the fewest steps still
+needed from s_k to the correct answer), so a correct final step (m_k = 0) gets exactly
+v_k = 1, where the bare m_k would divide by zero. The sign factor (1 - 2 r_{s_k}) with "r_{s_k}
+the PRM's output sigmoid score" reads inverted (THUDM/ReST-MCTS issue #12, "Formula 2 &
+Observation 2", quotes that sentence and asks about the contradiction); for training
+targets from gold answers the authors' code settles it: +1 on steps with a correct
+continuation, -1 otherwise. That code, THUDM/ReST-MCTS `MCTS/base.py` (`treeNode`), was
+read and agrees with the formula above:
+
+    # a verified-correct end leaf (MCTS/task.py, verify_end_nodes):
+    leaf.min_steps_to_correct = 1
+    # ancestors (get_full_value_samples_vm):
+    cur_node.min_steps_to_correct = min([n.min_steps_to_correct for n in cur_node.children.values()]) + 1
+    # a wrong leaf: walk up to the first ancestor with a finite distance, m = its distance,
+    # and give that m to every node between them:
+    while cur_node.min_steps_to_correct == 1024: cur_node.min_steps_to_correct = m
+    # values (get_all_value_samples_vm), r = 1 on correct routes (he == 1) else -1:
+    self.V = max(0, (1 - self.parent.V) * r / self.min_steps_to_correct + self.parent.V)
+
+Their `min_steps_to_correct` counts the node itself (1 at a correct leaf), i.e. it is our
+m_k + 1; wrong nodes inherit the nearest correct-bearing ancestor's value, as above.
+Differences from that code, on purpose: (1) it emits no value samples for a tree without
+a correct end (`if flag:`); here the formula is applied as written, which gives 0 to every
+decided node of such a tree (v_0 = 0 and r = -1 keep it at 0 for any m); (2) it considers
+only the end leaves the search verified, so subtrees ending in unexpanded leaves are
+skipped; here closed dead ends count as failed ends and open leaves leave a node NaN.
+Values stay in [0, 1]: a correct step moves v toward 1 by a fraction <= 1, a wrong one
+toward 0, clipped at 0.
+
+Rows
+----
+- SFT (`SFT_FEATURES`): per problem (pooled over all runs), the root-to-terminal paths whose
+  terminal has reward 1, ranked by `value` (the terminal's search value `tree.value`; where
+  the search never valued it, the mean of the path's value targets), deduplicated by
+  solution text, the best `top_k` kept. Conversational: `prompt` (the task's chat
+  messages; a plain-text prompt becomes one user message), `completion` (one assistant
+  message: the solution), and `messages` = prompt + completion. Pass either form to TRL's
+  SFTTrainer (it uses `prompt`/`completion` when present; select `messages` alone for
+  whole-conversation language modeling).
+- PRM (`PRM_FEATURES`): one row per root-to-leaf path (leaves: terminal nodes and closed
+  non-terminal leaves): `prompt` (plain text: the messages' contents joined by blank
+  lines), `prompt_messages` (the chat messages, to render exactly as the PRM critic does),
+  `completions` (the raw step texts, delimiters kept, as `critics.prm_model.encode_steps`
+  takes them), float `labels` (the value targets of those steps), `source` ("inferred" or
+  "mc"). A path is cut before its first step with a NaN target; rows that end up empty,
+  repeated, or a prefix of another row of the same tree are dropped.
+- Preference (`PREFERENCE_FEATURES`): for every pair of sibling steps whose targets differ
+  by at least `margin` (both with at least `min_visits` visits): conversational TRL
+  DPOTrainer form, `prompt` = the task's chat messages, `chosen` / `rejected` = one
+  assistant message each holding the shared prefix steps + the sibling step + its
+  continuation down its best-valued path (children by highest target) to a leaf. The
+  prefix is in the completions, not the prompt, because TRL renders a conversational
+  prompt with the generation prompt opened (a trailing assistant prefix would become a
+  closed turn); the prefix's log-probabilities are identical in chosen and rejected and
+  cancel in the DPO (sigmoid) loss, so the pair still compares the two steps (and their
+  best continuations, which end the text where the solution ends instead of after a
+  mid-solution step). `prefix`, `chosen_step`, `rejected_step` and the two values are
+  kept for step-only consumers (e.g. Step-DPO formatting).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from treesearch.tree import Tree
+
+VALUE_SOURCES = ("inferred", "mc")
+FILES = {"sft": "sft.parquet", "prm": "prm.parquet", "preference": "preference.parquet"}
+MANIFEST = "harvest.json"
+
+PathLike = Union[str, os.PathLike]
+
+
+# ----------------------------------------------------------------------------- features
+def _features():
+    from datasets import Features, List, Value
+
+    message = {"role": Value("string"), "content": Value("string")}
+    messages = List(message)
+    sft = Features(
+        {
+            "problem_id": Value("string"),
+            "prompt": messages,
+            "completion": messages,
+            "messages": messages,
+            "value": Value("float64"),
+            "run": Value("string"),
+            "node": Value("int32"),
+        }
+    )
+    prm = Features(
+        {
+            "problem_id": Value("string"),
+            "source": Value("string"),
+            "prompt": Value("string"),
+            "prompt_messages": messages,
+            "completions": List(Value("string")),
+            "labels": List(Value("float64")),
+            "run": Value("string"),
+        }
+    )
+    preference = Features(
+        {
+            "problem_id": Value("string"),
+            "source": Value("string"),
+            "prompt": messages,
+            "chosen": messages,
+            "rejected": messages,
+            "prefix": Value("string"),
+            "chosen_step": Value("string"),
+            "rejected_step": Value("string"),
+            "chosen_value": Value("float64"),
+            "rejected_value": Value("float64"),
+            "run": Value("string"),
+        }
+    )
+    return {"sft": sft, "prm": prm, "preference": preference}
+
+
+def features() -> dict:
+    """The `datasets.Features` of each table: {"sft": ..., "prm": ..., "preference": ...}."""
+    return _features()
+
+
+# ------------------------------------------------------------------------ value targets
+def _ends(tree: Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(correct terminal, decided failed end, leaf) masks over the tree's nodes."""
+    terminal = tree.column("terminal")
+    reward = tree.column("reward")
+    leaf = tree.column("num_children") == 0
+    correct = terminal & (reward == 1)
+    failed = (terminal & (reward == 0)) | (~terminal & tree.column("closed") & leaf)
+    return correct, failed, leaf
+
+
+def inferred_values(tree: Tree) -> np.ndarray:
+    """ReST-MCTS* inferred process values of every node (float64, `[len(tree)]`, in [0, 1]
+    or NaN); the root holds v_0 = 0. See the module docstring for the formula."""
+    n = len(tree)
+    parent = tree.column("parent")
+    correct, failed, _ = _ends(tree)
+    # children always have larger ids than their parent: reverse id order is a post-order
+    dist = np.where(correct, 0.0, np.inf)
+    decided = correct | failed
+    for i in range(n - 1, 0, -1):
+        p = parent[i]
+        dist[p] = min(dist[p], dist[i] + 1.0)
+        decided[p] |= decided[i]
+    values = np.full(n, np.nan)
+    values[0] = 0.0
+    anchor = np.empty(n)  # m of the nearest node on the root path with a correct terminal below
+    anchor[0] = dist[0]
+    for i in range(1, n):
+        p = parent[i]
+        anchor[i] = dist[i] if np.isfinite(dist[i]) else anchor[p]
+        v = values[p]
+        if math.isnan(v) or not decided[i]:
+            continue
+        if np.isfinite(dist[i]):
+            values[i] = v + (1.0 - v) / (dist[i] + 1.0)
+        elif np.isfinite(anchor[p]):
+            values[i] = max(v - (1.0 - v) / (anchor[p] + 1.0), 0.0)
+        else:
+            values[i] = 0.0  # no correct end anywhere above: v stays at v_0 = 0 for any m
+    return values
+
+
+def mc_values(tree: Tree) -> np.ndarray:
+    """Monte Carlo value estimates (float64, `[len(tree)]`): per node, the sample-weighted
+    fraction of graded terminals in its subtree that are correct; NaN where none is."""
+    n = len(tree)
+    parent = tree.column("parent")
+    terminal = tree.column("terminal")
+    reward = tree.column("reward").astype(np.float64)
+    graded = terminal & ~np.isnan(reward)
+    weight = np.where(graded, 1.0 + tree.column("duplicates"), 0.0)
+    total = weight.copy()
+    good = np.where(graded, weight * np.nan_to_num(reward), 0.0)
+    for i in range(n - 1, 0, -1):
+        total[parent[i]] += total[i]
+        good[parent[i]] += good[i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, good / np.where(total > 0, total, 1.0), np.nan)
+
+
+def value_targets(tree: Tree, values: str = "inferred") -> np.ndarray:
+    """`inferred_values(tree)` or `mc_values(tree)` by name."""
+    if values == "inferred":
+        return inferred_values(tree)
+    if values == "mc":
+        return mc_values(tree)
+    raise ValueError(f"unknown value source {values!r}; choose from {VALUE_SOURCES}")
+
+
+# --------------------------------------------------------------------------- prompts
+def chat_messages(prompt: Any) -> list[dict]:
+    """A task prompt as chat messages `[{role, content}]` (plain text -> one user message)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    out = []
+    for m in prompt:
+        out.append({"role": str(m["role"]), "content": str(m["content"])})
+    if not out:
+        raise ValueError("empty prompt")
+    return out
+
+
+def prompt_text(prompt: Any) -> str:
+    """A task prompt as plain text: itself, or its messages' contents joined by blank lines."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(str(m["content"]) for m in prompt)
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+# ------------------------------------------------------------------------------ rows
+def _nan_to_none(x: float) -> Optional[float]:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def sft_candidates(tree: Tree, targets: np.ndarray) -> list[dict]:
+    """Correct root-to-terminal traces of one tree with their ranking value (unranked)."""
+    out = []
+    for node in tree.terminal_nodes():
+        if tree.reward[node] != 1:
+            continue
+        path = tree.path(int(node))
+        q = float(tree.value(int(node)))
+        if math.isnan(q):
+            steps = targets[path[1:]]
+            q = float(np.nanmean(steps)) if np.isfinite(steps).any() else math.nan
+        out.append({"node": int(node), "solution": "".join(tree.steps(int(node))), "value": q, "depth": len(path) - 1})
+    return out
+
+
+def rank_sft(candidates: Sequence[dict], top_k: int) -> list[dict]:
+    """The best `top_k` candidates by value (NaN last; then shorter, then earlier), one per
+    distinct solution text (whitespace at the ends ignored)."""
+    order = sorted(
+        range(len(candidates)),
+        key=lambda i: (
+            math.isnan(candidates[i]["value"]),
+            -candidates[i]["value"] if not math.isnan(candidates[i]["value"]) else 0.0,
+            candidates[i]["depth"],
+            i,
+        ),
+    )
+    seen: set[str] = set()
+    kept = []
+    for i in order:
+        key = candidates[i]["solution"].strip()
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(candidates[i])
+        if len(kept) == top_k:
+            break
+    return kept
+
+
+def prm_rows(tree: Tree, targets: np.ndarray) -> list[dict]:
+    """Stepwise rows `{completions, labels}` of one tree (see the module docstring)."""
+    _, _, leaf = _ends(tree)
+    ends = np.flatnonzero(leaf & (tree.column("terminal") | tree.column("closed")))
+    paths: dict[int, list[int]] = {}
+    for end in ends:
+        labeled = []
+        for node in tree.path(int(end))[1:]:
+            if math.isnan(targets[node]):
+                break
+            labeled.append(node)
+        if labeled:
+            paths[labeled[-1]] = labeled  # same last node -> same row
+    inner = {node for path in paths.values() for node in path[:-1]}
+    rows = []
+    for last in sorted(paths):
+        if last in inner:
+            continue  # a cut path that another row continues
+        path = paths[last]
+        rows.append({"completions": [tree.text[i] for i in path], "labels": [float(targets[i]) for i in path]})
+    return rows
+
+
+def best_continuation(tree: Tree, node: int, targets: np.ndarray) -> list[int]:
+    """Nodes below `node` following, at each level, the child with the highest target
+    (then the highest search value, then the lowest id) down to a leaf."""
+    out = []
+    kids = tree.children(node)
+    while len(kids):
+        t = np.nan_to_num(targets[kids], nan=-np.inf)
+        q = np.nan_to_num(np.asarray(tree.value(kids), dtype=np.float64), nan=-np.inf)
+        best = int(kids[np.lexsort((kids, -q, -t))[0]])
+        out.append(best)
+        kids = tree.children(best)
+    return out
+
+
+def preference_pairs(tree: Tree, targets: np.ndarray, margin: float = 0.2, min_visits: int = 0) -> list[dict]:
+    """Sibling pairs whose targets differ by at least `margin` (see the module docstring);
+    each dict has prefix, chosen/rejected step and full texts, and the two values."""
+    pairs = []
+    tolerance = 1e-9  # values like 1/3 - 2/9 must not miss a margin they meet on paper
+    visits = tree.column("visits")
+    for parent in np.flatnonzero(tree.column("num_children") >= 2):
+        kids = [
+            int(k)
+            for k in tree.children(int(parent))
+            if not math.isnan(targets[k]) and visits[k] >= min_visits
+        ]
+        if len(kids) < 2:
+            continue
+        prefix = "".join(tree.steps(int(parent)))
+        for a_pos, a in enumerate(kids):
+            for b in kids[a_pos + 1 :]:
+                hi, lo = (a, b) if targets[a] >= targets[b] else (b, a)
+                if targets[hi] - targets[lo] < margin - tolerance:
+                    continue
+                if tree.text[hi].strip() == tree.text[lo].strip():
+                    continue
+                full = {}
+                for name, node in (("chosen", hi), ("rejected", lo)):
+                    rest = best_continuation(tree, node, targets)
+                    full[name] = prefix + tree.text[node] + "".join(tree.text[i] for i in rest)
+                pairs.append(
+                    {
+                        "prefix": prefix,
+                        "chosen_step": tree.text[hi],
+                        "rejected_step": tree.text[lo],
+                        "chosen_text": full["chosen"],
+                        "rejected_text": full["rejected"],
+                        "chosen_value": float(targets[hi]),
+                        "rejected_value": float(targets[lo]),
+                    }
+                )
+    return pairs
+
+
+# ------------------------------------------------------------------------- run folders
+class _Run:
+    """One run folder's config, task and finished trees."""
+
+    def __init__(self, path: PathLike):
+        from omegaconf import OmegaConf
+
+        from treesearch.components import build_task, plain
+        from treesearch.jobs import RunFolder
+
+        self.path = Path(path).expanduser().resolve()
+        self.folder = RunFolder(self.path)
+        manifest, config = self.path / "manifest.json", self.path / "config.yaml"
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"run folder not found: {self.path}")
+        for required in (manifest, config):
+            if not required.is_file():
+                raise FileNotFoundError(f"not a run folder: {self.path} has no {required.name}")
+        self.manifest = json.loads(manifest.read_text())
+        cfg = OmegaConf.load(config)
+        if "task" not in cfg:
+            raise ValueError(f"{config}: no 'task' section")
+        self.task_cfg = plain(cfg["task"])
+        self.task = build_task(self.task_cfg)
+        self._problems: Optional[dict] = None
+        self.skipped = {"unfinished": 0, "errors": 0, "missing_trees": 0}
+
+    def prompt(self, tree: Tree) -> Any:
+        """The prompt the search used (stored in the tree), else the task's rendering."""
+        if tree.prompt:
+            return tree.prompt
+        if self._problems is None:
+            from treesearch.components import load_problems
+
+            try:
+                self._problems = {p.id: p for p in load_problems(self.task, self.task_cfg)}
+            except NotImplementedError as err:
+                raise ValueError(f"{self.path}: tree {tree.problem_id!r} has no prompt and {err}") from err
+        if tree.problem_id not in self._problems:
+            raise ValueError(f"{self.path}: tree {tree.problem_id!r} has no prompt and its problem is not in the task data")
+        return self.task.prompt(self._problems[tree.problem_id])
+
+    def trees(self) -> Iterable[Tree]:
+        for pid in self.manifest.get("problem_ids", []):
+            result = self.folder.result_path(pid)
+            if not result.exists():
+                self.skipped["unfinished"] += 1
+                continue
+            if json.loads(result.read_text()).get("error"):
+                self.skipped["errors"] += 1
+                continue
+            tree_path = self.folder.tree_path(pid)
+            if not tree_path.exists():
+                self.skipped["missing_trees"] += 1
+                continue
+            yield Tree.load(tree_path)
+
+
+def _write_table(rows: list[dict], feats, path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = feats.arrow_schema
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if rows:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    else:
+        pq.ParquetWriter(tmp, schema).close()
+    os.replace(tmp, path)
+    return path
+
+
+def harvest(
+    runs: Union[PathLike, Sequence[PathLike]],
+    out: PathLike,
+    *,
+    top_k: int = 4,
+    values: str = "inferred",
+    margin: float = 0.2,
+    min_visits: int = 0,
+) -> dict[str, Path]:
+    """Turn the trees of run folders into out/{sft,prm,preference}.parquet and
+    out/harvest.json; return their paths by name ("sft", "prm", "preference", "manifest").
+
+    `values`: "inferred" (ReST-MCTS*) or "mc" value targets for PRM labels, pair values
+    and the SFT ranking fallback. `top_k`: SFT traces kept per problem. `margin`: least
+    target difference of a preference pair. `min_visits`: least visits of a sibling that
+    takes part in a pair.
+    """
+    if isinstance(runs, (str, os.PathLike)):
+        runs = [runs]
+    if not runs:
+        raise ValueError("harvest: no run folders given")
+    if values not in VALUE_SOURCES:
+        raise ValueError(f"harvest: values must be one of {VALUE_SOURCES}, got {values!r}")
+    if int(top_k) < 1:
+        raise ValueError(f"harvest: top_k must be >= 1, got {top_k}")
+    if not 0 <= margin <= 1:
+        raise ValueError(f"harvest: margin must be in [0, 1], got {margin}")
+    if int(min_visits) < 0:
+        raise ValueError(f"harvest: min_visits must be >= 0, got {min_visits}")
+    feats = _features()
+    folders = [_Run(r) for r in runs]  # fail on a bad folder before writing anything
+    seen = [f.path for f in folders]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"harvest: a run folder is given twice: {sorted({str(p) for p in seen if seen.count(p) > 1})}")
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    sft_pool: dict[str, list[dict]] = {}
+    prm: list[dict] = []
+    preference: list[dict] = []
+    lineage = []
+    problems: set[str] = set()
+    for run in folders:
+        counts = {"trees": 0, "prm": 0, "preference": 0, "sft_candidates": 0}
+        for tree in run.trees():
+            counts["trees"] += 1
+            problems.add(tree.problem_id)
+            prompt = run.prompt(tree)
+            messages, text = chat_messages(prompt), prompt_text(prompt)
+            targets = value_targets(tree, values)
+            base = {"problem_id": tree.problem_id, "run": str(run.path)}
+            for cand in sft_candidates(tree, targets):
+                sft_pool.setdefault(tree.problem_id, []).append({**cand, **base, "messages": messages})
+                counts["sft_candidates"] += 1
+            for row in prm_rows(tree, targets):
+                prm.append({**base, "source": values, "prompt": text, "prompt_messages": messages, **row})
+                counts["prm"] += 1
+            for pair in preference_pairs(tree, targets, margin, min_visits):
+                preference.append(
+                    {
+                        "problem_id": tree.problem_id,
+                        "source": values,
+                        "prompt": messages,
+                        "chosen": _assistant(pair["chosen_text"].rstrip()),
+                        "rejected": _assistant(pair["rejected_text"].rstrip()),
+                        "prefix": pair["prefix"],
+                        "chosen_step": pair["chosen_step"],
+                        "rejected_step": pair["rejected_step"],
+                        "chosen_value": pair["chosen_value"],
+                        "rejected_value": pair["rejected_value"],
+                        "run": str(run.path),
+                    }
+                )
+                counts["preference"] += 1
+        lineage.append(
+            {
+                "path": str(run.path),
+                "digest": run.manifest.get("digest"),
+                "task": run.task_cfg.get("name"),
+                "problems": len(run.manifest.get("problem_ids", [])),
+                **counts,
+                "skipped": run.skipped,
+            }
+        )
+
+    sft = []
+    for pid, cands in sft_pool.items():
+        for cand in rank_sft(cands, int(top_k)):
+            completion = _assistant(cand["solution"].rstrip())
+            sft.append(
+                {
+                    "problem_id": pid,
+                    "prompt": cand["messages"],
+                    "completion": completion,
+                    "messages": cand["messages"] + completion,
+                    "value": _nan_to_none(cand["value"]),
+                    "run": cand["run"],
+                    "node": cand["node"],
+                }
+            )
+
+    paths = {
+        "sft": _write_table(sft, feats["sft"], out / FILES["sft"]),
+        "prm": _write_table(prm, feats["prm"], out / FILES["prm"]),
+        "preference": _write_table(preference, feats["preference"], out / FILES["preference"]),
+    }
+    from treesearch.jobs import write_atomic
+
+    record = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "parameters": {"top_k": int(top_k), "values": values, "margin": float(margin), "min_visits": int(min_visits)},
+        "sources": {
+            "values": values,
+            "description": (
+                "ReST-MCTS* inferred process values: v_k = max(v_{k-1} + (1 - v_{k-1}) * r_k / (m_k + 1), 0), v_0 = 0"
+                if values == "inferred"
+                else "Monte Carlo: sample-weighted fraction of graded terminal descendants that are correct"
+            ),
+            "sft_ranking": "terminal search value (tree.value), else mean of the path's value targets",
+        },
+        "counts": {
+            "runs": len(folders),
+            "trees": sum(r["trees"] for r in lineage),
+            "problems": len(problems),
+            "problems_with_sft": len({row["problem_id"] for row in sft}),
+            "sft": len(sft),
+            "prm": len(prm),
+            "preference": len(preference),
+        },
+        "files": {name: FILES[name] for name in FILES},
+        "features": {name: feats[name].to_dict() for name in FILES},
+        "runs": lineage,
+    }
+    manifest = out / MANIFEST
+    write_atomic(manifest, json.dumps(record, indent=2).encode())
+    paths["manifest"] = manifest
+    return paths

@@ -1,0 +1,54 @@
+"""`treesearch harvest RUN [RUN...] OUT [options]`: run folders -> training datasets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+USAGE_DESCRIPTION = (
+    "Write OUT/sft.parquet, OUT/prm.parquet, OUT/preference.parquet and OUT/harvest.json "
+    "from the search trees of one or more run folders."
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="treesearch harvest", description=USAGE_DESCRIPTION)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by `treesearch search`")
+    p.add_argument("out", metavar="OUT", help="output folder")
+    p.add_argument("--top-k", type=int, default=4, help="SFT traces kept per problem (default 4)")
+    p.add_argument(
+        "--values",
+        choices=("inferred", "mc"),
+        default="inferred",
+        help="value targets: ReST-MCTS* inferred values or Monte Carlo estimates (default inferred)",
+    )
+    p.add_argument("--margin", type=float, default=0.2, help="least value gap of a preference pair (default 0.2)")
+    p.add_argument(
+        "--min-visits", type=int, default=0, help="least visits of a sibling used in a preference pair (default 0)"
+    )
+    return p
+
+
+def main(args: Sequence[str]) -> int:
+    """Run the harvest command; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
+    try:
+        ns = parser().parse_args(list(args))
+    except SystemExit as stop:  # argparse printed the usage error (or --help)
+        return int(stop.code or 0)
+    from treesearch.harvest import harvest
+
+    try:
+        paths = harvest(
+            ns.runs, ns.out, top_k=ns.top_k, values=ns.values, margin=ns.margin, min_visits=ns.min_visits
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"treesearch harvest: error: {err}", file=sys.stderr)
+        return 1
+    import json
+
+    counts = json.loads(paths["manifest"].read_text())["counts"]
+    for name in ("sft", "prm", "preference"):
+        print(f"{name:<11}{counts[name]:>7} rows  {paths[name]}")
+    print(f"{'manifest':<11}{'':>12}  {paths['manifest']}")
+    return 0
