@@ -141,3 +141,28 @@ def test_driver_killed_mid_job_resumes_without_recomputing(tiny_model_dir, tmp_p
     # the folder refuses a different job
     with pytest.raises(ValueError, match="holds a different job"):
         run_job(compose(tiny_job(tiny_model_dir, out, "task.limit=10", "search.options.c_puct=3.0")))
+
+
+def test_pools_are_reused_and_reloaded_in_place_between_jobs(tiny_model_dir, tmp_path):
+    import shutil
+
+    import ray
+
+    from treesearch.cluster import ModelPools
+
+    first = compose(tiny_job(tiny_model_dir, tmp_path / "a", "task.limit=2"))
+    pools = ModelPools(first)
+    try:
+        run_job(first, pools)
+        actor = pools.policy.actors[0]
+        assert pools.critic is not None
+        newer = tmp_path / "newer-model"
+        shutil.copytree(tiny_model_dir, newer)
+        second = compose(tiny_job(newer, tmp_path / "b", "task.limit=2", "search=greedy", "critic=none"))
+        folder = run_job(second, pools)
+        assert pools.policy.actors[0] is actor, "the actor must be reused, not restarted"
+        assert ray.get(actor.describe.remote())["model"] == str(newer)
+        assert pools.critic is None
+        assert len(results(folder)) == 2
+    finally:
+        pools.shutdown()

@@ -56,7 +56,13 @@ class _PolicyHost:
 
     def __init__(self, spec: dict):
         _prepare_process(spec.get("threads"))
+        self.spec = spec
         self.policy = build_policy(spec)
+
+    def reload(self, spec: dict) -> bool:
+        """Swap in another policy (e.g. the next self-training round's weights)."""
+        self.__init__(spec)
+        return True
 
     async def expand(self, states, n, params):
         return await self.policy.expand(states, n, params)
@@ -67,14 +73,24 @@ class _PolicyHost:
     def ping(self) -> bool:
         return True
 
+    def describe(self) -> dict:
+        """The config this actor's model was built from."""
+        return self.spec
+
 
 class _CriticHost:
     """Body of `CriticActor`: a critic built from its config (and the task's)."""
 
     def __init__(self, spec: dict, task_spec: Optional[dict]):
         _prepare_process(spec.get("threads"))
+        self.spec = spec
         task = build_task(task_spec) if task_spec else None
         self.critic = build_critic(spec, task)
+
+    def reload(self, spec: dict, task_spec: Optional[dict]) -> bool:
+        """Swap in another critic (e.g. a newly trained PRM)."""
+        self.__init__(spec, task_spec)
+        return True
 
     async def score_with_cost(self, states):
         with_cost = getattr(self.critic, "score_with_cost", None)
@@ -86,6 +102,10 @@ class _CriticHost:
 
     def ping(self) -> bool:
         return True
+
+    def describe(self) -> dict:
+        """The config this actor's model was built from."""
+        return self.spec
 
 
 def _actor_classes():
@@ -126,6 +146,14 @@ class ActorPool:
         import ray
 
         ray.get([a.ping.remote() for a in self.actors], timeout=timeout)
+
+    def reload(self, *args: Any, timeout: float = 600.0) -> None:
+        """Rebuild every replica's model from new constructor arguments, in place: the
+        actors (and the cluster) stay up. Replacements started later use them too."""
+        import ray
+
+        self.args = args
+        ray.get([a.reload.remote(*args) for a in self.actors], timeout=timeout)
 
     def replica_for(self, key: str) -> int:
         return zlib.crc32(key.encode()) % self.replicas
@@ -219,6 +247,49 @@ class RemoteCritic:
 
     def __repr__(self) -> str:
         return f"RemoteCritic({self.pool.name})"
+
+
+class ModelPools:
+    """The policy pool and (optional) critic pool a job needs. Jobs create their own, or
+    reuse one across jobs (self-training): `configure(cfg)` reloads a pool's model in place
+    when its config changed, and starts or stops the critic pool as needed."""
+
+    def __init__(self, cfg: Mapping):
+        cluster = plain(cfg["cluster"])
+        init_ray(cluster.get("address"), cluster.get("num_cpus"))
+        self.resources = cluster
+        self.policy_spec = plain(cfg["policy"])
+        self.policy = policy_pool(self.policy_spec, cluster["policy"])
+        self.critic: Optional[ActorPool] = None
+        self.critic_spec: dict = {}
+        self.configure(cfg)
+
+    def configure(self, cfg: Mapping) -> None:
+        policy_spec = plain(cfg["policy"])
+        if policy_spec != self.policy_spec:
+            self.policy.reload(policy_spec)
+            self.policy_spec = policy_spec
+        critic_spec, task_spec = plain(cfg.get("critic")), plain(cfg["task"])
+        wanted = critic_spec if critic_spec.get("name") is not None else {}
+        if not wanted and self.critic is not None:
+            self.critic.shutdown()
+            self.critic = None
+        elif wanted and self.critic is None:
+            self.critic = critic_pool(wanted, task_spec, self.resources["critic"])
+        elif wanted and (wanted, task_spec) != (self.critic_spec, self.critic.args[1]):
+            self.critic.reload(wanted, task_spec)
+        self.critic_spec = wanted
+
+    def ready(self) -> None:
+        for pool in self.pools():
+            pool.ready()
+
+    def pools(self) -> list[ActorPool]:
+        return [self.policy] + ([self.critic] if self.critic is not None else [])
+
+    def shutdown(self) -> None:
+        for pool in self.pools():
+            pool.shutdown()
 
 
 def policy_pool(policy_cfg: Mapping, resources: Mapping) -> ActorPool:

@@ -24,10 +24,13 @@ import statistics
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 from treesearch.components import build_task, load_problems, plain
 from treesearch.types import Problem, SearchResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from treesearch.cluster import ModelPools
 
 RESULT_SCHEMA = {
     "id": "string",
@@ -200,43 +203,36 @@ def compute_metrics(rows: list[dict], stats: Optional[dict] = None) -> dict:
     }
 
 
-async def _search(cfg: Mapping, task, problems: list[Problem], folder: RunFolder, progress) -> dict:
-    """Run the searches against actor pools; write each result as it finishes."""
-    from treesearch.cluster import RemoteCritic, RemotePolicy, critic_pool, init_ray, policy_pool
+async def _search(
+    cfg: Mapping, task, problems: list[Problem], folder: RunFolder, progress, pools: "ModelPools"
+) -> dict:
+    """Run the searches against the actor pools; write each result as it finishes."""
+    from treesearch.cluster import RemoteCritic, RemotePolicy
     from treesearch.runner import Runner
     from treesearch.search.budget import Budget
 
-    cluster, job, search = plain(cfg["cluster"]), plain(cfg["job"]), plain(cfg["search"])
-    init_ray(cluster.get("address"), cluster.get("num_cpus"))
-    pools = [policy_pool(cfg["policy"], cluster["policy"])]
-    critic = None
-    if plain(cfg.get("critic")).get("name") is not None:
-        pools.append(critic_pool(cfg["critic"], cfg["task"], cluster["critic"]))
-        critic = RemoteCritic(pools[1])
-    try:
-        await asyncio.gather(*(asyncio.to_thread(p.ready) for p in pools))
-        runner = Runner(
-            RemotePolicy(pools[0]),
-            critic,
-            task,
-            max_batch_size=job.get("max_batch_size", 32),
-            max_wait_ms=job.get("max_wait_ms", 5),
-            trees_in_flight=job.get("trees_in_flight", 16),
-            policy_concurrency=pools[0].replicas,
-            critic_concurrency=pools[1].replicas if critic is not None else 1,
-        )
-        budget = Budget.from_dict({k: v for k, v in search["budget"].items() if v is not None})
+    job, search = plain(cfg["job"]), plain(cfg["search"])
+    await asyncio.to_thread(pools.ready)
+    critic = RemoteCritic(pools.critic) if pools.critic is not None else None
+    runner = Runner(
+        RemotePolicy(pools.policy),
+        critic,
+        task,
+        max_batch_size=job.get("max_batch_size", 32),
+        max_wait_ms=job.get("max_wait_ms", 5),
+        trees_in_flight=job.get("trees_in_flight", 16),
+        policy_concurrency=pools.policy.replicas,
+        critic_concurrency=pools.critic.replicas if critic is not None else 1,
+    )
+    budget = Budget.from_dict({k: v for k, v in search["budget"].items() if v is not None})
 
-        def on_result(result: SearchResult) -> None:
-            progress.update(folder.write_result(result, job.get("save_trees", True)))
+    def on_result(result: SearchResult) -> None:
+        progress.update(folder.write_result(result, job.get("save_trees", True)))
 
-        await runner.run(problems, search["algorithm"], budget, on_result=on_result, **search.get("options", {}))
-        stats = runner.stats.as_dict()
-        stats["replacements"] = {p.name: p.replacements for p in pools}
-        return stats
-    finally:
-        for pool in pools:
-            pool.shutdown()
+    await runner.run(problems, search["algorithm"], budget, on_result=on_result, **search.get("options", {}))
+    stats = runner.stats.as_dict()
+    stats["replacements"] = {p.name: p.replacements for p in pools.pools()}
+    return stats
 
 
 class Progress:
@@ -269,8 +265,10 @@ class Progress:
             self.bar.close()
 
 
-def run_job(cfg: Mapping) -> Path:
-    """Run (or resume) a batch search job; return its run folder."""
+def run_job(cfg: Mapping, pools: Optional["ModelPools"] = None) -> Path:
+    """Run (or resume) a batch search job; return its run folder. Pass `pools` to reuse
+    running actors (they are reconfigured for this job and left running); otherwise the
+    job starts its own and stops them at the end."""
     from omegaconf import OmegaConf
 
     job = plain(cfg["job"])
@@ -296,11 +294,20 @@ def run_job(cfg: Mapping) -> Path:
     todo = [p for p in problems if p.id not in done]
     stats: dict = {}
     if todo:
+        from treesearch.cluster import ModelPools
+
+        own = pools is None
+        if own:
+            pools = ModelPools(cfg)
+        else:
+            pools.configure(cfg)
         progress = Progress(len(todo), job.get("progress", True))
         try:
-            stats = asyncio.run(_search(cfg, task, todo, folder, progress))
+            stats = asyncio.run(_search(cfg, task, todo, folder, progress, pools))
         finally:
             progress.close()
+            if own:
+                pools.shutdown()
     rows = folder.rows(ids + bad_ids)
     folder.write_table(rows)
     metrics = compute_metrics(rows, stats)
