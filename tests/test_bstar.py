@@ -1,0 +1,38 @@
+import pytest
+
+from treesearch.bstar import Sample, balance_score, bstar_metrics, samples_from_tree
+from treesearch.tree import Tree
+
+
+def test_metrics_on_known_samples():
+    problem_a = [Sample("x=1", 0.9, True), Sample("x=1 ", 0.8, True), Sample("y", 0.7, False), Sample("z=2", 0.2, True)]
+    problem_b = [Sample("w", 0.95, False), Sample("v", 0.1, True)]
+    m = bstar_metrics([problem_a, problem_b], threshold=0.5, n_star=2)
+    assert m["pass_at_k"] == 1.0
+    # distinct correct solutions: a has "x=1" (twice, modulo whitespace) and "z=2"; b has "v"
+    assert m["distinct_correct"] == pytest.approx((2 + 1) / 2)
+    # critic's pick: a picks 0.9 (correct), b picks 0.95 (wrong)
+    assert m["exploitation"] == pytest.approx(0.5)
+    # balance: a selects 3 (>= .5), 2 correct: min(2/2, 1) * 2/3; b selects 1, 0 correct: 0
+    assert m["balance_score"] == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_balance_score_edges():
+    assert balance_score([Sample("a", 0.1, True)], threshold=0.5, n_star=4) == 0.0
+    assert balance_score([Sample("a", 0.9, True)] * 8, threshold=0.5, n_star=4) == 1.0
+    assert balance_score([Sample("a", 0.9, True)], threshold=0.5, n_star=4) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="n_star"):
+        bstar_metrics([], n_star=0)
+
+
+def test_samples_from_tree_count_duplicates_and_skip_ungraded():
+    tree = Tree()
+    a, b, c = tree.add_children(
+        0, ["The answer is 1.", "The answer is 2.", "The answer is 3."], terminal=[True, True, True],
+        answers=["1", "2", "3"], duplicates=[2, 0, 0],
+    )
+    tree.reward[[a, b]] = [1.0, 0.0]  # c was never graded (NaN)
+    tree.critic_value[[a, b, c]] = [0.7, 0.4, 0.9]
+    samples = samples_from_tree(tree)
+    assert len(samples) == 4 and sum(s.correct for s in samples) == 3
+    assert sorted(s.value for s in samples) == pytest.approx([0.4, 0.7, 0.7, 0.7])
