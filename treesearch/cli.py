@@ -4,6 +4,7 @@ Commands:
   search [overrides]          run (or resume) a batch search job; Hydra overrides, -m for sweeps
   view RUN [PROBLEM_ID]       write a self-contained HTML page of a search tree and print its path
   harvest RUN [RUN...] OUT    turn finished runs' trees into SFT / PRM / preference datasets
+  selftrain [overrides]       self-training rounds: search -> harvest -> train -> evaluate
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ commands:
   view RUN [PROBLEM_ID]     write RUN/view/<id>.html showing a tree (default: the first problem)
   harvest RUN [RUN...] OUT  write OUT/sft.parquet, prm.parquet, preference.parquet from runs' trees
                             (treesearch harvest --help for options)
+  selftrain [overrides]     rounds of search -> harvest -> train policy and PRM -> evaluate,
+                            e.g. treesearch selftrain task.path=TRAIN.jsonl selftrain.dev.path=DEV.jsonl
 
 Config groups (configs/): task, policy, critic, search, cluster, job.
 `treesearch search --help` lists them with their options.
@@ -64,6 +67,35 @@ def _search(cfg) -> None:
         raise SystemExit(f"every problem failed; see the error column of {folder / 'results.parquet'}")
 
 
+def _selftrain(cfg) -> None:
+    from treesearch.selftrain import SelfTraining
+
+    trainer = SelfTraining(cfg)
+    summary = trainer.run(on_round=_print_round)
+    print(f"self-training folder: {trainer.root}")
+    if summary.get("baseline"):
+        print(f"baseline: {_accuracies(summary['baseline'])}")
+
+
+def _accuracies(record: dict) -> str:
+    parts = []
+    for key in ("dev_greedy", "dev_search"):
+        if record.get(key):
+            acc = record[key]["accuracy"]
+            parts.append(f"{key} {'n/a' if acc is None else f'{acc:.1%}'}")
+    return ", ".join(parts) or "no evaluation"
+
+
+def _print_round(record: dict) -> None:
+    bstar = (record.get("bstar") or {}).get("by_temperature", {})
+    extra = "; ".join(
+        f"T={t}: pass@k {m.get('pass_at_k', 0):.2f}, exploitation {m.get('exploitation', 0):.2f}, "
+        f"balance {m.get('balance_score', 0):.3f}"
+        for t, m in bstar.items()
+    )
+    print(f"round {record['round']}: {_accuracies(record)}" + (f" | B-STaR {extra}" if extra else ""), flush=True)
+
+
 def _view(args: Sequence[str]) -> int:
     from treesearch.viewer import write_view
 
@@ -84,6 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if command == "search":
             _hydra_command("search", _search, rest)
+            return 0
+        if command == "selftrain":
+            _hydra_command("selftrain", _selftrain, rest)
             return 0
         if command == "view":
             return _view(rest)

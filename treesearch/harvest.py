@@ -510,7 +510,10 @@ def harvest(
                 sft_pool.setdefault(tree.problem_id, []).append({**cand, **base, "messages": messages})
                 counts["sft_candidates"] += 1
             for row in prm_rows(tree, targets):
-                prm.append({**base, "source": values, "prompt": text, "prompt_messages": messages, **row})
+                # a plain-text prompt stays plain (prompt_messages null), so the PRM trainer
+                # renders it exactly as the PRM critic will at scoring time
+                chat = None if isinstance(prompt, str) else messages
+                prm.append({**base, "source": values, "prompt": text, "prompt_messages": chat, **row})
                 counts["prm"] += 1
             for pair in preference_pairs(tree, targets, margin, min_visits):
                 preference.append(

@@ -148,13 +148,35 @@ def clear_model_cache() -> None:
         _CACHE.clear()
 
 
+def drop_gguf_marker(lm: Any, name: Any = "model") -> None:
+    """A model loaded from GGUF ("smollm2") holds plain dequantised fp32 weights but keeps
+    transformers' GGUF quantizer attached, so `Trainer` refuses it ("purely quantized
+    models") and `save_pretrained` records a GGUF quantization config. Detach it, on a
+    private copy only. Any other quantized model is refused here."""
+    import torch
+
+    quantizer = getattr(lm, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    method = getattr(quantizer.quantization_config, "quant_method", "")
+    method = str(getattr(method, "value", method)).lower()
+    plain = all(type(p) is torch.nn.Parameter and p.dtype.is_floating_point for p in lm.parameters())
+    if method != "gguf" or not plain:
+        raise ValueError(f"model {name!r} is quantized ({method or 'unknown method'}); training needs plain weights")
+    quantizer.remove_quantization_config(lm)
+
+
 def export_hf_folder(model: Union[str, os.PathLike], folder: Union[str, os.PathLike]) -> Path:
     """Save `model` (e.g. the GGUF "smollm2") as a plain Hugging Face folder, for engines
     such as vLLM that want one. Does nothing when the folder already holds a config."""
     folder = Path(folder).expanduser()
     if (folder / "config.json").is_file():
         return folder
+    import copy
+
     lm, tokenizer = load_causal_lm(model, device="cpu", dtype="float32")
+    lm = copy.deepcopy(lm)  # the cached copy keeps its GGUF marker; the export drops it
+    drop_gguf_marker(lm, model)
     folder.mkdir(parents=True, exist_ok=True)
     lm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

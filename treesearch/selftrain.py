@@ -1,0 +1,237 @@
+"""Self-training rounds: search -> harvest -> train policy and PRM -> evaluate -> next round.
+
+Folder layout (`selftrain.output_dir`, default `<output_root>/selftrain-<digest>`):
+
+    baseline/eval_greedy/        the starting policy, greedy on the dev split
+    round-<r>/search/            batch search of the train split (training-data mode: the
+                                 critic is the gold-answer verifier unless configured)
+    round-<r>/data/              harvested SFT / PRM / preference datasets
+    round-<r>/policy/            the SFT-trained policy (a Hugging Face folder)
+    round-<r>/prm/               the trained PRM (value head; critics.prm.PRMCritic loads it)
+    round-<r>/eval_greedy/       new policy, greedy, dev split
+    round-<r>/eval_search/       new policy + new PRM, the configured search, dev split
+    round-<r>/bstar/             k samples per dev problem (best-of-N) for B-STaR figures
+    round-<r>/round.json         lineage (models and data in and out) and metrics
+    summary.json                 every round's metrics
+
+Every stage's output is its own marker: a rerun skips finished stages and resumes a
+half-done search job, so a crashed round resumes where it stopped. The policy and critic
+actors stay up across all stages; new weights are loaded into them in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from treesearch.components import plain
+from treesearch.jobs import job_digest, write_atomic
+
+
+def _derive(cfg: DictConfig, **sections: Any) -> DictConfig:
+    """A copy of `cfg` with whole sections replaced (None keeps the section)."""
+    out = plain(cfg)
+    out.update({k: v for k, v in sections.items() if v is not None})
+    return OmegaConf.create(out)
+
+
+def _json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class SelfTraining:
+    """Runs the rounds of one self-training config. `pools` are the running actors."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.st = plain(cfg["selftrain"])
+        root = self.st.get("output_dir")
+        if not root:
+            root = Path(plain(cfg["job"]).get("output_root", "runs")) / f"selftrain-{job_digest(cfg)[:10]}"
+        self.root = Path(root)
+        self.pools = None
+
+    # ---------------------------------------------------------------- configs
+    def dev_task(self) -> dict:
+        task = plain(self.cfg["task"])
+        task.update(self.st["dev"])
+        return task
+
+    def job_cfg(self, folder: Path, policy_model: str, *, task=None, critic=None, search=None) -> DictConfig:
+        """A search-job config for one stage."""
+        policy = dict(plain(self.cfg["policy"]), model=policy_model)
+        job = dict(plain(self.cfg["job"]), output_dir=str(folder))
+        return _derive(self.cfg, task=task, critic=critic, search=search, policy=policy, job=job)
+
+    def prm_critic(self, prm: Optional[str]) -> Optional[dict]:
+        if prm is None:
+            return None
+        base = plain(self.st.get("eval_critic") or {})
+        return {**base, "name": "prm", "model": prm, "style": "value_head"}
+
+    # ----------------------------------------------------------------- stages
+    def _run_job(self, cfg: DictConfig) -> Path:
+        from treesearch.cluster import ModelPools
+        from treesearch.jobs import run_job
+
+        if self.pools is None:
+            self.pools = ModelPools(cfg)
+        return run_job(cfg, self.pools)
+
+    def evaluate(self, folder: Path, policy: str, prm: Optional[str]) -> dict:
+        """Greedy (and, with a PRM, search) accuracy on the dev split."""
+        out: dict[str, Any] = {}
+        dev = self.dev_task()
+        if self.st["eval"].get("greedy", True):
+            greedy = _flat_search(self.cfg, "greedy", 1, answer_selection="value")
+            cfg = self.job_cfg(folder / "eval_greedy", policy, task=dev, critic={"name": None}, search=greedy)
+            out["dev_greedy"] = _metrics(self._run_job(cfg))
+        if self.st["eval"].get("search", True) and prm is not None:
+            cfg = self.job_cfg(folder / "eval_search", policy, task=dev, critic=self.prm_critic(prm))
+            out["dev_search"] = _metrics(self._run_job(cfg))
+        return out
+
+    def bstar(self, folder: Path, policy: str, prm: Optional[str]) -> dict:
+        """B-STaR figures at each candidate temperature; the chosen one for the next round."""
+        from treesearch.bstar import bstar_metrics, samples_from_tree
+        from treesearch.tree import Tree
+
+        cfg_b = self.st["bstar"]
+        if not cfg_b.get("enabled", True) or prm is None:
+            return {}
+        temps = list(cfg_b.get("temperatures") or [plain(self.cfg["search"])["options"].get("temperature", 0.7)])
+        if not cfg_b.get("choose_temperature", False):
+            temps = temps[:1]
+        dev = dict(self.dev_task(), limit=cfg_b.get("limit"))
+        per_temperature = {}
+        for t in temps:
+            search = _flat_search(
+                self.cfg, "best_of_n", cfg_b["k"], samples=cfg_b["k"], parallel=cfg_b["k"], temperature=t,
+                answer_selection="value",
+            )
+            cfg = self.job_cfg(folder / "bstar" / f"t{t}", policy, task=dev, critic=self.prm_critic(prm), search=search)
+            run = self._run_job(cfg)
+            trees = [Tree.load(p) for p in sorted((run / "trees").glob("*.parquet"))]
+            per_temperature[str(t)] = bstar_metrics(
+                (samples_from_tree(tree) for tree in trees), cfg_b.get("threshold", 0.5), cfg_b.get("n_star", 4)
+            )
+        best = max(per_temperature, key=lambda k: per_temperature[k].get("balance_score", 0.0))
+        return {"by_temperature": per_temperature, "chosen_temperature": float(best)}
+
+    def run(self, on_round: Optional[Callable[[dict], None]] = None) -> dict:
+        """Run (or resume) every round; return the summary."""
+        from treesearch.harvest import harvest
+        from treesearch.train import train_prm, train_sft
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.root / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plain(self.cfg))).encode())
+        policy = str(plain(self.cfg["policy"])["model"])
+        prm: Optional[str] = self.st.get("initial_prm")
+        temperature = plain(self.cfg["search"])["options"].get("temperature", 0.7)
+        summary: dict[str, Any] = {"rounds": []}
+        try:
+            baseline = self.root / "baseline"
+            summary["baseline"] = _json(baseline / "metrics.json") or self.evaluate(baseline, policy, prm)
+            write_atomic(baseline / "metrics.json", json.dumps(summary["baseline"], indent=2).encode())
+            for r in range(int(self.st["rounds"])):
+                folder = self.root / f"round-{r}"
+                record = _json(folder / "round.json")
+                if record is None:
+                    record = self._round(folder, r, policy, prm, temperature, harvest, train_sft, train_prm)
+                    write_atomic(folder / "round.json", json.dumps(record, indent=2, default=str).encode())
+                policy, prm = record["policy_out"], record["prm_out"]
+                temperature = record.get("next_temperature", temperature)
+                summary["rounds"].append(record)
+                if on_round is not None:
+                    on_round(record)
+                write_atomic(self.root / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+        finally:
+            if self.pools is not None:
+                self.pools.shutdown()
+                self.pools = None
+        return summary
+
+    def _round(self, folder, r, policy, prm, temperature, harvest, train_sft, train_prm) -> dict:
+        st = self.st
+        search = copy.deepcopy(plain(self.cfg["search"]))
+        search["options"]["temperature"] = temperature
+        run = self._run_job(self.job_cfg(folder / "search", policy, search=search))
+        data_dir = folder / "data"
+        if not (data_dir / "harvest.json").is_file():
+            harvest([run], data_dir, **st["harvest"])
+        counts = json.loads((data_dir / "harvest.json").read_text()).get("counts", {})
+        record: dict[str, Any] = {
+            "round": r,
+            "policy_in": policy,
+            "prm_in": prm,
+            "search_run": str(run),
+            "search_temperature": temperature,
+            "search": _metrics(run),
+            "data": str(data_dir),
+            "data_counts": counts,
+        }
+        new_policy, new_prm = policy, prm
+        train_p, train_v = st["policy_training"], st["prm_training"]
+        if train_p.get("enabled", True) and counts.get("sft", 0) > 0:
+            out = folder / "policy"
+            metrics = _json(out / "train_metrics.json")
+            if metrics is None:
+                options = {k: v for k, v in train_p.items() if k != "enabled"}
+                metrics = train_sft(policy, data_dir / "sft.parquet", out, **options)
+                write_atomic(out / "train_metrics.json", json.dumps(metrics, indent=2, default=str).encode())
+            record["policy_training"] = metrics
+            new_policy = str(out)
+        if train_v.get("enabled", True) and counts.get("prm", 0) > 0:
+            out = folder / "prm"
+            metrics = _json(out / "train_metrics.json")
+            if metrics is None:
+                options = {k: v for k, v in train_v.items() if k not in ("enabled", "base_model")}
+                metrics = train_prm(train_v.get("base_model") or policy, data_dir / "prm.parquet", out, **options)
+                write_atomic(out / "train_metrics.json", json.dumps(metrics, indent=2, default=str).encode())
+            record["prm_training"] = metrics
+            new_prm = str(out)
+        record["policy_out"], record["prm_out"] = new_policy, new_prm
+        record.update(self.evaluate(folder, new_policy, new_prm))
+        bstar = self.bstar(folder, new_policy, new_prm)
+        if bstar:
+            record["bstar"] = bstar
+            if st["bstar"].get("choose_temperature", False):
+                record["next_temperature"] = bstar["chosen_temperature"]
+        return record
+
+
+COMMON_OPTIONS = ("temperature", "top_p", "max_step_tokens", "max_solution_tokens", "max_depth", "seed", "prior")
+
+
+def _flat_search(cfg: Mapping, algorithm: str, solutions: int, **options: Any) -> dict:
+    """A search section for a flat sampler (greedy, best-of-N) that keeps the configured
+    search's shared options, with a budget of `solutions` per problem."""
+    base = plain(cfg["search"])["options"]
+    shared = {k: base[k] for k in COMMON_OPTIONS if k in base}
+    return {
+        "algorithm": algorithm,
+        "budget": {"generated_tokens": None, "policy_calls": None, "simulations": solutions, "seconds": None},
+        "options": {**shared, **options},
+    }
+
+
+def _metrics(run: Path) -> dict:
+    m = json.loads((Path(run) / "metrics.json").read_text())
+    return {
+        "run": str(run),
+        "accuracy": m.get("accuracy"),
+        "correct": m.get("correct"),
+        "graded": m.get("graded"),
+        "errors": m.get("errors"),
+        "mean_generated_tokens": (m.get("generated_tokens") or {}).get("mean"),
+    }
+
+
+def run_selftrain(cfg: DictConfig, on_round: Optional[Callable[[dict], None]] = None) -> tuple[Path, dict]:
+    """Run (or resume) self-training; return its folder and summary."""
+    trainer = SelfTraining(cfg)
+    return trainer.root, trainer.run(on_round)

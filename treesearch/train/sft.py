@@ -1,0 +1,352 @@
+"""Supervised fine-tuning of the policy on harvested traces (TRL's SFTTrainer).
+
+Data: conversational prompt-completion rows, as `treesearch.harvest` writes them:
+`prompt` (chat messages `{role, content}`, the task's prompt) and `completion` (the
+assistant message(s) holding the solution). A row with only `messages` is split before
+its trailing assistant turn(s). Other columns (`messages`, `problem_id`, `value`, ...) are
+ignored. The loss covers the completion tokens only (the chat template's end-of-turn
+token included, so the model learns to stop); the prompt is rendered by the tokenizer's
+chat template with the assistant turn opened, which is exactly what `HFPolicy` feeds the
+model at search time (`treesearch.prompting.render_prompt`).
+
+Full fine-tuning, or LoRA (peft) whose weights are merged into the base before saving:
+either way the output folder is a plain Hugging Face causal-LM folder (weights, config,
+tokenizer with its chat template) that `load_causal_lm(folder)` and `HFPolicy(folder)`
+load, plus `treesearch_train.json` (arguments and metrics).
+
+API facts relied on (TRL 1.x, checked against trl 1.16.0's `sft_config.py` /
+`sft_trainer.py`): `SFTConfig(max_length=..., completion_only_loss=..., packing=...)`
+(`max_seq_length` is gone), `SFTTrainer(model=<PreTrainedModel>, processing_class=
+<tokenizer>, peft_config=<LoraConfig>)`, conversational prompt-completion datasets are
+tokenized as `apply_chat_template(prompt, add_generation_prompt=True)` vs the template
+of prompt + completion, with the difference as the loss mask. TRL's config turns `bf16`
+on by default and gradient checkpointing on by default; both are set explicitly here.
+SFTTrainer also patches the model object's `forward` (a fused LM head), so training
+always runs on a private copy of the model, never on the one `load_causal_lm` caches.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+DataArg = Union[str, os.PathLike, Sequence[Mapping], Any]
+TRAIN_RECORD = "treesearch_train.json"
+
+
+# ----------------------------------------------------------------------------------------
+# Data shared by both trainers
+
+
+def read_rows(data: DataArg, what: str = "data") -> list[dict]:
+    """Rows of `data` as plain dicts: a Parquet file, a folder of Parquet files, a
+    `datasets.Dataset` (anything with `to_list`), or a sequence of dicts."""
+    if isinstance(data, (str, os.PathLike)):
+        import pyarrow.parquet as pq
+
+        path = Path(data).expanduser()
+        if path.is_dir():
+            files = sorted(path.glob("*.parquet"))
+            if not files:
+                raise FileNotFoundError(f"{what}: no .parquet files in folder {path}")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"{what}: file not found: {path}")
+        rows: list[dict] = []
+        for file in files:
+            rows.extend(pq.read_table(file).to_pylist())
+    elif hasattr(data, "to_list") and callable(data.to_list):
+        rows = list(data.to_list())
+    elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        rows = list(data)
+    else:
+        raise TypeError(
+            f"{what}: expected a Parquet path, a datasets.Dataset or a list of dicts, got {type(data).__name__}"
+        )
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"{what} row {i}: expected a dict, got {type(row).__name__}")
+    if not rows:
+        raise ValueError(f"{what}: no rows")
+    return [dict(r) for r in rows]
+
+
+def row_name(what: str, i: int, row: Mapping) -> str:
+    """`"<what> row <i>"`, with the row's problem id when it has one (for error messages)."""
+    pid = row.get("problem_id")
+    return f"{what} row {i}" + (f" (problem_id {pid!r})" if pid is not None else "")
+
+
+def check_messages(value: Any, where: str, field: str) -> list[dict]:
+    """Chat messages as `[{role, content}]` (extra keys dropped), or a ValueError naming
+    the row and the field."""
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) == 0:
+        raise ValueError(f"{where}: field {field!r} must be a non-empty list of chat messages, got {value!r:.80}")
+    out = []
+    for j, message in enumerate(value):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"{where}: field {field!r} message {j} is not a dict: {message!r:.80}")
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"{where}: field {field!r} message {j} has no role")
+        if not isinstance(content, str):
+            raise ValueError(f"{where}: field {field!r} message {j} has no text content")
+        out.append({"role": role, "content": content})
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# SFT
+
+
+def sft_example(row: Mapping, i: int, what: str = "SFT data") -> dict:
+    """One checked `{prompt, completion}` example from a data row."""
+    where = row_name(what, i, row)
+    if "prompt" in row or "completion" in row:
+        for field in ("prompt", "completion"):
+            if field not in row:
+                raise ValueError(f"{where}: missing field {field!r}")
+        prompt = check_messages(row["prompt"], where, "prompt")
+        completion = check_messages(row["completion"], where, "completion")
+    elif "messages" in row:
+        messages = check_messages(row["messages"], where, "messages")
+        cut = len(messages)
+        while cut > 0 and messages[cut - 1]["role"] == "assistant":
+            cut -= 1
+        if cut == len(messages) or cut == 0:
+            raise ValueError(f"{where}: field 'messages' must end with assistant message(s) after a prompt")
+        prompt, completion = messages[:cut], messages[cut:]
+    else:
+        raise ValueError(f"{where}: missing field 'prompt' (and 'completion'); no 'messages' either")
+    for j, message in enumerate(completion):
+        if message["role"] != "assistant":
+            raise ValueError(f"{where}: field 'completion' message {j} has role {message['role']!r}, not 'assistant'")
+    if not any(m["content"].strip() for m in completion):
+        raise ValueError(f"{where}: field 'completion' is empty")
+    return {"prompt": prompt, "completion": completion}
+
+
+def load_private_model(model: Union[str, os.PathLike], *, dtype: str = "float32"):
+    """`(causal_lm, tokenizer)` to train: a copy of what `load_causal_lm` loads (so the
+    process-wide cached model stays untouched) and a fresh tokenizer."""
+    from treesearch.models import drop_gguf_marker, load_causal_lm, load_tokenizer
+
+    cached, _ = load_causal_lm(model, device="cpu", dtype=dtype)
+    lm = copy.deepcopy(cached)
+    drop_gguf_marker(lm, model)
+    tokenizer = load_tokenizer(model)
+    return lm, tokenizer
+
+
+class _StepTimer:
+    """A Trainer callback recording each optimizer step's wall time."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer.start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.seconds.append(time.perf_counter() - timer.start)
+
+        self.start = 0.0
+        self.seconds: list[float] = []
+        self.callback = Callback()
+
+
+def quiet(trainer) -> None:
+    """Drop the Trainer's per-step log printing (the log history is still kept)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
+def checkpointing_arg(config_class: Any, enabled: bool) -> dict:
+    """The activation-checkpointing switch under its name in `config_class`
+    (`activation_checkpointing` since transformers 5.2x, `gradient_checkpointing` before;
+    TRL's config defaults the old name to True)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: bool(enabled)}
+
+
+def use_bf16() -> bool:
+    """bf16 mixed precision on CUDA GPUs that support it; fp32 on CPU (CPU autocast is slow)."""
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def build_sft_trainer(
+    lm: Any,
+    tokenizer: Any,
+    examples: list[dict],
+    output_dir: Union[str, os.PathLike],
+    *,
+    eval_examples: Optional[list[dict]] = None,
+    lora: bool = False,
+    epochs: float = 1,
+    lr: float = 2e-5,
+    batch_size: int = 4,
+    max_length: Optional[int] = 1024,
+    seed: int = 0,
+    max_steps: Optional[int] = None,
+    gradient_accumulation_steps: int = 1,
+    lora_rank: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    gradient_checkpointing: bool = False,
+):
+    """The configured `trl.SFTTrainer` (and its step timer) behind `train_sft`, on a
+    model the caller owns and checked `{prompt, completion}` examples."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the model's tokenizer has no chat template; conversational SFT needs one")
+    cuda = torch.cuda.is_available()
+    config = SFTConfig(
+        output_dir=os.fspath(output_dir),
+        num_train_epochs=float(epochs),
+        max_steps=int(max_steps) if max_steps else -1,
+        per_device_train_batch_size=int(batch_size),
+        per_device_eval_batch_size=int(batch_size),
+        gradient_accumulation_steps=int(gradient_accumulation_steps),
+        learning_rate=float(lr),
+        max_length=max_length,
+        packing=False,
+        completion_only_loss=True,
+        assistant_only_loss=False,
+        **checkpointing_arg(SFTConfig, gradient_checkpointing),
+        bf16=use_bf16(),
+        fp16=False,
+        use_cpu=not cuda,
+        seed=int(seed),
+        data_seed=int(seed),
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+    )
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=int(lora_rank),
+            lora_alpha=int(lora_alpha),
+            lora_dropout=float(lora_dropout),
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    timer = _StepTimer()
+    trainer = SFTTrainer(
+        model=lm,
+        args=config,
+        train_dataset=Dataset.from_list(examples),
+        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[timer.callback],
+    )
+    quiet(trainer)
+    return trainer, timer
+
+
+def train_sft(
+    model: Union[str, os.PathLike],
+    data: DataArg,
+    output_dir: Union[str, os.PathLike],
+    *,
+    lora: bool = False,
+    epochs: float = 1,
+    lr: Optional[float] = None,
+    batch_size: int = 4,
+    max_length: Optional[int] = 1024,
+    threads: Optional[int] = None,
+    seed: int = 0,
+    eval_data: Optional[DataArg] = None,
+    max_steps: Optional[int] = None,
+    gradient_accumulation_steps: int = 1,
+    lora_rank: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    gradient_checkpointing: bool = False,
+) -> dict:
+    """Fine-tune `model` ("smollm2", a HF folder or id) on SFT rows; save to `output_dir`.
+
+    `lora`: train LoRA adapters on all linear layers (rank `lora_rank`) and merge them
+    into the weights before saving; else full fine-tuning. `lr` defaults to 2e-5 (full)
+    or 2e-4 (LoRA). `max_length` truncates tokenized rows (prompt + completion).
+    `max_steps` (if given) overrides `epochs`. `eval_data`: rows whose completion loss
+    is measured before and after training. `threads` sets torch's CPU thread count.
+
+    Returns a dict: `output_dir`, `train_loss`, `train_runtime`, `steps`,
+    `step_seconds` (per optimizer step), `num_train_rows`, and with `eval_data`
+    `eval_loss_before` / `eval_loss` (mean completion-token NLL) and
+    `eval_mean_token_accuracy`.
+    """
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    examples = [sft_example(r, i) for i, r in enumerate(read_rows(data, "SFT data"))]
+    eval_examples = None
+    if eval_data is not None:
+        eval_examples = [sft_example(r, i, "SFT eval data") for i, r in enumerate(read_rows(eval_data, "SFT eval data"))]
+    if lr is None:
+        lr = 2e-4 if lora else 2e-5
+    lm, tokenizer = load_private_model(model)
+    output_dir = Path(output_dir).expanduser()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    options = {
+        "lora": bool(lora), "epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length,
+        "seed": seed, "max_steps": max_steps, "gradient_accumulation_steps": gradient_accumulation_steps,
+        "gradient_checkpointing": gradient_checkpointing,
+        **({"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout} if lora else {}),
+    }
+    trainer, timer = build_sft_trainer(lm, tokenizer, examples, output_dir, eval_examples=eval_examples, **options)
+    metrics: dict[str, Any] = {"output_dir": str(output_dir), "num_train_rows": len(examples), "lora": bool(lora)}
+    if eval_examples:
+        metrics["eval_loss_before"] = float(trainer.evaluate()["eval_loss"])
+    result = trainer.train()
+    metrics["train_loss"] = float(result.training_loss)
+    metrics["train_runtime"] = float(result.metrics.get("train_runtime", math.nan))
+    metrics["steps"] = int(result.global_step)
+    metrics["step_seconds"] = [round(s, 4) for s in timer.seconds]
+    if eval_examples:
+        after = trainer.evaluate()
+        metrics["eval_loss"] = float(after["eval_loss"])
+        if "eval_mean_token_accuracy" in after:
+            metrics["eval_mean_token_accuracy"] = float(after["eval_mean_token_accuracy"])
+
+    trained = trainer.model
+    if lora:
+        trained = trained.merge_and_unload()
+    trained = trained.to("cpu").float().eval()
+    trained.config.use_cache = True
+    if getattr(trained.generation_config, "pad_token_id", None) is None:
+        trained.generation_config.pad_token_id = tokenizer.pad_token_id
+    trained.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    record = {"kind": "sft", "base_model": os.fspath(model), "args": options, "metrics": metrics}
+    (output_dir / TRAIN_RECORD).write_text(json.dumps(record, indent=2))
+    return metrics
