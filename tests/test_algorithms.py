@@ -196,3 +196,22 @@ def test_odd_model_outputs_are_recorded_on_nodes_and_the_search_goes_on():
     assert np.isnan(tree.reward[seven]) and tree.meta["ungraded_nodes"] == [seven]
     assert tree.reward[nine] == 1.0
     assert result.error is None and result.answer in {"7", "9"}
+
+
+def test_a_solution_that_answers_twice_votes_once():
+    # the completion states 5, then carries on to 6: it ends at its first answer
+    script = {(): [("The answer is 5.\n", -0.1)], ("The answer is 5.\n",): [("No wait, the answer is 6.", -0.1)]}
+    (result,) = treesearch.search(
+        [Problem("twice", "q?", gold="5")],
+        policy=ScriptedPolicy(script),
+        algorithm="self_consistency",
+        budget=Budget(simulations=3),
+        samples=3,
+    )
+    tree = result.tree
+    terminals = tree.terminal_nodes()
+    assert len(terminals) == 1 and tree.answer[terminals[0]] == "5"
+    assert tree.duplicates[terminals[0]] == 2 and not tree.expanded[terminals[0]]
+    assert result.candidates == {"5": 3.0}
+    # the tokens generated after the first answer still count
+    assert result.accounting.generated_tokens > int(tree.num_tokens[: len(tree)].sum())

@@ -166,3 +166,14 @@ def test_pools_are_reused_and_reloaded_in_place_between_jobs(tiny_model_dir, tmp
         assert len(results(folder)) == 2
     finally:
         pools.shutdown()
+
+
+def test_failed_searches_are_retried_on_resume_but_bad_input_rows_are_not(tmp_path):
+    from treesearch.jobs import BAD_INPUT
+
+    folder = RunFolder(tmp_path)
+    folder.write_error("p1", "RayActorError: the actor died")
+    folder.write_error("bad-line-3", f"{BAD_INPUT}line 3: missing field")
+    (folder.results / "p2.json").write_text(json.dumps({"id": "p2", "error": None}))
+    assert folder.finished() == {"p2", "bad-line-3"}
+    assert folder.finished(redo_errors=False) == {"p1", "p2", "bad-line-3"}

@@ -98,3 +98,21 @@ def test_batch_function_returning_too_few_results_is_an_error():
     out = asyncio.run(main())
     # the batch of two fails the count check; retried one by one, each succeeds
     assert out == [1, 2]
+
+
+def test_closing_a_batcher_fails_requests_still_queued():
+    async def fn(key, items):
+        await asyncio.sleep(0.05)
+        return items
+
+    async def main():
+        batcher = Batcher(fn, max_batch_size=1, max_wait_s=0)
+        first = asyncio.ensure_future(batcher.submit("k", 1))
+        second = asyncio.ensure_future(batcher.submit("k", 2))  # queued behind the first
+        await asyncio.sleep(0.01)
+        await batcher.close()
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    first, second = asyncio.run(main())
+    assert first == 1
+    assert isinstance(second, RuntimeError) and "closed" in str(second)

@@ -202,9 +202,7 @@ class Batcher:
             live[0][1].set_exception(error)
 
     async def close(self) -> None:
-        """Stop the worker (pending calls finish first)."""
-        if self._calls:
-            await asyncio.gather(*self._calls, return_exceptions=True)
+        """Stop the worker: calls in flight finish; requests still queued fail."""
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -212,3 +210,12 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
+        if self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
+        for items in self._pending.values():
+            for _, fut in items:
+                if not fut.done():
+                    fut.set_exception(RuntimeError(f"{self.name} batcher closed before the request was sent"))
+        self._pending.clear()
+        self._order.clear()
+        self._count = 0

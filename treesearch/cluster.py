@@ -51,6 +51,28 @@ def _prepare_process(threads: Optional[int]) -> None:
         pass
 
 
+def _release(backend: Any) -> None:
+    """Free a backend's memory before loading another: engines are shut down, cached
+    models dropped, and CUDA memory returned."""
+    import gc
+
+    from treesearch.models import clear_model_cache
+
+    shutdown = getattr(backend, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    del backend
+    clear_model_cache()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 class _PolicyHost:
     """Body of `PolicyActor`: a policy backend built from its config."""
 
@@ -60,7 +82,10 @@ class _PolicyHost:
         self.policy = build_policy(spec)
 
     def reload(self, spec: dict) -> bool:
-        """Swap in another policy (e.g. the next self-training round's weights)."""
+        """Swap in another policy (e.g. the next self-training round's weights); the old
+        one's memory is freed first."""
+        _release(self.policy)
+        self.policy = None
         self.__init__(spec)
         return True
 
@@ -88,7 +113,10 @@ class _CriticHost:
         self.critic = build_critic(spec, task)
 
     def reload(self, spec: dict, task_spec: Optional[dict]) -> bool:
-        """Swap in another critic (e.g. a newly trained PRM)."""
+        """Swap in another critic (e.g. a newly trained PRM); the old one's memory is
+        freed first."""
+        _release(self.critic)
+        self.critic = None
         self.__init__(spec, task_spec)
         return True
 
@@ -171,6 +199,7 @@ class ActorPool:
                     raise
                 log.warning("%s replica %d failed (%s); replacing it and retrying", self.name, replica, err)
                 if self.actors[replica] is actor:  # another request may have replaced it already
+                    ray.kill(actor, no_restart=True)  # a restarting zombie would hold its resources
                     self.actors[replica] = self._start()
                     self.replacements += 1
                 await asyncio.sleep(0.1 * (attempt + 1))

@@ -9,8 +9,10 @@ Run folder layout:
     results.parquet     all rows, in manifest order (rebuilt at the end of every run)
     metrics.json        accuracy, tokens and calls per problem, batching, time split
 
-A problem is finished exactly when its `results/<id>.json` exists, so a rerun of the same
-command skips finished problems and redoes the rest from scratch.
+A problem is finished exactly when its `results/<id>.json` exists without a search error,
+so a rerun of the same command skips finished problems and redoes the rest from scratch
+(problems whose search failed, e.g. because a model actor stayed down, are retried;
+`job.redo_errors=false` keeps their error rows).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ RESULT_SCHEMA = {
 """Columns of results.parquet (one row per problem)."""
 
 DIGEST_SECTIONS = ("task", "policy", "critic", "search")
+BAD_INPUT = "bad input: "
 
 
 def file_key(problem_id: str) -> str:
@@ -133,20 +136,26 @@ class RunFolder:
         body = {"digest": digest, "problem_ids": problem_ids, "created": time.time()}
         write_atomic(manifest, json.dumps(body, indent=1).encode())
 
-    def finished(self) -> set[str]:
+    def finished(self, redo_errors: bool = True) -> set[str]:
+        """Ids with a result row. With `redo_errors`, rows of problems whose search failed
+        (e.g. a model actor stayed down) do not count, so a rerun tries them again; rows
+        of bad input data always count."""
         if not self.results.is_dir():
             return set()
         done = set()
         for path in self.results.glob("*.json"):
             try:
-                done.add(json.loads(path.read_text())["id"])
+                row = json.loads(path.read_text())
+                failed = bool(row.get("error")) and not str(row["error"]).startswith(BAD_INPUT)
+                if not (redo_errors and failed):
+                    done.add(row["id"])
             except (ValueError, KeyError):
                 continue  # a damaged row counts as unfinished and is redone
         return done
 
     def write_result(self, result: SearchResult, save_tree: bool = True) -> dict:
         if save_tree:
-            tmp = self.tree_path(result.problem.id).with_suffix(".parquet.tmp")
+            tmp = self.tree_path(result.problem.id).with_suffix(f".{os.getpid()}.tmp")
             result.tree.save(tmp)
             os.replace(tmp, self.tree_path(result.problem.id))
         row = result_row(result)
@@ -284,13 +293,13 @@ def run_job(cfg: Mapping, pools: Optional["ModelPools"] = None) -> Path:
     bad_ids = [bad_row_id(b) for b in bad_rows]
     folder.claim(ids + bad_ids, job_digest(cfg))
     write_atomic(folder.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plain(cfg))).encode())
+    if not job.get("resume", True) and folder.finished(redo_errors=False):
+        raise ValueError(f"run folder {folder.path} already has results and job.resume=false")
     for bad, pid in zip(bad_rows, bad_ids):
         if not folder.result_path(pid).exists():
-            folder.write_error(pid, f"bad input: {bad}")
+            folder.write_error(pid, f"{BAD_INPUT}{bad}")
 
-    done = folder.finished()
-    if done and not job.get("resume", True):
-        raise ValueError(f"run folder {folder.path} already has {len(done)} results and job.resume=false")
+    done = folder.finished(redo_errors=job.get("redo_errors", True))
     todo = [p for p in problems if p.id not in done]
     stats: dict = {}
     if todo:

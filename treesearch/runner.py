@@ -8,6 +8,7 @@ engine sees batches gathered across trees instead of one request at a time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
@@ -21,6 +22,8 @@ from treesearch.search.base import grade_terminals
 from treesearch.search.budget import Budget
 from treesearch.tasks import Task
 from treesearch.types import Problem, SearchResult, State
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,7 +138,11 @@ class Runner:
             async with slots:
                 result = await self._search(problem, algo, budget, policy, critic)
             if on_result is not None:
-                on_result(result)
+                try:
+                    on_result(result)
+                except Exception as exc:  # e.g. a failed write: the others go on
+                    log.error("on_result failed for problem %r: %s", problem.id, exc)
+                    result.error = result.error or f"on_result failed: {type(exc).__name__}: {exc}"
             return result
 
         started = time.perf_counter()
@@ -166,8 +173,11 @@ class Runner:
                 grade_terminals(ctx.tree, self.task, problem.gold)
                 return bool(self.task.grade(choice.answer, problem.gold))
 
-            # grading may be slow (math-verify in a worker): keep it off the event loop
-            correct = await asyncio.to_thread(grade)
+            try:  # grading may be slow (math-verify in a worker): keep it off the event loop
+                correct = await asyncio.to_thread(grade)
+            except Exception as exc:
+                correct = False
+                error = error or f"grading failed: {type(exc).__name__}: {exc}"
         return SearchResult(
             problem=problem,
             answer=choice.answer,

@@ -22,7 +22,9 @@ actors stay up across all stages; new weights are loaded into them in place.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -31,10 +33,21 @@ from omegaconf import DictConfig, OmegaConf
 from treesearch.components import plain
 from treesearch.jobs import job_digest, write_atomic
 
+log = logging.getLogger(__name__)
+
+
+def selftrain_digest(cfg: Mapping) -> str:
+    """The job digest plus the `selftrain` section (but not the number of rounds, so that
+    asking for more rounds continues the same folder)."""
+    st = {k: v for k, v in plain(cfg["selftrain"]).items() if k != "rounds"}
+    return hashlib.sha256((job_digest(cfg) + json.dumps(st, sort_keys=True, default=str)).encode()).hexdigest()
+
 
 def _derive(cfg: DictConfig, **sections: Any) -> DictConfig:
-    """A copy of `cfg` with whole sections replaced (None keeps the section)."""
-    out = plain(cfg)
+    """A copy of `cfg` with whole sections replaced (None keeps the section). The copy is
+    made before interpolations are resolved, so `${policy.model}` elsewhere (a self-eval
+    critic, the rollout policy) follows a replaced policy."""
+    out = OmegaConf.to_container(cfg, resolve=False)
     out.update({k: v for k, v in sections.items() if v is not None})
     return OmegaConf.create(out)
 
@@ -51,7 +64,7 @@ class SelfTraining:
         self.st = plain(cfg["selftrain"])
         root = self.st.get("output_dir")
         if not root:
-            root = Path(plain(cfg["job"]).get("output_root", "runs")) / f"selftrain-{job_digest(cfg)[:10]}"
+            root = Path(plain(cfg["job"]).get("output_root", "runs")) / f"selftrain-{selftrain_digest(cfg)[:10]}"
         self.root = Path(root)
         self.pools = None
 
@@ -63,7 +76,7 @@ class SelfTraining:
 
     def job_cfg(self, folder: Path, policy_model: str, *, task=None, critic=None, search=None) -> DictConfig:
         """A search-job config for one stage."""
-        policy = dict(plain(self.cfg["policy"]), model=policy_model)
+        policy = dict(OmegaConf.to_container(self.cfg["policy"], resolve=False), model=policy_model)
         job = dict(plain(self.cfg["job"]), output_dir=str(folder))
         return _derive(self.cfg, task=task, critic=critic, search=search, policy=policy, job=job)
 
@@ -90,6 +103,8 @@ class SelfTraining:
             greedy = _flat_search(self.cfg, "greedy", 1, answer_selection="value")
             cfg = self.job_cfg(folder / "eval_greedy", policy, task=dev, critic={"name": None}, search=greedy)
             out["dev_greedy"] = _metrics(self._run_job(cfg))
+        if self.st["eval"].get("search", True) and prm is None:
+            log.warning("no PRM yet (none trained, no selftrain.initial_prm): dev search evaluation skipped")
         if self.st["eval"].get("search", True) and prm is not None:
             cfg = self.job_cfg(folder / "eval_search", policy, task=dev, critic=self.prm_critic(prm))
             out["dev_search"] = _metrics(self._run_job(cfg))
@@ -101,7 +116,10 @@ class SelfTraining:
         from treesearch.tree import Tree
 
         cfg_b = self.st["bstar"]
-        if not cfg_b.get("enabled", True) or prm is None:
+        if not cfg_b.get("enabled", True):
+            return {}
+        if prm is None:
+            log.warning("no PRM yet: B-STaR figures need one and are skipped this round")
             return {}
         temps = list(cfg_b.get("temperatures") or [plain(self.cfg["search"])["options"].get("temperature", 0.7)])
         if not cfg_b.get("choose_temperature", False):
@@ -128,6 +146,14 @@ class SelfTraining:
         from treesearch.train import train_prm, train_sft
 
         self.root.mkdir(parents=True, exist_ok=True)
+        manifest = self.root / "manifest.json"
+        digest = selftrain_digest(self.cfg)
+        if manifest.is_file() and json.loads(manifest.read_text()).get("digest") != digest:
+            raise ValueError(
+                f"self-training folder {self.root} holds a run with another config; "
+                "choose another selftrain.output_dir (only selftrain.rounds may change on resume)"
+            )
+        write_atomic(manifest, json.dumps({"digest": digest}).encode())
         write_atomic(self.root / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plain(self.cfg))).encode())
         policy = str(plain(self.cfg["policy"])["model"])
         prm: Optional[str] = self.st.get("initial_prm")
@@ -176,6 +202,8 @@ class SelfTraining:
         }
         new_policy, new_prm = policy, prm
         train_p, train_v = st["policy_training"], st["prm_training"]
+        if train_p.get("enabled", True) and counts.get("sft", 0) == 0:
+            log.warning("round %d: no correct traces were found, so the policy is not trained", r)
         if train_p.get("enabled", True) and counts.get("sft", 0) > 0:
             out = folder / "policy"
             metrics = _json(out / "train_metrics.json")
@@ -191,6 +219,7 @@ class SelfTraining:
             if metrics is None:
                 options = {k: v for k, v in train_v.items() if k not in ("enabled", "base_model")}
                 metrics = train_prm(train_v.get("base_model") or policy, data_dir / "prm.parquet", out, **options)
+                metrics["base_model"] = str(train_v.get("base_model") or policy)
                 write_atomic(out / "train_metrics.json", json.dumps(metrics, indent=2, default=str).encode())
             record["prm_training"] = metrics
             new_prm = str(out)

@@ -201,10 +201,18 @@ class SearchContext:
         return await asyncio.gather(*(self.complete_state(state, p) for p in params))
 
     async def complete_state(self, state: State, params: SamplingParams) -> list[Step]:
-        """One completion of `state` under `params`, split into non-empty steps."""
+        """One completion of `state` under `params`, split into non-empty steps and cut
+        after the first step that ends the solution (its tokens still count)."""
         steps: list[Step] = await self._ask_policy("complete", state, params)
         self._account(steps)
-        return [s for s in steps if s.text.strip() or s.finish_reason == "eos"]
+        kept: list[Step] = []
+        for step in steps:
+            if not (step.text.strip() or step.finish_reason == "eos"):
+                continue
+            kept.append(step)
+            if self.outcome(dataclasses.replace(state, steps=state.steps + tuple(k.text for k in kept[:-1])), step)[0]:
+                break  # the solution ends at its first answer: one sample, one vote
+        return kept
 
     def add_solutions(self, node: int, solutions: Sequence[Sequence[Step]]) -> list[int]:
         """Insert completions of `node` as a prefix tree (identical steps at the same place

@@ -91,14 +91,22 @@ class MCTSStar(SearchAlgorithm):
                     return
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    leaf, value = task.result()
-                    if cfg.terminal_gate is not None and tree.terminal[leaf] and value >= cfg.terminal_gate:
-                        gate_passed = True
+                    task.result()
+                if cfg.terminal_gate is not None:
+                    gate_passed = self._gate_passed(tree)
         finally:
             for task in in_flight:
                 task.cancel()
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _gate_passed(self, tree) -> bool:
+        """Some terminal node's value (backed up, else the critic's) reached the gate."""
+        terminals = tree.terminal_nodes()
+        if terminals.size == 0:
+            return False
+        values = np.asarray(tree.value(terminals, self.config.backup), dtype=np.float64)
+        return bool(np.nanmax(values, initial=-np.inf) >= self.config.terminal_gate)
 
     def _select(self, ctx: SearchContext, node: int) -> int:
         cfg = self.config
@@ -127,12 +135,9 @@ class MCTSStar(SearchAlgorithm):
                     if node in pending:
                         await asyncio.shield(pending[node])
                         continue
-                    leaf, value = await self._expand(ctx, node, pending)
+                    leaf, value = await self._expand(ctx, node, pending, path)
                     if leaf < 0:
                         return -1, float("nan")
-                    if leaf != node:
-                        path.append(leaf)
-                        tree.virtual_loss[leaf] += 1
                     tree.virtual_loss[path] -= 1
                     tree.backup(path, value)
                     path = []
@@ -147,8 +152,12 @@ class MCTSStar(SearchAlgorithm):
             if path:
                 tree.virtual_loss[path] -= 1
 
-    async def _expand(self, ctx: SearchContext, node: int, pending: dict[int, asyncio.Future]) -> tuple[int, float]:
-        """Expand and value `node`'s children; return the best child and its value."""
+    async def _expand(
+        self, ctx: SearchContext, node: int, pending: dict[int, asyncio.Future], path: list[int]
+    ) -> tuple[int, float]:
+        """Expand and value `node`'s children; return the best child and its value. The
+        best child joins `path` (with its virtual loss) before any roll-forward, so other
+        simulations see it as taken while it rolls."""
         tree, cfg = ctx.tree, self.config
         done = asyncio.get_running_loop().create_future()
         pending[node] = done
@@ -163,6 +172,8 @@ class MCTSStar(SearchAlgorithm):
             done.set_result(None)
         best = int(kids[int(np.argmax(values))])
         value = float(values.max())
+        path.append(best)
+        tree.virtual_loss[best] += 1
         if cfg.rollforward_steps > 0 and cfg.rollforward_weight > 0 and not tree.terminal[best]:
             end = await ctx.roll_forward(best, cfg.rollforward_steps)
             (rolled,) = await ctx.score_states([end])

@@ -36,6 +36,8 @@ class SelfConsistency(SearchAlgorithm):
             wave = min(cfg.parallel, cfg.samples - len(solutions))
             if ctx.budget.simulations is not None:
                 wave = min(wave, ctx.budget.simulations - ctx.accounting.simulations)
+            if ctx.budget.policy_calls is not None:
+                wave = min(wave, ctx.budget.policy_calls - ctx.accounting.policy_calls)
             ctx.accounting.simulations += wave
             solutions += await ctx.sample_solutions(0, wave)
         return ctx.add_solutions(0, solutions)
