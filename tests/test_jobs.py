@@ -112,8 +112,12 @@ def test_killed_policy_actor_does_not_lose_or_repeat_problems(tiny_model_dir, tm
 
 
 def test_driver_killed_mid_job_resumes_without_recomputing(tiny_model_dir, tmp_path):
+    import ray
+
     out = tmp_path / "run"
-    overrides = tiny_job(tiny_model_dir, out, "task.limit=10", "job.trees_in_flight=1")
+    # the killed driver joins this session's cluster, so killing it orphans no Ray processes
+    address = ray.get_runtime_context().gcs_address
+    overrides = tiny_job(tiny_model_dir, out, "task.limit=10", "job.trees_in_flight=1", f"cluster.address={address}")
     script = (
         "import sys; from tests.test_jobs import compose; from treesearch.jobs import run_job; "
         f"run_job(compose({overrides!r}))"
@@ -131,7 +135,7 @@ def test_driver_killed_mid_job_resumes_without_recomputing(tiny_model_dir, tmp_p
     before = {p.name: p.stat().st_mtime_ns for p in results_dir.glob("*.json")}
     assert 3 <= len(before) < 10, "kill the job mid-way"
 
-    folder = run_job(compose(overrides))
+    folder = run_job(compose(overrides[:-1]))  # resume from this process (same cluster)
     rows = results(folder)
     assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
     after = {p.name: p.stat().st_mtime_ns for p in results_dir.glob("*.json")}
