@@ -314,8 +314,8 @@ def prm_rows(tree: Tree, targets: np.ndarray) -> list[dict]:
     for end in ends:
         labeled = []
         for node in tree.path(int(end))[1:]:
-            if math.isnan(targets[node]):
-                break
+            if math.isnan(targets[node]) or not tree.text[node].strip():
+                break  # no target, or an empty step (a bare end of sequence): cut here
             labeled.append(node)
         if labeled:
             paths[labeled[-1]] = labeled  # same last node -> same row
