@@ -492,3 +492,15 @@ def test_trl_dpo_trainer_takes_the_preference_rows(two_runs, tmp_path, tiny_mode
     )
     assert batch["input_ids"].shape[0] == 4
     _train_one_step(trainer)
+
+
+def test_prm_rows_stop_at_an_empty_step():
+    # root -> "a\n" -> "" (the model ended with no text, no answer) ; "a\n" -> "The answer is 1."
+    tree = Tree()
+    (a,) = tree.add_children(0, ["a\n"])
+    empty, right = tree.add_children(int(a), ["", "The answer is 1."], terminal=[True, True], answers=[None, "1"],
+                                     finish_reasons=["eos", "eos"])
+    tree.reward[[empty, right]] = [0.0, 1.0]
+    rows = prm_rows(tree, inferred_values(tree))
+    assert all(step.strip() for row in rows for step in row["completions"])
+    assert [row["completions"] for row in rows] == [["a\n", "The answer is 1."]]
