@@ -283,3 +283,13 @@ def test_roc_auc_and_eval_split():
     assert not {e["problem_id"] for e in train} & {e["problem_id"] for e in held}
     assert split_eval(examples, 0.2, seed=0) == (train, held)
     assert split_eval(examples[:1], 0.5, seed=0) == (examples[:1], [])
+
+
+def test_max_steps_caps_but_never_extends_epochs():
+    from treesearch.train.sft import step_limit
+
+    assert step_limit(None, rows=100, epochs=1, batch_size=4) == -1
+    assert step_limit(30, rows=100, epochs=1, batch_size=4) == 25  # one epoch is 25 steps
+    assert step_limit(10, rows=100, epochs=1, batch_size=4) == 10
+    assert step_limit(30, rows=2, epochs=1, batch_size=4) == 1  # 2 rows: one step, not 30
+    assert step_limit(30, rows=9, epochs=2, batch_size=4, accumulation=2) == 4

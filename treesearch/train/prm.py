@@ -49,6 +49,7 @@ from treesearch.train.sft import (
     quiet,
     read_rows,
     row_name,
+    step_limit,
     use_bf16,
 )
 
@@ -297,7 +298,7 @@ def train_prm(
     `loss`: "bce" or "mse". `lr` for the backbone, `head_lr` (default `lr`) for the value
     head. `eval_data`: held-out rows; without it, `eval_fraction` of the rows (whole
     problems, by `problem_id`) is held out. `max_length`: steps scored beyond it are
-    dropped (rows with none left are skipped). `max_steps` (if given) overrides `epochs`.
+    dropped (rows with none left are skipped). `max_steps` (if given) caps the steps of `epochs`.
 
     Returns a dict: `output_dir`, `train_loss`, `steps`, `step_seconds`,
     `num_train_rows`, `num_eval_rows`, `num_train_labels`, `skipped_rows`, and on held-out
@@ -345,7 +346,7 @@ def train_prm(
     args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=float(epochs),
-        max_steps=int(max_steps) if max_steps else -1,
+        max_steps=step_limit(max_steps, len(train_encoded), epochs, batch_size),
         per_device_train_batch_size=int(batch_size),
         learning_rate=float(lr),
         seed=int(seed),

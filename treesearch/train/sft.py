@@ -191,6 +191,16 @@ def use_bf16() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+def step_limit(max_steps: Optional[int], rows: int, epochs: float, batch_size: int, accumulation: int = 1) -> int:
+    """Trainer's `max_steps`: -1 (train `epochs`) when no cap is given, else the cap, but
+    never more steps than `epochs` over `rows` would take (a cap must not turn 2 rows
+    into 15 epochs)."""
+    if not max_steps:
+        return -1
+    per_epoch = max(1, math.ceil(math.ceil(rows / max(batch_size, 1)) / max(accumulation, 1)))
+    return max(1, min(int(max_steps), math.ceil(per_epoch * float(epochs))))
+
+
 def build_sft_trainer(
     lm: Any,
     tokenizer: Any,
@@ -223,7 +233,7 @@ def build_sft_trainer(
     config = SFTConfig(
         output_dir=os.fspath(output_dir),
         num_train_epochs=float(epochs),
-        max_steps=int(max_steps) if max_steps else -1,
+        max_steps=step_limit(max_steps, len(examples), epochs, batch_size, gradient_accumulation_steps),
         per_device_train_batch_size=int(batch_size),
         per_device_eval_batch_size=int(batch_size),
         gradient_accumulation_steps=int(gradient_accumulation_steps),
@@ -296,7 +306,7 @@ def train_sft(
     `lora`: train LoRA adapters on all linear layers (rank `lora_rank`) and merge them
     into the weights before saving; else full fine-tuning. `lr` defaults to 2e-5 (full)
     or 2e-4 (LoRA). `max_length` truncates tokenized rows (prompt + completion).
-    `max_steps` (if given) overrides `epochs`. `eval_data`: rows whose completion loss
+    `max_steps` (if given) caps the steps of `epochs`. `eval_data`: rows whose completion loss
     is measured before and after training. `threads` sets torch's CPU thread count.
 
     Returns a dict: `output_dir`, `train_loss`, `train_runtime`, `steps`,
