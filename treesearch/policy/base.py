@@ -52,3 +52,18 @@ def per_state_params(states: Sequence[State], params: ParamsArg) -> list[Samplin
     if len(params) != len(states):
         raise ValueError(f"got {len(params)} sampling params for {len(states)} states")
     return params
+
+
+class BackendCounters:
+    """What a model backend counts: prompt tokens it prefilled vs what prefilling every
+    sample's prompt would cost (the prefix-reuse saving), tokens generated, calls."""
+
+    COUNTERS: tuple[str, ...] = ("prompt_tokens_encoded", "prompt_tokens_naive", "generated_tokens", "calls")
+
+    def reset_counters(self) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, 0)
+
+    def stats(self) -> dict:
+        """The counters as a dict."""
+        return {name: getattr(self, name) for name in self.COUNTERS}

@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from treesearch.policy.base import ParamsArg, per_state_counts, per_state_params
+from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
 from treesearch.prompting import render_state
 from treesearch.types import SamplingParams, State, Step
 
@@ -146,7 +146,7 @@ class _Row:
     finish: Optional[str] = None
 
 
-class HFPolicy:
+class HFPolicy(BackendCounters):
     """A `Policy` on a transformers causal LM (CPU or GPU).
 
     `model`: "smollm2", a local folder or a Hugging Face id (see `treesearch.models`),
@@ -157,6 +157,8 @@ class HFPolicy:
     `prompt_tokens_naive` (what encoding every sample's prompt would cost),
     `generated_tokens`, `calls`, `model_seconds`.
     """
+
+    COUNTERS = BackendCounters.COUNTERS + ("model_seconds",)
 
     def __init__(
         self,
@@ -192,11 +194,7 @@ class HFPolicy:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in params
         self._lock = threading.Lock()
-        self.prompt_tokens_encoded = 0
-        self.prompt_tokens_naive = 0
-        self.generated_tokens = 0
-        self.calls = 0
-        self.model_seconds = 0.0
+        self.reset_counters()
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -206,16 +204,6 @@ class HFPolicy:
                 continue
             ids.update([value] if isinstance(value, int) else value)
         return ids
-
-    def stats(self) -> dict:
-        """The counters as a dict."""
-        return {
-            "prompt_tokens_encoded": self.prompt_tokens_encoded,
-            "prompt_tokens_naive": self.prompt_tokens_naive,
-            "generated_tokens": self.generated_tokens,
-            "calls": self.calls,
-            "model_seconds": self.model_seconds,
-        }
 
     # -- Policy protocol ------------------------------------------------------------------
 

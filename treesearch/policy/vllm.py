@@ -23,7 +23,7 @@ import random
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from treesearch.policy.base import ParamsArg, per_state_counts, per_state_params
+from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
 from treesearch.policy.hf import find_stop, request_seed, split_completion
 from treesearch.prompting import render_state
 from treesearch.types import SamplingParams, State, Step
@@ -46,7 +46,7 @@ def _import_vllm():
     return AsyncLLM, AsyncEngineArgs, VSamplingParams, TokensPrompt, RequestOutputKind
 
 
-class VLLMPolicy:
+class VLLMPolicy(BackendCounters):
     """A `Policy` on a vLLM engine (GPU), with prefix caching switched on.
 
     `model`: a Hugging Face id or local folder; "smollm2" is exported once from its GGUF
@@ -91,22 +91,11 @@ class VLLMPolicy:
         )
         self.engine = AsyncLLM.from_engine_args(args)
         self._ids = itertools.count()
-        self.prompt_tokens_encoded = 0
-        self.prompt_tokens_naive = 0
-        self.generated_tokens = 0
-        self.calls = 0
+        self.reset_counters()
 
     def shutdown(self) -> None:
         """Stop the engine (its background process and GPU memory)."""
         self.engine.shutdown()
-
-    def stats(self) -> dict:
-        return {
-            "prompt_tokens_encoded": self.prompt_tokens_encoded,
-            "prompt_tokens_naive": self.prompt_tokens_naive,
-            "generated_tokens": self.generated_tokens,
-            "calls": self.calls,
-        }
 
     # -- Policy protocol ------------------------------------------------------------------
 
