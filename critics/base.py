@@ -36,6 +36,17 @@ def check_values(values: Any, count: int, source: str) -> np.ndarray:
     return array
 
 
+async def score_with_cost(critic: Critic, states: Sequence["State"]) -> tuple[np.ndarray, np.ndarray]:
+    """`(values, tokens generated per state)`: critics that generate text (rollouts) report
+    their tokens through their own `score_with_cost`; for the others the cost is zero."""
+    own = getattr(critic, "score_with_cost", None)
+    if own is not None:
+        values, tokens = await own(states)
+    else:
+        values, tokens = await critic.score(states), np.zeros(len(states), dtype=np.int64)
+    return np.asarray(values, dtype=np.float64), np.asarray(tokens, dtype=np.int64)
+
+
 _REGISTRY: dict[str, Callable[..., Critic]] = {}
 # Built-in critics whose modules import torch/transformers: registered on first use.
 _BUILTIN_MODULES = {

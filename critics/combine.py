@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from critics.base import Critic, as_critic, check_values, register_critic
+from critics.base import Critic, as_critic, check_values, register_critic, score_with_cost
 from treesearch.types import State
 
 
@@ -30,13 +30,7 @@ class WeightedCritic:
         """The combined values, and the tokens members generated (e.g. rollouts)."""
         states = list(states)
 
-        async def one(critic: Critic):
-            with_cost = getattr(critic, "score_with_cost", None)
-            if with_cost is not None:
-                return await with_cost(states)
-            return await critic.score(states), np.zeros(len(states), dtype=np.int64)
-
-        parts = await asyncio.gather(*(one(c) for c in self.critics))
+        parts = await asyncio.gather(*(score_with_cost(c, states) for c in self.critics))
         checked = [check_values(v, len(states), repr(c)) for (v, _), c in zip(parts, self.critics)]
         tokens = np.sum([np.asarray(t, dtype=np.int64) for _, t in parts], axis=0)
         return np.clip(self.weights @ np.stack(checked), 0.0, 1.0), tokens

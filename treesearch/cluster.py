@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from critics.base import score_with_cost
 from treesearch.components import build_critic, build_policy, build_task, plain
 from treesearch.policy.base import per_state_counts, per_state_params
 from treesearch.types import State
@@ -121,12 +122,7 @@ class _CriticHost:
         return True
 
     async def score_with_cost(self, states):
-        with_cost = getattr(self.critic, "score_with_cost", None)
-        if with_cost is not None:
-            values, tokens = await with_cost(states)
-        else:
-            values, tokens = await self.critic.score(states), np.zeros(len(states), dtype=np.int64)
-        return np.asarray(values, dtype=np.float64), np.asarray(tokens, dtype=np.int64)
+        return await score_with_cost(self.critic, states)
 
     def ping(self) -> bool:
         return True

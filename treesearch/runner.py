@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
-from critics.base import Critic, as_critic, check_values
+from critics.base import Critic, as_critic, check_values, score_with_cost
 from treesearch.batching import Batcher, BatchStats, ModelClock
 from treesearch.policy.base import Policy
 from treesearch.search import SearchAlgorithm, SearchContext, make_algorithm
@@ -98,11 +98,7 @@ class Runner:
     async def _critic_batch(self, key: Hashable, states: list[State]) -> Sequence[tuple[float, int]]:
         """(value, tokens generated to compute it) per state; critics that generate text
         (rollouts) report their tokens through `score_with_cost`."""
-        with_cost = getattr(self.critic, "score_with_cost", None)
-        if with_cost is not None:
-            values, tokens = await with_cost(states)
-        else:
-            values, tokens = await self.critic.score(states), [0] * len(states)
+        values, tokens = await score_with_cost(self.critic, states)
         values = check_values(values, len(states), repr(self.critic))
         return [(float(v), int(t)) for v, t in zip(values, tokens)]
 
