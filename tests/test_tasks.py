@@ -351,3 +351,18 @@ def test_registry_builds_every_task():
     assert set(TASKS) >= {"numeric", "gsm8k", "math", "jsonl", "hub"}
     with pytest.raises(ValueError, match="unknown task 'nope'.*gsm8k"):
         make_task("nope")
+
+
+def test_offset_and_limit_give_disjoint_slices_of_one_file():
+    from treesearch.components import build_task, load_problems
+
+    spec = {"name": "gsm8k", "path": None}
+    task = build_task(spec)
+    train = load_problems(task, dict(spec, offset=0, limit=6))
+    dev = load_problems(task, dict(spec, offset=6, limit=4))
+    everything = load_problems(task, dict(spec, limit=10))
+    assert [p.id for p in train + dev] == [p.id for p in everything]
+    assert len(dev) == 4 and not {p.id for p in train} & {p.id for p in dev}
+    assert len(load_problems(task, dict(spec, offset=3, limit=None))) == len(task.load()) - 3
+    with pytest.raises(ValueError, match="task.offset"):
+        load_problems(task, dict(spec, offset=-1))

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional
 
 from treesearch.tasks import Task, make_task
 
-TASK_LOAD_KEYS = ("path", "split", "limit", "skip_bad_rows")
+TASK_LOAD_KEYS = ("path", "split", "offset", "limit", "skip_bad_rows")
 
 
 def plain(section: Any) -> dict:
@@ -37,14 +37,22 @@ def build_task(cfg: Mapping) -> Task:
 
 
 def load_problems(task: Task, cfg: Mapping):
-    """The problems a task config names (path/split/limit/skip_bad_rows)."""
+    """The problems a task config names (path/split/offset/limit/skip_bad_rows).
+
+    `offset` skips that many usable problems first, so one file can give disjoint
+    train and dev slices (`offset=0, limit=300` and `offset=300, limit=100`)."""
     spec = plain(cfg)
-    return task.load(
+    offset = spec.get("offset") or 0
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"task.offset must be an integer >= 0, got {offset!r}")
+    limit = spec.get("limit")
+    problems = task.load(
         path=spec.get("path"),
         split=spec.get("split", "test"),
-        limit=spec.get("limit"),
+        limit=None if limit is None else offset + limit,
         skip_bad_rows=bool(spec.get("skip_bad_rows", False)),
     )
+    return problems[offset:]
 
 
 def build_policy(cfg: Mapping):
