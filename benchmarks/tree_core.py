@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from treesearch.search.selection import select_child
+from treesearch.search.selection import Descent
 from treesearch.tree import Tree
 
 
@@ -30,30 +30,35 @@ def values_for(count: int, seed: int) -> np.ndarray:
 
 
 def run_store(simulations: int, branching: int, depth: int) -> tuple[float, Tree]:
+    """The engine's own path: `Descent` (compiled selection with virtual loss), then
+    `Tree.add_children`, `Tree.close` and `Tree.backup` (compiled), as MCTS* runs them."""
     tree = Tree(capacity=1024)
+    descent = Descent(c=1.0)
     rng_values = values_for(simulations * branching + branching, 0)
     used = 0
     priors = np.full(branching, 1.0 / branching)
+    texts = [""] * branching
     start = time.perf_counter()
     for _ in range(simulations):
-        node, path = 0, [0]
-        while tree.expanded[node]:
-            child = select_child(tree, node, c=1.0)
-            if child < 0:
-                break
-            node = child
-            path.append(node)
-        if tree.expanded[node] or tree.closed[node]:
+        tree.virtual_loss[0] += 1
+        chosen, reached_leaf = descent.run(tree, 0)
+        path = [0, *chosen]
+        node = path[-1]
+        if not reached_leaf or tree.closed[node]:
+            tree.virtual_loss[path] -= 1
             continue
         if tree.depth[node] >= depth:
+            tree.virtual_loss[path] -= 1
             tree.close(node)
             continue
-        kids = tree.add_children(node, [""] * branching, priors=priors)
-        tree.critic_value[kids] = rng_values[used : used + branching]
+        kids = tree.add_children(node, texts, priors=priors)
+        values = rng_values[used : used + branching]
+        tree.critic_value[kids[0] : kids[0] + branching] = values
         used += branching
-        best = int(kids[int(np.argmax(tree.critic_value[kids]))])
+        best = int(kids[0]) + int(values.argmax())
+        tree.virtual_loss[best] += 1
         path.append(best)
-        tree.backup(path, float(tree.critic_value[best]))
+        tree.backup(path, float(values.max()), release_virtual_loss=True)
     return simulations / (time.perf_counter() - start), tree
 
 

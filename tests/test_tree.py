@@ -128,3 +128,88 @@ def test_random_trees_round_trip(tmp_path_factory, shape, values, texts):
             tree.backup(tree.path(int(k)), values[(int(k) * 7) % len(values)])
     path = tmp_path_factory.mktemp("rt") / "t.parquet"
     assert Tree.load(tree.save(path)).equals(tree)
+
+
+def _python_best_child(tree, node, c, rule, backup, vl_value, fpu):
+    """Straightforward Python selection, the reference the compiled kernel must match."""
+    import math
+
+    best, best_score = -1, -math.inf
+    parent_n = tree.visits[node] + tree.virtual_loss[node]
+    for k in tree.children(node):
+        if tree.closed[k]:
+            continue
+        q = float(tree.value(int(k), backup))
+        q = fpu if math.isnan(q) else q
+        n, vl = float(tree.visits[k]), float(tree.virtual_loss[k])
+        q_vl = (q * max(n, 1) + vl_value * vl) / (max(n, 1) + vl)
+        if rule == "puct":
+            u = c * float(tree.prior[k]) * math.sqrt(parent_n) / (1 + n + vl)
+        else:
+            u = c * math.sqrt(math.log(parent_n + 1) / (1 + n + vl))
+        if q_vl + u > best_score:
+            best, best_score = int(k), q_vl + u
+    return best
+
+
+@pytest.mark.parametrize("rule", ["puct", "uct"])
+@pytest.mark.parametrize("backup", ["mean", "max"])
+def test_compiled_selection_matches_python_reference(rule, backup):
+    from treesearch.search.selection import Descent, select_child, selection_scores
+
+    rng = np.random.default_rng(3)
+    tree = Tree(capacity=2)
+    frontier = [0]
+    for _ in range(30):  # a random tree with visits, virtual loss, closed and unscored nodes
+        node = frontier.pop(int(rng.integers(len(frontier))))
+        kids = tree.add_children(node, ["s"] * int(rng.integers(1, 5)), priors=None)
+        tree.prior[kids] = rng.dirichlet(np.ones(len(kids)))
+        tree.critic_value[kids] = np.where(rng.random(len(kids)) < 0.2, np.nan, rng.random(len(kids)))
+        for k in kids:
+            if rng.random() < 0.6:
+                tree.backup(tree.path(int(k)), float(rng.random()))
+            tree.virtual_loss[k] = int(rng.integers(0, 3)) if rng.random() < 0.3 else 0
+            if rng.random() < 0.1:
+                tree.close(int(k))
+            frontier.append(int(k))
+    for node in range(len(tree)):
+        if not tree.expanded[node]:
+            continue
+        expected = _python_best_child(tree, node, 1.3, rule, backup, 0.2, 0.4)
+        got = select_child(tree, node, c=1.3, rule=rule, backup=backup, vl_value=0.2, fpu=0.4)
+        assert got == expected
+        scores = selection_scores(tree, node, c=1.3, rule=rule, backup=backup, vl_value=0.2, fpu=0.4)
+        if expected >= 0:
+            assert int(tree.first_child[node]) + int(np.argmax(scores)) == expected
+    # a descent adds exactly one virtual loss per chosen child, along a parent chain
+    before = tree.column("virtual_loss").copy()
+    chosen, _ = Descent(c=1.3, rule=rule, backup=backup, vl_value=0.2).run(tree, 0)
+    assert all(tree.parent[b] == a for a, b in zip([0] + chosen, chosen))
+    delta = tree.column("virtual_loss") - before
+    assert delta.sum() == len(chosen) and all(delta[chosen] == 1)
+
+
+def test_descent_grows_its_path_buffer_on_deep_trees():
+    from treesearch.search.selection import Descent
+
+    tree = Tree()
+    node = 0
+    for _ in range(200):  # a chain deeper than the initial 64-slot buffer
+        (node,) = tree.add_children(int(node), ["s"])
+    chosen, reached_leaf = Descent().run(tree, 0)
+    assert reached_leaf and chosen == list(range(1, 201))
+    tree.close(200)  # closing the only leaf closes the whole chain
+    assert tree.column("closed").all()
+    chosen, reached_leaf = Descent().run(tree, 0)
+    assert not reached_leaf and chosen == []
+
+
+def test_backup_releases_virtual_loss_and_keeps_max_through_nan():
+    tree = Tree()
+    kids = tree.add_children(0, ["a", "b"])
+    tree.virtual_loss[[0, kids[0]]] = 1
+    tree.backup([0, int(kids[0])], 0.25, release_virtual_loss=True)
+    tree.backup([0], float("nan"))
+    assert tree.virtual_loss[0] == 0 and tree.virtual_loss[kids[0]] == 0
+    assert tree.value_max[0] == 0.25 and tree.visits[0] == 2
+    assert np.isnan(tree.value_sum[0])

@@ -44,6 +44,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from treesearch import kernels
 from treesearch.types import FINISH_REASONS
 
 FORMAT_VERSION = 1
@@ -137,24 +138,23 @@ class Tree:
         self.num_children[parent] = count
         if count == 0:
             return ids
-        self.first_child[parent] = ids[0]
-        self.parent[ids] = parent
-        self.depth[ids] = self.depth[parent] + 1
-        if priors is None:
-            priors = np.full(count, 1.0 / count)
-        self.prior[ids] = priors
+        new = slice(int(ids[0]), int(ids[0]) + count)  # children are contiguous: slices, not fancy indexing
+        self.first_child[parent] = new.start
+        self.parent[new] = parent
+        self.depth[new] = self.depth[parent] + 1
+        self.prior[new] = 1.0 / count if priors is None else priors
         if num_tokens is not None:
-            self.num_tokens[ids] = num_tokens
+            self.num_tokens[new] = num_tokens
         if logprobs is not None:
-            self.logprob[ids] = logprobs
+            self.logprob[new] = logprobs
         if finish_reasons is not None:
-            self.finish_reason[ids] = [FINISH_REASONS.index(r) for r in finish_reasons]
+            self.finish_reason[new] = [FINISH_REASONS.index(r) for r in finish_reasons]
         else:
-            self.finish_reason[ids] = 0
+            self.finish_reason[new] = 0
         if terminal is not None:
-            self.terminal[ids] = terminal
+            self.terminal[new] = terminal
         if duplicates is not None:
-            self.duplicates[ids] = duplicates
+            self.duplicates[new] = duplicates
         self.text.extend(texts)
         self.answer.extend(answers if answers is not None else [None] * count)
         return ids
@@ -206,21 +206,15 @@ class Tree:
     # --------------------------------------------------------------- updates
     def close(self, node: int) -> None:
         """Mark `node` closed and close ancestors whose children are all closed."""
-        self.closed[node] = True
-        parent = self.parent[node]
-        while parent >= 0:
-            kids = self.children(parent)
-            if not self.closed[kids].all():
-                return
-            self.closed[parent] = True
-            parent = self.parent[parent]
+        kernels.close_upward(int(node), self.parent, self.first_child, self.num_children, self.closed)
 
-    def backup(self, path: Sequence[int], value: float) -> None:
-        """Add one visit and `value` to every node on `path` (vectorised)."""
-        idx = np.asarray(path, dtype=np.int64)
-        self.visits[idx] += 1
-        self.value_sum[idx] += value
-        self.value_max[idx] = np.fmax(self.value_max[idx], value)
+    def backup(self, path: Sequence[int], value: float, *, release_virtual_loss: bool = False) -> None:
+        """Add one visit and `value` to every node on `path`; with `release_virtual_loss`,
+        also remove the virtual loss the path's simulation put on each node."""
+        kernels.backup(
+            np.asarray(path, dtype=np.int64), float(value), release_virtual_loss,
+            self.visits, self.value_sum, self.value_max, self.virtual_loss,
+        )
 
     # ----------------------------------------------------------- persistence
     def to_arrow(self):

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from treesearch.search.base import SearchAlgorithm, SearchConfig, SearchContext
-from treesearch.search.selection import SELECTION_RULES, select_child
+from treesearch.search.selection import SELECTION_RULES, Descent
 
 BACKUPS = ("mean", "max")
 
@@ -77,6 +77,7 @@ class MCTSStar(SearchAlgorithm):
         pending: dict[int, asyncio.Future] = {}  # nodes being expanded -> done signal
         gate_passed = False
         in_flight: set[asyncio.Task] = set()
+        descent = Descent(c=cfg.c_puct, rule=cfg.selection, backup=cfg.backup, vl_value=cfg.virtual_loss_value)
         try:
             while True:
                 while (
@@ -86,7 +87,7 @@ class MCTSStar(SearchAlgorithm):
                     and not ctx.exhausted()
                 ):
                     ctx.accounting.simulations += 1
-                    in_flight.add(asyncio.ensure_future(self._simulate(ctx, pending)))
+                    in_flight.add(asyncio.ensure_future(self._simulate(ctx, descent, pending)))
                 if not in_flight:
                     return
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -108,46 +109,30 @@ class MCTSStar(SearchAlgorithm):
         values = np.asarray(tree.value(terminals, self.config.backup), dtype=np.float64)
         return bool(np.nanmax(values, initial=-np.inf) >= self.config.terminal_gate)
 
-    def _select(self, ctx: SearchContext, node: int) -> int:
-        cfg = self.config
-        parent_q = ctx.tree.value(node, cfg.backup)
-        return select_child(
-            ctx.tree,
-            node,
-            c=cfg.c_puct,
-            rule=cfg.selection,
-            backup=cfg.backup,
-            vl_value=cfg.virtual_loss_value,
-            fpu=0.5 if np.isnan(parent_q) else float(parent_q),
-        )
-
-    async def _simulate(self, ctx: SearchContext, pending: dict[int, asyncio.Future]) -> tuple[int, float]:
+    async def _simulate(
+        self, ctx: SearchContext, descent: Descent, pending: dict[int, asyncio.Future]
+    ) -> tuple[int, float]:
         """Run one simulation; return its leaf and the value backed up (leaf -1: none)."""
-        tree, cfg = ctx.tree, self.config
+        tree = ctx.tree
         path = [0]
         tree.virtual_loss[0] += 1
         try:
             node = 0
             while True:
-                if tree.closed[node] and not tree.expanded[node]:
-                    return -1, float("nan")  # reached a closed leaf: nothing to do
-                if not tree.expanded[node]:
-                    if node in pending:
-                        await asyncio.shield(pending[node])
-                        continue
-                    leaf, value = await self._expand(ctx, node, pending, path)
-                    if leaf < 0:
-                        return -1, float("nan")
-                    tree.virtual_loss[path] -= 1
-                    tree.backup(path, value)
-                    path = []
-                    return leaf, value
-                child = self._select(ctx, node)
-                if child < 0:
-                    return -1, float("nan")  # everything below is closed
-                path.append(child)
-                tree.virtual_loss[child] += 1
-                node = child
+                chosen, reached_leaf = descent.run(tree, node)  # compiled selection
+                path.extend(chosen)
+                node = path[-1]
+                if not reached_leaf or tree.closed[node]:
+                    return -1, float("nan")  # everything below is closed, or a closed leaf
+                if node in pending:  # another simulation is expanding it: wait, then go on
+                    await asyncio.shield(pending[node])
+                    continue
+                leaf, value = await self._expand(ctx, node, pending, path)
+                if leaf < 0:
+                    return -1, float("nan")
+                tree.backup(path, value, release_virtual_loss=True)
+                path = []
+                return leaf, value
         finally:
             if path:
                 tree.virtual_loss[path] -= 1

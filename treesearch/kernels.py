@@ -1,0 +1,129 @@
+"""Compiled loops over the node store's arrays (numba, compiled on first use and cached).
+
+The tree's hot paths walk a handful of nodes each, so numpy's per-call overhead on tiny
+slices, not arithmetic, bounds them. These kernels do the walks in one compiled call:
+
+- `child_score`: the PUCT/UCT score of one child (the formula in `search.selection`);
+- `best_child`: the open child with the highest score (ties to the lowest id);
+- `descend`: follow best children from a node down to an unexpanded node, taking a
+  virtual loss on each child chosen;
+- `backup`: one visit and one value on every node of a path, releasing virtual loss;
+- `close_upward`: close a node and every ancestor whose children are all closed.
+
+Every kernel takes plain arrays and scalars, so it can also run on arrays that are not a
+`Tree` (tests check them against straightforward Python).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+RULE_PUCT = 0
+RULE_UCT = 1
+
+# descend's outcomes
+REACHED_LEAF = 0  # the last node of the path is not expanded
+DEAD_END = 1  # an expanded node with no open child
+PATH_FULL = 2  # the path buffer is full: grow it and descend again from the last node
+
+
+@njit(cache=True, nogil=True)
+def node_q(visits, value_sum, value_max, critic_value, node, max_backup):
+    """Q of one node: the backed-up mean (or max) once visited, else the critic's value."""
+    if visits[node] > 0:
+        if max_backup:
+            return value_max[node]
+        return value_sum[node] / visits[node]
+    return np.float64(critic_value[node])
+
+
+@njit(cache=True, nogil=True)
+def child_score(q, n, vl, prior, parent_n, c, rule, vl_value):
+    """Selection score of a child with value `q` (not NaN), visits `n`, virtual loss `vl`."""
+    n_eff = max(n, 1.0)
+    q_vl = (q * n_eff + vl_value * vl) / (n_eff + vl)
+    if rule == RULE_PUCT:
+        return q_vl + c * prior * math.sqrt(parent_n) / (1.0 + n + vl)
+    return q_vl + c * math.sqrt(math.log(parent_n + 1.0) / (1.0 + n + vl))
+
+
+@njit(cache=True, nogil=True)
+def best_child(node, first_child, num_children, closed, visits, virtual_loss, value_sum,
+               value_max, critic_value, prior, c, rule, max_backup, vl_value, fpu):
+    """The open child of `node` with the highest score, or -1 if none is open."""
+    first = first_child[node]
+    if first < 0:
+        return -1
+    parent_n = np.float64(visits[node] + virtual_loss[node])
+    best, best_score = -1, -np.inf
+    for child in range(first, first + num_children[node]):
+        if closed[child]:
+            continue
+        q = node_q(visits, value_sum, value_max, critic_value, child, max_backup)
+        if math.isnan(q):
+            q = fpu
+        score = child_score(q, np.float64(visits[child]), np.float64(virtual_loss[child]),
+                            np.float64(prior[child]), parent_n, c, rule, vl_value)
+        if score > best_score:
+            best, best_score = child, score
+    return best
+
+
+@njit(cache=True, nogil=True)
+def descend(start, path_out, expanded, first_child, num_children, closed, visits,
+            virtual_loss, value_sum, value_max, critic_value, prior, c, rule, max_backup,
+            vl_value):
+    """From `start`, follow best children while the node is expanded. Each chosen child
+    takes a virtual loss and is written to `path_out`. A node's first-play value (for
+    children never scored) is its own Q, or 0.5 when it has none.
+
+    Returns `(count, outcome)`: the children written and `REACHED_LEAF`, `DEAD_END` or
+    `PATH_FULL`."""
+    node, count = start, 0
+    while expanded[node]:
+        if count == path_out.shape[0]:
+            return count, PATH_FULL
+        fpu = node_q(visits, value_sum, value_max, critic_value, node, max_backup)
+        if math.isnan(fpu):
+            fpu = 0.5
+        child = best_child(node, first_child, num_children, closed, visits, virtual_loss,
+                           value_sum, value_max, critic_value, prior, c, rule, max_backup,
+                           vl_value, fpu)
+        if child < 0:
+            return count, DEAD_END
+        virtual_loss[child] += 1
+        path_out[count] = child
+        count += 1
+        node = child
+    return count, REACHED_LEAF
+
+
+@njit(cache=True, nogil=True)
+def backup(path, value, release, visits, value_sum, value_max, virtual_loss):
+    """One visit and `value` on every node of `path`; with `release`, also take back the
+    virtual loss each node carried for this simulation."""
+    for i in range(path.shape[0]):
+        node = path[i]
+        visits[node] += 1
+        value_sum[node] += value
+        if math.isnan(value_max[node]) or value > value_max[node]:
+            value_max[node] = value
+        if release:
+            virtual_loss[node] -= 1
+
+
+@njit(cache=True, nogil=True)
+def close_upward(node, parent, first_child, num_children, closed):
+    """Close `node`, then each ancestor whose children are now all closed."""
+    closed[node] = True
+    node = parent[node]
+    while node >= 0:
+        first = first_child[node]
+        for child in range(first, first + num_children[node]):
+            if not closed[child]:
+                return
+        closed[node] = True
+        node = parent[node]
