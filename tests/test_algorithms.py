@@ -215,3 +215,21 @@ def test_a_solution_that_answers_twice_votes_once():
     assert result.candidates == {"5": 3.0}
     # the tokens generated after the first answer still count
     assert result.accounting.generated_tokens > int(tree.num_tokens[: len(tree)].sum())
+
+
+@pytest.mark.parametrize("algorithm", ["self_consistency", "best_of_n"])
+@pytest.mark.parametrize("limit", [10, 40, 100])
+def test_sampling_waves_shrink_to_the_token_budget_left(algorithm, limit):
+    """Whole-solution samplers overrun a token budget by at most one solution, however
+    many samples they may draw in parallel."""
+    from tests.doubles import _step
+
+    solution_tokens = _step(CAREFUL, -1).num_tokens + _step(MUL, -1).num_tokens + _step("The answer is 9.", -1).num_tokens
+    policy = ScriptedPolicy(HIDDEN_SCRIPT, mode="sample")
+    (result,) = treesearch.search(
+        [PROBLEM], policy=policy, critic=hidden_critic, algorithm=algorithm,
+        budget=Budget(generated_tokens=limit), samples=64, parallel=16, max_solution_tokens=200,
+    )
+    spent = result.accounting.generated_tokens
+    assert limit <= spent < limit + solution_tokens
+    assert result.accounting.simulations >= limit // solution_tokens  # the budget, not the wave, stopped it

@@ -1,0 +1,221 @@
+"""Accuracy against generated-token budget: greedy, self-consistency, best-of-N
+(critic-weighted vote), step beam and MCTS*, same policy, same critic, same problems.
+
+    python benchmarks/budget.py [--data ../shared/data/multiarith.jsonl] [--limit 24]
+        [--budgets 96,192,384] [--seeds 0,1] [--critic self_eval] [--quick]
+
+Every algorithm gets the same per-problem budget of generated tokens; each point's x is
+the mean number of generated tokens it actually used (an algorithm may stop early).
+Greedy is deterministic and budget-free: one point. Critic calls are not generated
+tokens; their count and the wall time of each point are reported beside accuracy.
+Writes a JSON report and a PNG plot (accuracy vs generated tokens, log x axis), and
+answers "does MCTS* beat best-of-N at equal tokens?" with a paired comparison over the
+same problems and seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from treesearch import Budget, Runner
+from treesearch.components import build_critic, build_policy
+from treesearch.tasks import make_task
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multiarith.jsonl"
+ALGORITHMS = ("greedy", "self_consistency", "best_of_n", "beam", "mcts")
+# Each algorithm's options (the configs/search/*.yaml defaults); sample counts are set
+# high so the token budget, not the count, is what stops them.
+OPTIONS = {
+    "greedy": {},
+    "self_consistency": {"samples": 64, "parallel": 4, "answer_selection": "majority"},
+    "best_of_n": {"samples": 64, "parallel": 4, "answer_selection": "weighted"},
+    "beam": {"beam_width": 2, "expansions": 3, "answer_selection": "value"},
+    "mcts": {"expansions": 3, "root_expansions": 4, "parallel_simulations": 2, "answer_selection": "value"},
+}
+COMMON = {"temperature": 0.7, "max_step_tokens": 64, "max_solution_tokens": 256, "max_depth": 10}
+
+
+def load_problems(data: str, limit: int):
+    """MAWPS-style JSONL (`input`/`target`) or GSM8K (`question`/`answer`), by its fields."""
+    first = json.loads(Path(data).read_text(encoding="utf-8").splitlines()[0])
+    if "question" in first:
+        task = make_task("gsm8k")
+    else:
+        task = make_task("jsonl", question_field="input", answer_field="target")
+    return task, task.load(path=data, limit=limit)
+
+
+def run_point(policy, critic, task, problems, algorithm: str, budget: int, seed: int) -> dict:
+    """One (algorithm, budget, seed) over all problems, every tree in flight at once."""
+    runner = Runner(policy, critic if algorithm != "greedy" else None, task,
+                    trees_in_flight=len(problems), max_batch_size=64)
+    options = dict(COMMON, **OPTIONS[algorithm], seed=seed)
+    if algorithm == "greedy":
+        options.pop("temperature")
+    start = time.perf_counter()
+    results = asyncio.run(runner.run(problems, algorithm, Budget(generated_tokens=budget), **options))
+    errors = [r.error for r in results if r.error]
+    if errors:
+        raise RuntimeError(f"{algorithm} budget={budget} seed={seed}: {len(errors)} searches failed, first: {errors[0]}")
+    return {
+        "algorithm": algorithm,
+        "budget": budget,
+        "seed": seed,
+        "correct": [bool(r.correct) for r in results],
+        "accuracy": sum(bool(r.correct) for r in results) / len(results),
+        "mean_generated_tokens": statistics.mean(r.accounting.generated_tokens for r in results),
+        "mean_critic_calls": statistics.mean(r.accounting.critic_calls for r in results),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def summarise(points: list[dict]) -> list[dict]:
+    """Per (algorithm, budget): accuracy over all problems and seeds, with its standard error."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["algorithm"], p["budget"]), []).append(p)
+    rows = []
+    for (algorithm, budget), group in groups.items():
+        outcomes = [c for p in group for c in p["correct"]]
+        acc = sum(outcomes) / len(outcomes)
+        rows.append({
+            "algorithm": algorithm,
+            "budget": budget,
+            "seeds": len(group),
+            "samples": len(outcomes),
+            "accuracy": acc,
+            "stderr": math.sqrt(acc * (1 - acc) / len(outcomes)),
+            "mean_generated_tokens": statistics.mean(p["mean_generated_tokens"] for p in group),
+            "mean_critic_calls": statistics.mean(p["mean_critic_calls"] for p in group),
+            "seconds": sum(p["seconds"] for p in group),
+        })
+    return rows
+
+
+def mcts_vs_best_of_n(points: list[dict]) -> list[dict]:
+    """Paired difference MCTS* - best-of-N per budget over the same (problem, seed) pairs."""
+    index = {(p["algorithm"], p["budget"], p["seed"]): p["correct"] for p in points}
+    rows = []
+    for budget in sorted({p["budget"] for p in points}):
+        diffs = []
+        for seed in sorted({p["seed"] for p in points}):
+            a, b = index.get(("mcts", budget, seed)), index.get(("best_of_n", budget, seed))
+            if a is not None and b is not None:
+                diffs += [int(x) - int(y) for x, y in zip(a, b)]
+        if not diffs:
+            continue
+        mean = statistics.mean(diffs)
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+        rows.append({"budget": budget, "pairs": len(diffs), "mcts_minus_best_of_n": mean, "stderr": se,
+                     "mcts_only_correct": diffs.count(1), "best_of_n_only_correct": diffs.count(-1)})
+    return rows
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for algorithm in ALGORITHMS:
+        pts = sorted((r for r in rows if r["algorithm"] == algorithm), key=lambda r: r["budget"])
+        if not pts:
+            continue
+        xs = [max(r["mean_generated_tokens"], 1.0) for r in pts]
+        ys = [100 * r["accuracy"] for r in pts]
+        es = [100 * r["stderr"] for r in pts]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=algorithm)
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per problem (mean, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="JSONL problems (MAWPS or GSM8K fields)")
+    parser.add_argument("--limit", type=int, default=24, help="problems (the first N)")
+    parser.add_argument("--budgets", default="96,192,384", help="generated tokens per problem")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--model", default="smollm2", help="policy model (name, HF folder or hub id)")
+    parser.add_argument("--critic", default="self_eval", help="critic for best-of-N, beam and MCTS*")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="4 problems, budgets 64,128, one seed")
+    parser.add_argument("--out", default="benchmarks/results/budget.json")
+    parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
+    args = parser.parse_args(argv)
+    if not Path(args.data).exists():
+        parser.error(f"--data {args.data}: no such file (pass the path to a JSONL data set)")
+    if args.quick:
+        args.limit, args.budgets, args.seeds = 4, "64,128", "0"
+    budgets = [int(b) for b in args.budgets.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    algorithms = args.algorithms.split(",")
+    unknown = set(algorithms) - set(ALGORITHMS)
+    if unknown:
+        parser.error(f"--algorithms: unknown {sorted(unknown)}; choose from {ALGORITHMS}")
+    torch.set_num_threads(args.threads)
+
+    task, problems = load_problems(args.data, args.limit)
+    policy = build_policy({"backend": "hf", "model": args.model, "threads": args.threads, "max_batch_size": 64})
+    critic = build_critic({"name": args.critic, "model": args.model, "threads": args.threads}, task)
+    points = []
+    for algorithm in algorithms:
+        for budget in (budgets[-1:] if algorithm == "greedy" else budgets):
+            for seed in (seeds[:1] if algorithm == "greedy" else seeds):
+                point = run_point(policy, critic, task, problems, algorithm, budget, seed)
+                points.append(point)
+                print(f"  {algorithm:<16} budget {budget:>4} seed {seed}: accuracy {100 * point['accuracy']:5.1f}%"
+                      f"  tokens {point['mean_generated_tokens']:6.1f}  critic calls {point['mean_critic_calls']:5.1f}"
+                      f"  {point['seconds']:6.1f} s", flush=True)
+    rows = summarise(points)
+    comparison = mcts_vs_best_of_n(points)
+    print(f"\n{'algorithm':<16} {'budget':>6} {'tokens':>7} {'accuracy':>9} {'± se':>6} {'critic':>7}")
+    for r in rows:
+        print(f"{r['algorithm']:<16} {r['budget']:>6} {r['mean_generated_tokens']:>7.1f} {100 * r['accuracy']:>8.1f}%"
+              f" {100 * r['stderr']:>5.1f} {r['mean_critic_calls']:>7.1f}")
+    for c in comparison:
+        print(f"MCTS* - best-of-N at {c['budget']} tokens: {100 * c['mcts_minus_best_of_n']:+.1f} points"
+              f" ± {100 * c['stderr']:.1f} ({c['mcts_only_correct']} problems only MCTS* solved,"
+              f" {c['best_of_n_only_correct']} only best-of-N), {c['pairs']} pairs")
+    report = {
+        "date": str(date.today()),
+        "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
+        "data": args.data,
+        "problems": len(problems),
+        "model": args.model,
+        "critic": args.critic,
+        "options": {a: dict(COMMON, **OPTIONS[a]) for a in algorithms},
+        "summary": rows,
+        "mcts_vs_best_of_n": comparison,
+        "points": points,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    plot(rows, png, f"{Path(args.data).name}, {len(problems)} problems x {len(seeds)} seeds, {args.model}, critic {args.critic}")
+    print(f"wrote {out} and {png}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
