@@ -1,6 +1,6 @@
 """Throughput of the transformers backend and of the engine around it, side by side.
 
-    python benchmarks/throughput.py [--threads 2] [--repeats 3] [--quick] [--out FILE.json]
+    python benchmarks/throughput.py [--threads 2] [--repeats 3] [--sections ...] [--model smollm2] [--quick] [--out FILE.json]
 
 Sections (each ratio is measured in one run, same model, same machine):
   generation  HFPolicy tokens/s at batch 1, 8, 32 (greedy, 64 new tokens, distinct GSM8K
@@ -10,6 +10,9 @@ Sections (each ratio is measured in one run, same model, same machine):
               for every sample
   batching    a real MCTS* search over GSM8K problems with 32 trees in flight vs one tree
               at a time (the per-node loop other engines use): generated tokens/s
+  overhead    the engine's share of wall time (outside model calls) in an MCTS* job of at
+              least 10,000 nodes with the real model: 64 problems, 4-token steps (many
+              nodes per model second: the engine's worst case), a zero-cost critic
 Medians of `--repeats` runs are reported. Data: the bundled GSM8K test split.
 """
 
@@ -101,21 +104,47 @@ def batching(policy, task, problems, repeats, tokens_per_problem):
     return {"rows": rows, "speedup": rows[1]["tok_s"] / rows[0]["tok_s"]}
 
 
-def main() -> None:
+def overhead(policy, task, problems, tokens_per_problem, step_tokens=4):
+    """Share of wall time outside model calls in one big MCTS* job."""
+    from critics import as_critic
+
+    critic = as_critic(lambda s: 0.5)
+    options = dict(expansions=4, root_expansions=4, parallel_simulations=4, max_step_tokens=step_tokens,
+                   max_depth=64, seed=0, temperature=0.7)
+    runner = Runner(policy, critic, task, trees_in_flight=len(problems), max_batch_size=64)
+    results = asyncio.run(runner.run(problems, "mcts", Budget(generated_tokens=tokens_per_problem), **options))
+    stats = runner.stats
+    row = {
+        "problems": len(problems),
+        "nodes": sum(len(r.tree) for r in results),
+        "generated_tokens": sum(r.accounting.generated_tokens for r in results),
+        "wall_s": stats.wall_seconds,
+        "model_s": stats.model_seconds,
+        "engine_s": stats.engine_seconds,
+        "engine_share": stats.engine_seconds / stats.wall_seconds,
+        "mean_policy_batch": stats.policy.mean_batch_size,
+    }
+    print(f"  {row['nodes']} nodes, {row['generated_tokens']} tokens in {row['wall_s']:.1f} s: engine "
+          f"{row['engine_s']:.2f} s = {100 * row['engine_share']:.2f}% of wall time", flush=True)
+    return row
+
+
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
-    parser.add_argument("--sections", default="generation,prefix,batching")
+    parser.add_argument("--sections", default="generation,prefix,batching,overhead")
+    parser.add_argument("--model", default="smollm2", help="policy model (name, HF folder or hub id)")
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
 
     task = GSM8KTask()
-    problems = task.load(limit=32)
+    problems = task.load(limit=64)
     states = states_for(task, problems)
-    model, tokenizer = load_causal_lm("smollm2", device="cpu", threads=args.threads)
+    model, tokenizer = load_causal_lm(args.model, device="cpu", threads=args.threads)
     policy = HFPolicy((model, tokenizer), threads=args.threads, max_batch_size=64)
     repeats = 1 if args.quick else args.repeats
     report = {
@@ -134,11 +163,15 @@ def main() -> None:
         count = 8 if args.quick else 32
         report["batching"] = batching(policy, task, problems[:count], repeats if not args.quick else 1, 64 if args.quick else 192)
         print(f"  speedup: {report['batching']['speedup']:.1f}x")
+    if "overhead" in sections:
+        print("engine overhead (MCTS*, >= 10,000 nodes, zero-cost critic):")
+        report["overhead"] = overhead(policy, task, problems[:8] if args.quick else problems, 48 if args.quick else 640)
     from pathlib import Path
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
+    return report
 
 
 if __name__ == "__main__":

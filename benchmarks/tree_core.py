@@ -146,7 +146,7 @@ def count(root: Node) -> int:
     return total
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--simulations", type=int, default=20000)
     parser.add_argument("--branching", type=int, default=4)
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/tree_core.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sims = 2000 if args.quick else args.simulations
     repeats = 1 if args.quick else args.repeats
     ours, base = [], []
@@ -178,6 +178,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ _BUILTIN_MODULES = {
     "rollout": "critics.rollout",
     "verifier": "critics.verifier",
     "weighted": "critics.combine",
+    "python": "critics.function",
 }
 
 

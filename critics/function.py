@@ -11,6 +11,11 @@ Four shapes work: sync or async, per state (`fn(state) -> float`) or batched
     @value_function(batched=True)        # batched, registered as "my_scores"
     async def my_scores(states):
         return [...]
+
+In a job config, name it by import path (built inside each critic actor)::
+
+    critic: {name: python, function: mypkg.values:short_is_good}
+    critic: {name: python, function: mypkg.values:make_critic, options: {k: 3}}
 """
 
 from __future__ import annotations
@@ -71,3 +76,19 @@ def value_function(
         return critic
 
     return wrap(fn) if fn is not None else wrap
+
+
+@register_critic("python")
+def import_critic(function: str, options: Optional[dict] = None, batched: bool = False):
+    """The critic at import path `function` (config `critic.name: python`): a value
+    function (`batched` says its shape; `@value_function` ones know theirs) or a Critic;
+    with `options`, a factory called with them that returns one of those."""
+    from critics.base import as_critic
+    from treesearch.plugins import import_object
+
+    obj = import_object(function, "critic.function")
+    if options:
+        obj = obj(**options)
+    if batched and not isinstance(obj, FunctionCritic):
+        obj = FunctionCritic(obj, batched=True)
+    return as_critic(obj)

@@ -132,3 +132,47 @@ def test_verifier_grades_terminal_states_only():
     nogold = State(Problem("q", "?"), "prompt", ("The answer is 1.",), terminal=True, answer="1")
     with pytest.raises(ValueError, match="problem 'q' has no gold answer"):
         score(VerifierCritic(), [nogold])
+
+
+def test_python_critic_by_import_path_in_all_forms(tmp_path, monkeypatch):
+    from critics import make_critic
+    from treesearch.components import build_critic
+
+    (tmp_path / "user_values.py").write_text(
+        "def shortness(state):\n    return 1.0 / (1 + len(state.steps))\n"
+        "def lengths(states):\n    return [min(1.0, len(s.steps) / 4) for s in states]\n"
+        "def make(scale):\n    return lambda state: scale\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    states = [State(Problem("p", "q"), "q", steps=("a\n",) * k) for k in (0, 1, 3)]
+    per_state = build_critic({"name": "python", "function": "user_values:shortness"})
+    assert list(asyncio.run(per_state.score(states))) == pytest.approx([1.0, 0.5, 0.25])
+    batched = make_critic("python", function="user_values.lengths", batched=True)
+    assert list(asyncio.run(batched.score(states))) == pytest.approx([0.0, 0.25, 0.75])
+    factory = make_critic("python", function="user_values:make", options={"scale": 0.3})
+    assert list(asyncio.run(factory.score(states))) == pytest.approx([0.3] * 3)
+    with pytest.raises(ImportError, match=r"critic.function: module 'user_values' has no attribute 'nope'"):
+        make_critic("python", function="user_values:nope")
+    with pytest.raises(ImportError, match=r"critic.function: cannot import module 'no_such_module'"):
+        make_critic("python", function="no_such_module:f")
+    with pytest.raises(ValueError, match="critic.function: expected an import path"):
+        make_critic("python", function="justaname")
+
+
+def test_python_policy_backend_by_import_path(tmp_path, monkeypatch):
+    from treesearch.policy import make_policy
+
+    (tmp_path / "user_engine.py").write_text(
+        "class Echo:\n"
+        "    def __init__(self, word):\n        self.word = word\n"
+        "    async def expand(self, states, n, params):\n        return []\n"
+        "    async def complete(self, states, params):\n        return []\n"
+        "class NotAPolicy:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    policy = make_policy("python", factory="user_engine:Echo", word="hi")
+    assert policy.word == "hi"
+    with pytest.raises(TypeError, match="lacks expand"):
+        make_policy("python", factory="user_engine:NotAPolicy")
+    with pytest.raises(ValueError, match="policy.factory"):
+        make_policy("python", word="hi")

@@ -141,7 +141,8 @@ def _actor_classes():
 class ActorPool:
     """Replicas of one model as Ray actors, with affinity routing and replacement of dead
     replicas. `resources`: replicas, num_cpus, num_gpus (fractions allowed),
-    max_restarts, max_task_retries, max_concurrency."""
+    max_restarts, max_task_retries, max_concurrency, and optionally runtime_env (Ray's:
+    e.g. `{py_modules: [...]}` or `{env_vars: {PYTHONPATH: ...}}` to reach user code)."""
 
     def __init__(self, actor_class: Any, args: tuple, resources: Mapping, name: str, retries: int = 3):
         res = plain(resources)
@@ -159,6 +160,8 @@ class ActorPool:
             "max_task_retries": res.get("max_task_retries", 3),
             "max_concurrency": res.get("max_concurrency", 4),
         }
+        if res.get("runtime_env"):
+            self.options["runtime_env"] = res["runtime_env"]
         self.actors = [self._start() for _ in range(self.replicas)]
         self.replacements = 0
 

@@ -2,15 +2,18 @@
 
 `make_policy("hf", ...)` builds the transformers backend (`HFPolicy`), `make_policy("vllm",
 ...)` the vLLM one (`VLLMPolicy`, CUDA only); both are imported only when asked for.
+`make_policy("python", factory="pkg.module:Factory", ...)` builds a user's own backend
+(anything with the Policy protocol's `expand` and `complete`) from the other options.
 """
 
 from treesearch.policy.base import ParamsArg, Policy, per_state_counts, per_state_params
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "python")
 
 
 def make_policy(backend: str = "hf", **kwargs) -> Policy:
-    """Build a policy backend by name ("hf" or "vllm"); `kwargs` go to its constructor."""
+    """Build a policy backend by name ("hf", "vllm" or "python"); `kwargs` go to its
+    constructor (for "python": `factory`, an import path, and the factory's options)."""
     if backend == "hf":
         from treesearch.policy.hf import HFPolicy
 
@@ -19,6 +22,16 @@ def make_policy(backend: str = "hf", **kwargs) -> Policy:
         from treesearch.policy.vllm import VLLMPolicy
 
         return VLLMPolicy(**kwargs)
+    if backend == "python":
+        from treesearch.plugins import import_object
+
+        if "factory" not in kwargs:
+            raise ValueError("policy.factory: the python backend needs an import path, e.g. 'mypkg.engine:MyPolicy'")
+        factory = import_object(kwargs.pop("factory"), "policy.factory")
+        policy = factory(**kwargs)
+        if not hasattr(policy, "expand") or not hasattr(policy, "complete"):
+            raise TypeError(f"policy.factory built {policy!r}, which lacks expand()/complete() (the Policy protocol)")
+        return policy
     raise ValueError(f"unknown policy backend {backend!r}; choose one of {BACKENDS}")
 
 

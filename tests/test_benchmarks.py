@@ -1,0 +1,71 @@
+"""Every benchmark script runs end to end at its `--quick` size (smoke tests; the numbers
+themselves live in BENCHMARKS.md, measured at the default sizes)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tree_core_quick(tmp_path):
+    report = load("tree_core").main(["--quick", "--out", str(tmp_path / "tree.json")])
+    assert json.loads((tmp_path / "tree.json").read_text()) == report
+    assert report["store_sims_per_s"] > 0 and report["objects_sims_per_s"] > 0
+    # both trees grew from the same simulations: similar sizes, and the store is the smaller per node
+    assert report["store_nodes"] > 1000 and report["objects_nodes"] > 1000
+    assert report["store_bytes_per_node"] < report["objects_bytes_per_node"]
+
+
+def test_budget_quick_with_a_tiny_model(tmp_path, tiny_model_dir):
+    data = tmp_path / "mawps.jsonl"
+    data.write_text("".join(json.dumps({"input": f"Tom has {i} apples and buys 2. How many?", "target": i + 2}) + "\n"
+                            for i in range(6)))
+    report = load("budget").main(["--quick", "--data", str(data), "--model", str(tiny_model_dir),
+                                  "--out", str(tmp_path / "budget.json")])
+    assert report["problems"] == 4
+    points = report["points"]
+    # greedy once; four searches at two budgets, one seed
+    assert sorted((p["algorithm"], p["budget"]) for p in points) == sorted(
+        [("greedy", 128)] + [(a, b) for a in ("self_consistency", "best_of_n", "beam", "mcts") for b in (64, 128)])
+    for p in points:
+        assert len(p["correct"]) == 4 and 0 <= p["accuracy"] <= 1
+        if p["algorithm"] in ("self_consistency", "best_of_n"):  # overrun by at most one solution
+            assert p["mean_generated_tokens"] <= p["budget"] + 256
+    assert {c["budget"] for c in report["mcts_vs_best_of_n"]} == {64, 128}
+    assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_names_a_missing_data_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load("budget").main(["--data", str(tmp_path / "missing.jsonl")])
+    assert "missing.jsonl: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_scaling_quick_runs_real_jobs_on_simulated_engines(tmp_path):
+    report = load("scaling").main(["--quick", "--out", str(tmp_path / "scaling.json")])
+    rows = report["rows"]
+    assert [r["actors"] for r in rows] == [1, 2]
+    assert [r["problems"] for r in rows] == [8, 16]  # weak scaling: work grows with the actors
+    assert rows[0]["efficiency"] == 1.0 and rows[1]["efficiency"] > 0
+    assert all(r["generated_tokens_per_s"] > 0 for r in rows)
+
+
+def test_throughput_quick_with_a_tiny_model(tmp_path, tiny_model_dir):
+    report = load("throughput").main(["--quick", "--model", str(tiny_model_dir), "--threads", "1",
+                                      "--out", str(tmp_path / "throughput.json")])
+    assert [r["batch"] for r in report["generation"]] == [1, 8]
+    assert all(r["ratio"] > 1 for r in report["prefix"])  # KV reuse encodes fewer prompt tokens
+    assert report["batching"]["rows"][1]["mean_policy_batch"] > report["batching"]["rows"][0]["mean_policy_batch"]
+    overhead = report["overhead"]
+    assert overhead["nodes"] > 8 and 0 <= overhead["engine_share"] < 1
