@@ -103,21 +103,26 @@ def summarise(points: list[dict]) -> list[dict]:
 
 
 def mcts_vs_best_of_n(points: list[dict]) -> list[dict]:
-    """Paired difference MCTS* - best-of-N per budget over the same (problem, seed) pairs."""
-    index = {(p["algorithm"], p["budget"], p["seed"]): p["correct"] for p in points}
+    """Paired difference MCTS* - best-of-N per budget over the same (problem, seed) pairs,
+    with the tokens each side actually spent (equal budgets, not always equal spending)."""
+    index = {(p["algorithm"], p["budget"], p["seed"]): p for p in points}
     rows = []
     for budget in sorted({p["budget"] for p in points}):
-        diffs = []
+        diffs, tokens = [], {"mcts": [], "best_of_n": []}
         for seed in sorted({p["seed"] for p in points}):
             a, b = index.get(("mcts", budget, seed)), index.get(("best_of_n", budget, seed))
             if a is not None and b is not None:
-                diffs += [int(x) - int(y) for x, y in zip(a, b)]
+                diffs += [int(x) - int(y) for x, y in zip(a["correct"], b["correct"])]
+                tokens["mcts"].append(a["mean_generated_tokens"])
+                tokens["best_of_n"].append(b["mean_generated_tokens"])
         if not diffs:
             continue
         mean = statistics.mean(diffs)
         se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
         rows.append({"budget": budget, "pairs": len(diffs), "mcts_minus_best_of_n": mean, "stderr": se,
-                     "mcts_only_correct": diffs.count(1), "best_of_n_only_correct": diffs.count(-1)})
+                     "mcts_only_correct": diffs.count(1), "best_of_n_only_correct": diffs.count(-1),
+                     "mcts_tokens": statistics.mean(tokens["mcts"]),
+                     "best_of_n_tokens": statistics.mean(tokens["best_of_n"])})
     return rows
 
 
@@ -195,7 +200,8 @@ def main(argv=None) -> dict:
     for c in comparison:
         print(f"MCTS* - best-of-N at {c['budget']} tokens: {100 * c['mcts_minus_best_of_n']:+.1f} points"
               f" ± {100 * c['stderr']:.1f} ({c['mcts_only_correct']} problems only MCTS* solved,"
-              f" {c['best_of_n_only_correct']} only best-of-N), {c['pairs']} pairs")
+              f" {c['best_of_n_only_correct']} only best-of-N), {c['pairs']} pairs;"
+              f" tokens spent {c['mcts_tokens']:.0f} vs {c['best_of_n_tokens']:.0f}")
     report = {
         "date": str(date.today()),
         "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",

@@ -43,7 +43,8 @@ def compose(overrides: list[str]):
         cfg = hydra_compose("search", overrides=overrides)
     with open_dict(cfg):  # the actors import simulated_engine from this folder
         for pool in ("policy", "critic"):
-            cfg.cluster[pool].runtime_env = {"env_vars": {"PYTHONPATH": str(HERE)}}
+            path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+            cfg.cluster[pool].runtime_env = {"env_vars": {"PYTHONPATH": path}}
     return cfg
 
 
@@ -62,7 +63,7 @@ def job_config(actors: int, data: Path, out: Path, args) -> object:
         "search=mcts", "search.budget.generated_tokens=null", f"search.budget.simulations={args.simulations}",
         f"cluster.policy.replicas={actors}", "cluster.policy.num_cpus=0", "cluster.policy.max_concurrency=8",
         "cluster.critic.num_cpus=0", f"cluster.critic.replicas={max(1, actors // 8)}",
-        f"job.trees_in_flight={actors * args.trees_per_actor}", f"job.max_batch_size={max(64, 4 * args.trees_per_actor)}",
+        f"job.trees_in_flight={actors * args.trees_per_actor}", f"job.max_batch_size={2 * args.trees_per_actor}",  # per replica: 2 simulations per tree
         f"job.output_dir={out}", "job.progress=false",
     ])
 
@@ -113,7 +114,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.actors, args.problems_per_actor, args.trees_per_actor, args.fixed_ms, args.repeats = "1,2", 8, 4, 50.0, 1
-    counts = [int(a) for a in args.actors.split(",")]
+    counts = sorted({int(a) for a in args.actors.split(",")})
+    if counts[0] != 1:
+        parser.error("--actors must include 1 (efficiency is measured against one actor)")
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray

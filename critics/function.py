@@ -81,14 +81,15 @@ def value_function(
 @register_critic("python")
 def import_critic(function: str, options: Optional[dict] = None, batched: bool = False):
     """The critic at import path `function` (config `critic.name: python`): a value
-    function (`batched` says its shape; `@value_function` ones know theirs) or a Critic;
-    with `options`, a factory called with them that returns one of those."""
+    function (`batched` says its shape; `@value_function` ones know theirs), a Critic,
+    or a Critic class; with `options` (even empty), a factory called with them that
+    returns one of those."""
     from critics.base import as_critic
     from treesearch.plugins import import_object
 
     obj = import_object(function, "critic.function")
-    if options:
-        obj = obj(**options)
-    if batched and not isinstance(obj, FunctionCritic):
+    if options is not None or inspect.isclass(obj):  # a factory or a Critic class: build it
+        obj = obj(**(options or {}))
+    if batched and callable(obj) and not hasattr(obj, "score"):
         obj = FunctionCritic(obj, batched=True)
     return as_critic(obj)

@@ -220,15 +220,15 @@ def test_a_solution_that_answers_twice_votes_once():
 @pytest.mark.parametrize("algorithm", ["self_consistency", "best_of_n"])
 @pytest.mark.parametrize("limit", [10, 40, 100])
 def test_sampling_waves_shrink_to_the_token_budget_left(algorithm, limit):
-    """Whole-solution samplers overrun a token budget by at most one solution, however
-    many samples they may draw in parallel."""
+    """Whole-solution samplers overrun a token budget by less than max_solution_tokens,
+    however many samples they may draw in parallel."""
     from tests.doubles import _step
 
     solution_tokens = _step(CAREFUL, -1).num_tokens + _step(MUL, -1).num_tokens + _step("The answer is 9.", -1).num_tokens
     policy = ScriptedPolicy(HIDDEN_SCRIPT, mode="sample")
     (result,) = treesearch.search(
         [PROBLEM], policy=policy, critic=hidden_critic, algorithm=algorithm,
-        budget=Budget(generated_tokens=limit), samples=64, parallel=16, max_solution_tokens=200,
+        budget=Budget(generated_tokens=limit), samples=64, parallel=16, max_solution_tokens=solution_tokens,
     )
     spent = result.accounting.generated_tokens
     assert limit <= spent < limit + solution_tokens

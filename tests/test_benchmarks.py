@@ -39,8 +39,8 @@ def test_budget_quick_with_a_tiny_model(tmp_path, tiny_model_dir):
         [("greedy", 128)] + [(a, b) for a in ("self_consistency", "best_of_n", "beam", "mcts") for b in (64, 128)])
     for p in points:
         assert len(p["correct"]) == 4 and 0 <= p["accuracy"] <= 1
-        if p["algorithm"] in ("self_consistency", "best_of_n"):  # overrun by at most one solution
-            assert p["mean_generated_tokens"] <= p["budget"] + 256
+        if p["algorithm"] in ("self_consistency", "best_of_n"):  # overrun by less than one solution
+            assert p["mean_generated_tokens"] < p["budget"] + 256
     assert {c["budget"] for c in report["mcts_vs_best_of_n"]} == {64, 128}
     assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -176,3 +176,30 @@ def test_python_policy_backend_by_import_path(tmp_path, monkeypatch):
         make_policy("python", factory="user_engine:NotAPolicy")
     with pytest.raises(ValueError, match="policy.factory"):
         make_policy("python", word="hi")
+
+
+def test_python_critic_classes_and_empty_options(tmp_path, monkeypatch):
+    from critics import make_critic
+
+    (tmp_path / "user_critics.py").write_text(
+        "import numpy as np\n"
+        "class Constant:\n"
+        "    def __init__(self, value=0.25):\n        self.value = value\n"
+        "    async def score(self, states):\n        return np.full(len(states), self.value)\n"
+        "def make():\n    return lambda state: 0.75\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    states = [State(Problem("p", "q"), "q", steps=("a\n",))]
+    assert list(asyncio.run(make_critic("python", function="user_critics:Constant").score(states))) == [0.25]
+    built = make_critic("python", function="user_critics:Constant", options={"value": 0.5}, batched=True)
+    assert list(asyncio.run(built.score(states))) == [0.5]
+    assert list(asyncio.run(make_critic("python", function="user_critics:make", options={}).score(states))) == [0.75]
+
+
+def test_python_policy_factory_that_rejects_options_is_named(tmp_path, monkeypatch):
+    from treesearch.policy import make_policy
+
+    (tmp_path / "strict_engine.py").write_text("class Strict:\n    def __init__(self):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TypeError, match=r"policy.factory 'strict_engine:Strict' rejected the policy options \['model'\]"):
+        make_policy("python", factory="strict_engine:Strict", model="x")

@@ -366,3 +366,21 @@ def test_offset_and_limit_give_disjoint_slices_of_one_file():
     assert len(load_problems(task, dict(spec, offset=3, limit=None))) == len(task.load()) - 3
     with pytest.raises(ValueError, match="task.offset"):
         load_problems(task, dict(spec, offset=-1))
+
+
+def test_offset_errors_and_bad_rows_of_the_skipped_part(tmp_path):
+    from treesearch.components import build_task, load_problems
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"input": "a", "target": 1}\nnot json\n{"input": "b", "target": 2}\n'
+                    '{"input": "c", "target": 3}\n{oops\n{"input": "d", "target": 4}\n')
+    spec = {"name": "jsonl", "path": str(path), "question_field": "input", "answer_field": "target",
+            "skip_bad_rows": True}
+    task = build_task(spec)
+    dev = load_problems(task, dict(spec, offset=2))
+    assert [p.question for p in dev] == ["c", "d"]
+    assert [b.line for b in task.bad_rows] == [5]  # line 2 belongs to the skipped slice
+    with pytest.raises(ValueError, match="task.offset=4 skips every problem"):
+        load_problems(task, dict(spec, offset=4))
+    with pytest.raises(ValueError, match="task.limit must be an integer >= 0"):
+        load_problems(task, dict(spec, offset=3, limit=-1))

@@ -42,16 +42,24 @@ def load_problems(task: Task, cfg: Mapping):
     `offset` skips that many usable problems first, so one file can give disjoint
     train and dev slices (`offset=0, limit=300` and `offset=300, limit=100`)."""
     spec = plain(cfg)
-    offset = spec.get("offset") or 0
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"task.offset must be an integer >= 0, got {offset!r}")
-    limit = spec.get("limit")
+    offset, limit = spec.get("offset") or 0, spec.get("limit")
+    for name, value in (("offset", offset), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"task.{name} must be an integer >= 0, got {value!r}")
     problems = task.load(
         path=spec.get("path"),
         split=spec.get("split", "test"),
         limit=None if limit is None else offset + limit,
         skip_bad_rows=bool(spec.get("skip_bad_rows", False)),
     )
+    if offset == 0:
+        return problems
+    if offset >= len(problems) and limit != 0:
+        raise ValueError(f"task.offset={offset} skips every problem: {spec.get('path') or 'the data'} has {len(problems)}")
+    lines = getattr(task, "problem_lines", None)
+    if lines and getattr(task, "bad_rows", None):  # bad rows inside the skipped part are not this slice's
+        cutoff = lines[problems[offset - 1].id]
+        task.bad_rows = [b for b in task.bad_rows if b.line > cutoff]
     return problems[offset:]
 
 

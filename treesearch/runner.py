@@ -78,7 +78,10 @@ class Runner:
         self.critic: Optional[Critic] = as_critic(critic) if critic is not None else None
         self.task = task or Task()
         self.trees_in_flight = trees_in_flight
-        self._batching = dict(max_batch_size=max_batch_size, max_wait_s=max_wait_ms / 1000.0)
+        # `max_batch_size` is per model replica: with k replicas (concurrency k), a call may
+        # hold k times as many requests, which a remote pool scatters over its replicas
+        self._max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_ms / 1000.0
         self._concurrency = (policy_concurrency, critic_concurrency)
         self.stats = RunStats()
 
@@ -102,6 +105,12 @@ class Runner:
         values = check_values(values, len(states), repr(self.critic))
         return [(float(v), int(t)) for v, t in zip(values, tokens)]
 
+    def _batcher(self, fn, concurrency: int, name: str) -> Batcher:
+        return Batcher(
+            fn, max_batch_size=self._max_batch_size * concurrency, max_wait_s=self._max_wait_s,
+            max_concurrency=concurrency, clock=self.stats.clock, name=name,
+        )
+
     async def run(
         self,
         problems: Iterable[Problem],
@@ -117,16 +126,11 @@ class Runner:
             raise ValueError(f"algorithm {algo.name!r} needs a critic: pass critic=...")
         budget = budget or Budget(generated_tokens=4096)
         problems = list(problems)
-        clock = self.stats.clock
-        policy = Batcher(
-            self._policy_batch, max_concurrency=self._concurrency[0], clock=clock, name="policy", **self._batching
-        )
+        policy = self._batcher(self._policy_batch, self._concurrency[0], "policy")
         policy.stats = self.stats.policy
         critic = None
         if self.critic is not None:
-            critic = Batcher(
-                self._critic_batch, max_concurrency=self._concurrency[1], clock=clock, name="critic", **self._batching
-            )
+            critic = self._batcher(self._critic_batch, self._concurrency[1], "critic")
             critic.stats = self.stats.critic
         slots = asyncio.Semaphore(self.trees_in_flight)
 

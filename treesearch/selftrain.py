@@ -70,8 +70,11 @@ class SelfTraining:
 
     # ---------------------------------------------------------------- configs
     def dev_task(self) -> dict:
+        """The train task's config with the dev split's keys over it (a train `offset`
+        is not inherited: dev starts at its own `offset`, default 0)."""
         task = plain(self.cfg["task"])
-        task.update(self.st["dev"])
+        task["offset"] = 0
+        task.update(plain(self.st["dev"]))
         return task
 
     def job_cfg(self, folder: Path, policy_model: str, *, task=None, critic=None, search=None) -> DictConfig:

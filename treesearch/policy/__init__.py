@@ -27,8 +27,15 @@ def make_policy(backend: str = "hf", **kwargs) -> Policy:
 
         if "factory" not in kwargs:
             raise ValueError("policy.factory: the python backend needs an import path, e.g. 'mypkg.engine:MyPolicy'")
-        factory = import_object(kwargs.pop("factory"), "policy.factory")
-        policy = factory(**kwargs)
+        path = kwargs.pop("factory")
+        factory = import_object(path, "policy.factory")
+        try:
+            policy = factory(**kwargs)
+        except TypeError as exc:
+            raise TypeError(
+                f"policy.factory {path!r} rejected the policy options {sorted(kwargs)} ({exc}); "
+                "it is called with every policy key except backend and factory"
+            ) from exc
         if not hasattr(policy, "expand") or not hasattr(policy, "complete"):
             raise TypeError(f"policy.factory built {policy!r}, which lacks expand()/complete() (the Policy protocol)")
         return policy

@@ -10,9 +10,9 @@ from treesearch.search.base import SearchAlgorithm, SearchConfig, SearchContext
 @dataclass
 class SelfConsistencyConfig(SearchConfig):
     """`samples`: solutions to draw (the budget may stop earlier); `parallel`: how many
-    are in flight at once at most. Under a token budget a wave is sized to what is left
-    (at the mean length of the solutions drawn so far; `max_solution_tokens` before
-    the first), so the budget is overrun by at most about one solution."""
+    are in flight at once at most. Under a token budget a wave holds only as many
+    solutions as fit in what is left at `max_solution_tokens` each (at least one), so
+    the budget is overrun by less than `max_solution_tokens`."""
 
     samples: int = 8
     parallel: int = 8
@@ -34,14 +34,11 @@ class SelfConsistency(SearchAlgorithm):
         under the root as a prefix tree and return each one's last node."""
         cfg = self.config
         solutions: list = []
-        start_tokens = ctx.accounting.generated_tokens
         while len(solutions) < cfg.samples and not ctx.exhausted():
             wave = min(cfg.parallel, cfg.samples - len(solutions))
             if ctx.budget.generated_tokens is not None:
-                spent = ctx.accounting.generated_tokens - start_tokens
-                per_solution = spent / len(solutions) if solutions else cfg.max_solution_tokens
                 left = ctx.budget.generated_tokens - ctx.accounting.generated_tokens
-                wave = min(wave, max(1, int(left // max(per_solution, 1.0))))
+                wave = min(wave, max(1, left // cfg.max_solution_tokens))
             if ctx.budget.simulations is not None:
                 wave = min(wave, ctx.budget.simulations - ctx.accounting.simulations)
             if ctx.budget.policy_calls is not None:

@@ -265,6 +265,7 @@ class JSONLTask(Task):
         self.bad_rows = []
         problems: list[Problem] = []
         first_line: dict[str, int] = {}
+        self.problem_lines = first_line  # problem id -> its line (or row) number
         for number, row in rows:
             if limit is not None and len(problems) >= limit:
                 break
