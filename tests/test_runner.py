@@ -116,3 +116,29 @@ def test_closing_a_batcher_fails_requests_still_queued():
     first, second = asyncio.run(main())
     assert first == 1
     assert isinstance(second, RuntimeError) and "closed" in str(second)
+
+
+def test_a_replicated_model_gets_whole_batches_per_replica():
+    """With a pool of replicas, each engine call holds states of one replica only (not a
+    batch split into one small call per replica), and the stats count every call."""
+    from tests.doubles import ScriptedPolicy, random_script
+
+    class TwoReplicas(ScriptedPolicy):
+        replicas = 2
+
+        def replica_of(self, state):
+            return int(state.problem.id) % 2
+
+        async def expand(self, states, n, params):
+            self.replica_sets = getattr(self, "replica_sets", [])
+            self.replica_sets.append({self.replica_of(s) for s in states})
+            return await super().expand(states, n, params)
+
+    policy = TwoReplicas(random_script(1), delay=0.01)
+    problems = [Problem(str(i), f"q{i}") for i in range(12)]
+    runner = Runner(policy, critic=lambda s: 0.5, trees_in_flight=12, policy_concurrency=2)
+    results = asyncio.run(runner.run(problems, "mcts", Budget(simulations=4), expansions=2, root_expansions=2))
+    assert all(r.error is None for r in results)
+    assert policy.replica_sets and all(len(s) == 1 for s in policy.replica_sets)
+    assert {r for s in policy.replica_sets for r in s} == {0, 1}
+    assert runner.stats.policy.calls == len(policy.replica_sets)

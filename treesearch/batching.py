@@ -219,3 +219,30 @@ class Batcher:
         self._pending.clear()
         self._order.clear()
         self._count = 0
+
+
+class RoutedBatcher:
+    """One `Batcher` per model replica: each request goes to the batcher of the replica
+    `route(item)` names, so every engine call is one whole batch for one replica (rather
+    than one batch split into a small call per replica). The parts share one `stats`."""
+
+    def __init__(self, parts: Sequence[Batcher], route: Callable[[Any], int]):
+        if not parts:
+            raise ValueError("RoutedBatcher needs at least one batcher")
+        self.parts = list(parts)
+        self.route = route
+
+    @property
+    def stats(self) -> BatchStats:
+        return self.parts[0].stats
+
+    @stats.setter
+    def stats(self, value: BatchStats) -> None:
+        for part in self.parts:
+            part.stats = value
+
+    async def submit(self, key: Hashable, item: Any) -> Any:
+        return await self.parts[self.route(item)].submit(key, item)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(part.close() for part in self.parts))

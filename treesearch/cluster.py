@@ -223,7 +223,20 @@ class ActorPool:
             ray.kill(actor)
 
 
-class RemotePolicy:
+class _Replicated:
+    """Lets the runner batch per replica: `replicas`, and the replica a state goes to."""
+
+    pool: ActorPool
+
+    @property
+    def replicas(self) -> int:
+        return self.pool.replicas
+
+    def replica_of(self, state: State) -> int:
+        return self.pool.replica_for(state.problem.id)
+
+
+class RemotePolicy(_Replicated):
     """The Policy protocol over an ActorPool of PolicyActors."""
 
     def __init__(self, pool: ActorPool):
@@ -255,7 +268,7 @@ class RemotePolicy:
         return out
 
 
-class RemoteCritic:
+class RemoteCritic(_Replicated):
     """The Critic protocol (with costs) over an ActorPool of CriticActors."""
 
     def __init__(self, pool: ActorPool):

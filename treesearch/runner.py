@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
 from critics.base import Critic, as_critic, check_values, score_with_cost
-from treesearch.batching import Batcher, BatchStats, ModelClock
+from treesearch.batching import Batcher, BatchStats, ModelClock, RoutedBatcher
 from treesearch.policy.base import Policy
 from treesearch.search import SearchAlgorithm, SearchContext, make_algorithm
 from treesearch.search.answer import select_answer
@@ -105,7 +105,19 @@ class Runner:
         values = check_values(values, len(states), repr(self.critic))
         return [(float(v), int(t)) for v, t in zip(values, tokens)]
 
-    def _batcher(self, fn, concurrency: int, name: str) -> Batcher:
+    def _batcher(self, fn, model: Any, concurrency: int, name: str, state_of: Callable[[Any], State]):
+        """A model's batcher. A replicated model (a Ray pool: `replicas` and `replica_of`)
+        gets one batcher per replica, one call in flight each; others get one batcher
+        with `concurrency` calls in flight."""
+        replicas = getattr(model, "replicas", 1)
+        replica_of = getattr(model, "replica_of", None)
+        if replicas > 1 and replica_of is not None:
+            parts = [
+                Batcher(fn, max_batch_size=self._max_batch_size, max_wait_s=self._max_wait_s,
+                        max_concurrency=1, clock=self.stats.clock, name=f"{name}[{i}]")
+                for i in range(replicas)
+            ]
+            return RoutedBatcher(parts, lambda item: replica_of(state_of(item)))
         return Batcher(
             fn, max_batch_size=self._max_batch_size * concurrency, max_wait_s=self._max_wait_s,
             max_concurrency=concurrency, clock=self.stats.clock, name=name,
@@ -126,11 +138,11 @@ class Runner:
             raise ValueError(f"algorithm {algo.name!r} needs a critic: pass critic=...")
         budget = budget or Budget(generated_tokens=4096)
         problems = list(problems)
-        policy = self._batcher(self._policy_batch, self._concurrency[0], "policy")
+        policy = self._batcher(self._policy_batch, self.policy, self._concurrency[0], "policy", lambda item: item[0])
         policy.stats = self.stats.policy
         critic = None
         if self.critic is not None:
-            critic = self._batcher(self._critic_batch, self._concurrency[1], "critic")
+            critic = self._batcher(self._critic_batch, self.critic, self._concurrency[1], "critic", lambda item: item)
             critic.stats = self.stats.critic
         slots = asyncio.Semaphore(self.trees_in_flight)
 
