@@ -109,19 +109,16 @@ class Runner:
         """A model's batcher. A replicated model (a Ray pool: `replicas` and `replica_of`)
         gets one batcher per replica, one call in flight each; others get one batcher
         with `concurrency` calls in flight."""
+        def make(concurrency: int, label: str) -> Batcher:
+            return Batcher(fn, max_batch_size=self._max_batch_size * concurrency, max_wait_s=self._max_wait_s,
+                           max_concurrency=concurrency, clock=self.stats.clock, name=label)
+
         replicas = getattr(model, "replicas", 1)
         replica_of = getattr(model, "replica_of", None)
         if replicas > 1 and replica_of is not None:
-            parts = [
-                Batcher(fn, max_batch_size=self._max_batch_size, max_wait_s=self._max_wait_s,
-                        max_concurrency=1, clock=self.stats.clock, name=f"{name}[{i}]")
-                for i in range(replicas)
-            ]
+            parts = [make(1, f"{name}[{i}]") for i in range(replicas)]
             return RoutedBatcher(parts, lambda item: replica_of(state_of(item)))
-        return Batcher(
-            fn, max_batch_size=self._max_batch_size * concurrency, max_wait_s=self._max_wait_s,
-            max_concurrency=concurrency, clock=self.stats.clock, name=name,
-        )
+        return make(concurrency, name)
 
     async def run(
         self,
