@@ -2,12 +2,15 @@
 (critic-weighted vote), step beam and MCTS*, same policy, same critic, same problems.
 
     python benchmarks/budget.py [--data ../shared/data/multiarith.jsonl] [--limit 24]
-        [--budgets 96,192,384] [--seeds 0,1] [--critic self_eval] [--quick]
+        [--budgets 128,256,512] [--seeds 0] [--critic self_eval] [--quick]
 
 Every algorithm gets the same per-problem budget of generated tokens; each point's x is
 the mean number of generated tokens it actually used (an algorithm may stop early).
-Greedy is deterministic and budget-free: one point. Critic calls are not generated
-tokens; their count and the wall time of each point are reported beside accuracy.
+Greedy is deterministic and budget-free: one point. Self-consistency is scored on
+best-of-N's samples (the two draw identical solutions for a seed; only the vote
+differs), so it costs no second run and the two are paired exactly; its seconds are
+best-of-N's. Critic calls are not generated tokens; their count, the share of problems
+that got any answer, and the wall time of each point are reported beside accuracy.
 Writes a JSON report and a PNG plot (accuracy vs generated tokens, log x axis), and
 answers "does MCTS* beat best-of-N at equal tokens?" with a paired comparison over the
 same problems and seeds.
@@ -29,6 +32,7 @@ import torch
 
 from treesearch import Budget, Runner
 from treesearch.components import build_critic, build_policy
+from treesearch.search.answer import select_answer
 from treesearch.tasks import make_task
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multiarith.jsonl"
@@ -55,8 +59,9 @@ def load_problems(data: str, limit: int):
     return task, task.load(path=data, limit=limit)
 
 
-def run_point(policy, critic, task, problems, algorithm: str, budget: int, seed: int) -> dict:
-    """One (algorithm, budget, seed) over all problems, every tree in flight at once."""
+def run_point(policy, critic, task, problems, algorithm: str, budget: int, seed: int) -> tuple[dict, list]:
+    """One (algorithm, budget, seed) over all problems, every tree in flight at once;
+    returns the point and the search results."""
     runner = Runner(policy, critic if algorithm != "greedy" else None, task,
                     trees_in_flight=len(problems), max_batch_size=64)
     options = dict(COMMON, **OPTIONS[algorithm], seed=seed)
@@ -67,16 +72,32 @@ def run_point(policy, critic, task, problems, algorithm: str, budget: int, seed:
     errors = [r.error for r in results if r.error]
     if errors:
         raise RuntimeError(f"{algorithm} budget={budget} seed={seed}: {len(errors)} searches failed, first: {errors[0]}")
+    point = describe(algorithm, budget, seed, [r.correct for r in results], [r.answer for r in results], results)
+    point["seconds"] = time.perf_counter() - start
+    return point, results
+
+
+def describe(algorithm: str, budget: int, seed: int, correct: list, answers: list, results: list) -> dict:
     return {
         "algorithm": algorithm,
         "budget": budget,
         "seed": seed,
-        "correct": [bool(r.correct) for r in results],
-        "accuracy": sum(bool(r.correct) for r in results) / len(results),
+        "correct": [bool(c) for c in correct],
+        "accuracy": sum(bool(c) for c in correct) / len(correct),
+        "answered": sum(a is not None for a in answers) / len(answers),
         "mean_generated_tokens": statistics.mean(r.accounting.generated_tokens for r in results),
         "mean_critic_calls": statistics.mean(r.accounting.critic_calls for r in results),
-        "seconds": time.perf_counter() - start,
     }
+
+
+def majority_vote_point(best_of_n: dict, results: list, task) -> dict:
+    """Self-consistency on best-of-N's samples: the same trees, answered by majority vote."""
+    choices = [select_answer(r.tree, task, "majority") for r in results]
+    correct = [task.grade(c.answer, r.problem.gold) for c, r in zip(choices, results)]
+    point = describe("self_consistency", best_of_n["budget"], best_of_n["seed"], correct,
+                     [c.answer for c in choices], results)
+    point.update(mean_critic_calls=0, seconds=best_of_n["seconds"])
+    return point
 
 
 def summarise(points: list[dict]) -> list[dict]:
@@ -94,6 +115,7 @@ def summarise(points: list[dict]) -> list[dict]:
             "seeds": len(group),
             "samples": len(outcomes),
             "accuracy": acc,
+            "answered": statistics.mean(p["answered"] for p in group),
             "stderr": math.sqrt(acc * (1 - acc) / len(outcomes)),
             "mean_generated_tokens": statistics.mean(p["mean_generated_tokens"] for p in group),
             "mean_critic_calls": statistics.mean(p["mean_critic_calls"] for p in group),
@@ -157,8 +179,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="JSONL problems (MAWPS or GSM8K fields)")
     parser.add_argument("--limit", type=int, default=24, help="problems (the first N)")
-    parser.add_argument("--budgets", default="96,192,384", help="generated tokens per problem")
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--budgets", default="128,256,512", help="generated tokens per problem")
+    parser.add_argument("--seeds", default="0")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--model", default="smollm2", help="policy model (name, HF folder or hub id)")
     parser.add_argument("--critic", default="self_eval", help="critic for best-of-N, beam and MCTS*")
@@ -182,21 +204,28 @@ def main(argv=None) -> dict:
     task, problems = load_problems(args.data, args.limit)
     policy = build_policy({"backend": "hf", "model": args.model, "threads": args.threads, "max_batch_size": 64})
     critic = build_critic({"name": args.critic, "model": args.model, "threads": args.threads}, task)
+    started = time.perf_counter()
     points = []
     for algorithm in algorithms:
+        if algorithm == "self_consistency" and "best_of_n" in algorithms:
+            continue  # scored on best-of-N's samples below
         for budget in (budgets[-1:] if algorithm == "greedy" else budgets):
             for seed in (seeds[:1] if algorithm == "greedy" else seeds):
-                point = run_point(policy, critic, task, problems, algorithm, budget, seed)
-                points.append(point)
-                print(f"  {algorithm:<16} budget {budget:>4} seed {seed}: accuracy {100 * point['accuracy']:5.1f}%"
-                      f"  tokens {point['mean_generated_tokens']:6.1f}  critic calls {point['mean_critic_calls']:5.1f}"
-                      f"  {point['seconds']:6.1f} s", flush=True)
+                point, results = run_point(policy, critic, task, problems, algorithm, budget, seed)
+                measured = [point]
+                if algorithm == "best_of_n" and "self_consistency" in algorithms:
+                    measured.append(majority_vote_point(point, results, task))
+                for p in measured:
+                    points.append(p)
+                    print(f"  {p['algorithm']:<16} budget {budget:>4} seed {seed}: accuracy {100 * p['accuracy']:5.1f}%"
+                          f"  answered {100 * p['answered']:5.1f}%  tokens {p['mean_generated_tokens']:6.1f}"
+                          f"  critic calls {p['mean_critic_calls']:5.1f}  {p['seconds']:6.1f} s", flush=True)
     rows = summarise(points)
     comparison = mcts_vs_best_of_n(points)
-    print(f"\n{'algorithm':<16} {'budget':>6} {'tokens':>7} {'accuracy':>9} {'± se':>6} {'critic':>7}")
+    print(f"\n{'algorithm':<16} {'budget':>6} {'tokens':>7} {'accuracy':>9} {'± se':>6} {'answered':>9} {'critic':>7}")
     for r in rows:
         print(f"{r['algorithm']:<16} {r['budget']:>6} {r['mean_generated_tokens']:>7.1f} {100 * r['accuracy']:>8.1f}%"
-              f" {100 * r['stderr']:>5.1f} {r['mean_critic_calls']:>7.1f}")
+              f" {100 * r['stderr']:>5.1f} {100 * r['answered']:>8.1f}% {r['mean_critic_calls']:>7.1f}")
     for c in comparison:
         print(f"MCTS* - best-of-N at {c['budget']} tokens: {100 * c['mcts_minus_best_of_n']:+.1f} points"
               f" ± {100 * c['stderr']:.1f} ({c['mcts_only_correct']} problems only MCTS* solved,"
@@ -210,6 +239,8 @@ def main(argv=None) -> dict:
         "model": args.model,
         "critic": args.critic,
         "options": {a: dict(COMMON, **OPTIONS[a]) for a in algorithms},
+        "self_consistency": "majority vote over best-of-N's samples" if {"self_consistency", "best_of_n"} <= set(algorithms) else "own run",
+        "seconds": time.perf_counter() - started,
         "summary": rows,
         "mcts_vs_best_of_n": comparison,
         "points": points,

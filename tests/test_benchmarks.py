@@ -43,6 +43,17 @@ def test_budget_quick_with_a_tiny_model(tmp_path, tiny_model_dir):
             assert p["mean_generated_tokens"] < p["budget"] + 256
     assert {c["budget"] for c in report["mcts_vs_best_of_n"]} == {64, 128}
     assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["self_consistency"] == "majority vote over best-of-N's samples"
+
+    # self-consistency scored on best-of-N's samples answers as its own run would
+    alone = load("budget").main(["--quick", "--data", str(data), "--model", str(tiny_model_dir),
+                                 "--algorithms", "self_consistency", "--out", str(tmp_path / "sc.json")])
+    assert alone["self_consistency"] == "own run"
+    derived = {p["budget"]: p for p in points if p["algorithm"] == "self_consistency"}
+    for p in alone["points"]:
+        assert p["correct"] == derived[p["budget"]]["correct"]
+        assert p["answered"] == derived[p["budget"]]["answered"]
+        assert p["mean_generated_tokens"] == derived[p["budget"]]["mean_generated_tokens"]
 
 
 def test_budget_names_a_missing_data_file(tmp_path, capsys):
