@@ -1,6 +1,7 @@
 """Throughput of the transformers backend and of the engine around it, side by side.
 
-    python benchmarks/throughput.py [--threads 2] [--repeats 3] [--sections ...] [--model smollm2] [--quick] [--out FILE.json]
+    python benchmarks/throughput.py [--threads 2] [--repeats 3] [--sections ...] [--model smollm2]
+        [--overhead-tokens 640] [--overhead-step-tokens 2] [--quick] [--out FILE.json]
 
 Sections (each ratio is measured in one run, same model, same machine):
   generation  HFPolicy tokens/s at batch 1, 8, 32 (greedy, 64 new tokens, distinct GSM8K
@@ -11,7 +12,7 @@ Sections (each ratio is measured in one run, same model, same machine):
   batching    a real MCTS* search over GSM8K problems with 32 trees in flight vs one tree
               at a time (the per-node loop other engines use): generated tokens/s
   overhead    the share of wall time with no model call running, in an MCTS* job of at
-              least 10,000 nodes with the real model: 64 problems, 4-token steps (many
+              least 10,000 nodes with the real model: 64 problems, 2-token steps (many
               nodes per model second: the engine's worst case), a zero-cost critic. Engine
               work done while a model call runs (in its thread) is not counted: this is
               the engine's cost on the critical path
@@ -106,7 +107,7 @@ def batching(policy, task, problems, repeats, tokens_per_problem):
     return {"rows": rows, "speedup": rows[1]["tok_s"] / rows[0]["tok_s"]}
 
 
-def overhead(policy, task, problems, tokens_per_problem, step_tokens=4):
+def overhead(policy, task, problems, tokens_per_problem, step_tokens):
     """Share of wall time outside model calls in one big MCTS* job."""
     from critics import as_critic
 
@@ -120,6 +121,8 @@ def overhead(policy, task, problems, tokens_per_problem, step_tokens=4):
     stats = runner.stats
     row = {
         "problems": len(problems),
+        "tokens_per_problem": tokens_per_problem,
+        "step_tokens": step_tokens,
         "nodes": sum(len(r.tree) for r in results),
         "generated_tokens": sum(r.accounting.generated_tokens for r in results),
         "wall_s": stats.wall_seconds,
@@ -142,6 +145,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
     parser.add_argument("--sections", default="generation,prefix,batching,overhead")
     parser.add_argument("--model", default="smollm2", help="policy model (name, HF folder or hub id)")
+    parser.add_argument("--overhead-tokens", type=int, default=640, help="generated tokens per problem in the overhead job")
+    parser.add_argument("--overhead-step-tokens", type=int, default=2, help="max tokens per step in the overhead job")
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -170,8 +175,9 @@ def main(argv=None) -> dict:
         report["batching"] = batching(policy, task, problems[:count], repeats if not args.quick else 1, 64 if args.quick else 192)
         print(f"  speedup: {report['batching']['speedup']:.1f}x")
     if "overhead" in sections:
-        print("engine overhead (MCTS*, 4-token steps, zero-cost critic):")
-        report["overhead"] = overhead(policy, task, problems[:8] if args.quick else problems, 48 if args.quick else 640)
+        print(f"engine overhead (MCTS*, {args.overhead_step_tokens}-token steps, zero-cost critic):")
+        report["overhead"] = overhead(policy, task, problems[:8] if args.quick else problems,
+                                      48 if args.quick else args.overhead_tokens, args.overhead_step_tokens)
     from pathlib import Path
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
