@@ -1,7 +1,7 @@
 """Throughput of the transformers backend and of the engine around it, side by side.
 
     python benchmarks/throughput.py [--threads 2] [--repeats 3] [--sections ...] [--model smollm2]
-        [--overhead-tokens 640] [--overhead-step-tokens 2] [--quick] [--out FILE.json]
+        [--overhead-tokens 1000] [--overhead-step-tokens 4] [--quick] [--out FILE.json]
 
 Sections (each ratio is measured in one run, same model, same machine):
   generation  HFPolicy tokens/s at batch 1, 8, 32 (greedy, 64 new tokens, distinct GSM8K
@@ -12,10 +12,10 @@ Sections (each ratio is measured in one run, same model, same machine):
   batching    a real MCTS* search over GSM8K problems with 32 trees in flight vs one tree
               at a time (the per-node loop other engines use): generated tokens/s
   overhead    the share of wall time with no model call running, in an MCTS* job of at
-              least 10,000 nodes with the real model: 64 problems, 2-token steps (many
-              nodes per model second: the engine's worst case), a zero-cost critic. Engine
-              work done while a model call runs (in its thread) is not counted: this is
-              the engine's cost on the critical path
+              least 10,000 nodes with the real model: 64 problems, 4-token steps and 8
+              children per expansion (many nodes per model second: the engine's worst
+              case), a zero-cost critic. Engine work done while a model call runs (in
+              its thread) is not counted: this is the engine's cost on the critical path
 Medians of `--repeats` runs are reported. Data: the bundled GSM8K test split.
 """
 
@@ -112,7 +112,7 @@ def overhead(policy, task, problems, tokens_per_problem, step_tokens):
     from critics import as_critic
 
     critic = as_critic(lambda s: 0.5)
-    options = dict(expansions=4, root_expansions=4, parallel_simulations=4, max_step_tokens=step_tokens,
+    options = dict(expansions=8, root_expansions=8, parallel_simulations=4, max_step_tokens=step_tokens,
                    max_depth=64, seed=0, temperature=0.7)
     warm = Runner(policy, critic, task)  # compiled kernels and first calls, outside the measurement
     asyncio.run(warm.run(problems[:2], "mcts", Budget(generated_tokens=16), **options))
@@ -145,8 +145,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
     parser.add_argument("--sections", default="generation,prefix,batching,overhead")
     parser.add_argument("--model", default="smollm2", help="policy model (name, HF folder or hub id)")
-    parser.add_argument("--overhead-tokens", type=int, default=640, help="generated tokens per problem in the overhead job")
-    parser.add_argument("--overhead-step-tokens", type=int, default=2, help="max tokens per step in the overhead job")
+    parser.add_argument("--overhead-tokens", type=int, default=1000, help="generated tokens per problem in the overhead job")
+    parser.add_argument("--overhead-step-tokens", type=int, default=4, help="max tokens per step in the overhead job")
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
