@@ -37,6 +37,9 @@ from treesearch.tasks import make_task
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multiarith.jsonl"
 ALGORITHMS = ("greedy", "self_consistency", "best_of_n", "beam", "mcts")
+# MCTS*'s trees answered by a critic-weighted vote over their terminal nodes (best-of-N's
+# rule) instead of the single best-valued one: separates the search from the vote.
+PLOTTED = ALGORITHMS + ("mcts_vote",)
 # Each algorithm's options (the configs/search/*.yaml defaults); sample counts are set
 # high so the token budget, not the count, is what stops them.
 OPTIONS = {
@@ -90,13 +93,15 @@ def describe(algorithm: str, budget: int, seed: int, correct: list, answers: lis
     }
 
 
-def majority_vote_point(best_of_n: dict, results: list, task) -> dict:
-    """Self-consistency on best-of-N's samples: the same trees, answered by majority vote."""
-    choices = [select_answer(r.tree, task, "majority") for r in results]
+def revote_point(source: dict, results: list, task, algorithm: str, method: str) -> dict:
+    """A point for `algorithm` scored on `source`'s trees, answered by `method` instead:
+    the same samples and tokens, a different vote."""
+    choices = [select_answer(r.tree, task, method) for r in results]
     correct = [task.grade(c.answer, r.problem.gold) for c, r in zip(choices, results)]
-    point = describe("self_consistency", best_of_n["budget"], best_of_n["seed"], correct,
-                     [c.answer for c in choices], results)
-    point.update(mean_critic_calls=0, seconds=best_of_n["seconds"])
+    point = describe(algorithm, source["budget"], source["seed"], correct, [c.answer for c in choices], results)
+    point["seconds"] = source["seconds"]
+    if algorithm == "self_consistency":
+        point["mean_critic_calls"] = 0  # a majority vote reads no values
     return point
 
 
@@ -126,25 +131,27 @@ def summarise(points: list[dict]) -> list[dict]:
 
 def mcts_vs_best_of_n(points: list[dict]) -> list[dict]:
     """Paired difference MCTS* - best-of-N per budget over the same (problem, seed) pairs,
-    with the tokens each side actually spent (equal budgets, not always equal spending)."""
+    with the tokens each side actually spent (equal budgets, not always equal spending);
+    one row per MCTS* answer rule (`mcts`: best value, `mcts_vote`: weighted vote)."""
     index = {(p["algorithm"], p["budget"], p["seed"]): p for p in points}
     rows = []
-    for budget in sorted({p["budget"] for p in points}):
-        diffs, tokens = [], {"mcts": [], "best_of_n": []}
-        for seed in sorted({p["seed"] for p in points}):
-            a, b = index.get(("mcts", budget, seed)), index.get(("best_of_n", budget, seed))
-            if a is not None and b is not None:
-                diffs += [int(x) - int(y) for x, y in zip(a["correct"], b["correct"])]
-                tokens["mcts"].append(a["mean_generated_tokens"])
-                tokens["best_of_n"].append(b["mean_generated_tokens"])
-        if not diffs:
-            continue
-        mean = statistics.mean(diffs)
-        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-        rows.append({"budget": budget, "pairs": len(diffs), "mcts_minus_best_of_n": mean, "stderr": se,
-                     "mcts_only_correct": diffs.count(1), "best_of_n_only_correct": diffs.count(-1),
-                     "mcts_tokens": statistics.mean(tokens["mcts"]),
-                     "best_of_n_tokens": statistics.mean(tokens["best_of_n"])})
+    for search in ("mcts", "mcts_vote"):
+        for budget in sorted({p["budget"] for p in points}):
+            diffs, tokens = [], {"mcts": [], "best_of_n": []}
+            for seed in sorted({p["seed"] for p in points}):
+                a, b = index.get((search, budget, seed)), index.get(("best_of_n", budget, seed))
+                if a is not None and b is not None:
+                    diffs += [int(x) - int(y) for x, y in zip(a["correct"], b["correct"])]
+                    tokens["mcts"].append(a["mean_generated_tokens"])
+                    tokens["best_of_n"].append(b["mean_generated_tokens"])
+            if not diffs:
+                continue
+            mean = statistics.mean(diffs)
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+            rows.append({"search": search, "budget": budget, "pairs": len(diffs), "mcts_minus_best_of_n": mean,
+                         "stderr": se, "mcts_only_correct": diffs.count(1), "best_of_n_only_correct": diffs.count(-1),
+                         "mcts_tokens": statistics.mean(tokens["mcts"]),
+                         "best_of_n_tokens": statistics.mean(tokens["best_of_n"])})
     return rows
 
 
@@ -155,7 +162,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for algorithm in ALGORITHMS:
+    for algorithm in PLOTTED:
         pts = sorted((r for r in rows if r["algorithm"] == algorithm), key=lambda r: r["budget"])
         if not pts:
             continue
@@ -214,7 +221,9 @@ def main(argv=None) -> dict:
                 point, results = run_point(policy, critic, task, problems, algorithm, budget, seed)
                 measured = [point]
                 if algorithm == "best_of_n" and "self_consistency" in algorithms:
-                    measured.append(majority_vote_point(point, results, task))
+                    measured.append(revote_point(point, results, task, "self_consistency", "majority"))
+                if algorithm == "mcts":
+                    measured.append(revote_point(point, results, task, "mcts_vote", "weighted"))
                 for p in measured:
                     points.append(p)
                     print(f"  {p['algorithm']:<16} budget {budget:>4} seed {seed}: accuracy {100 * p['accuracy']:5.1f}%"
@@ -227,8 +236,8 @@ def main(argv=None) -> dict:
         print(f"{r['algorithm']:<16} {r['budget']:>6} {r['mean_generated_tokens']:>7.1f} {100 * r['accuracy']:>8.1f}%"
               f" {100 * r['stderr']:>5.1f} {100 * r['answered']:>8.1f}% {r['mean_critic_calls']:>7.1f}")
     for c in comparison:
-        print(f"MCTS* - best-of-N at {c['budget']} tokens: {100 * c['mcts_minus_best_of_n']:+.1f} points"
-              f" ± {100 * c['stderr']:.1f} ({c['mcts_only_correct']} problems only MCTS* solved,"
+        print(f"{c['search']} - best-of-N at {c['budget']} tokens: {100 * c['mcts_minus_best_of_n']:+.1f} points"
+              f" ± {100 * c['stderr']:.1f} ({c['mcts_only_correct']} problems only {c['search']} solved,"
               f" {c['best_of_n_only_correct']} only best-of-N), {c['pairs']} pairs;"
               f" tokens spent {c['mcts_tokens']:.0f} vs {c['best_of_n_tokens']:.0f}")
     report = {

@@ -34,14 +34,20 @@ def test_budget_quick_with_a_tiny_model(tmp_path, tiny_model_dir):
                                   "--out", str(tmp_path / "budget.json")])
     assert report["problems"] == 4
     points = report["points"]
-    # greedy once; four searches at two budgets, one seed
+    # greedy once; four searches at two budgets, one seed; MCTS*'s trees also by vote
     assert sorted((p["algorithm"], p["budget"]) for p in points) == sorted(
-        [("greedy", 128)] + [(a, b) for a in ("self_consistency", "best_of_n", "beam", "mcts") for b in (64, 128)])
+        [("greedy", 128)] + [(a, b) for a in ("self_consistency", "best_of_n", "beam", "mcts", "mcts_vote")
+                             for b in (64, 128)])
+    by_name = {(p["algorithm"], p["budget"]): p for p in points}
+    for b in (64, 128):  # the vote re-reads the same trees: same tokens, same critic calls
+        assert by_name[("mcts_vote", b)]["mean_generated_tokens"] == by_name[("mcts", b)]["mean_generated_tokens"]
+        assert by_name[("mcts_vote", b)]["mean_critic_calls"] == by_name[("mcts", b)]["mean_critic_calls"]
     for p in points:
         assert len(p["correct"]) == 4 and 0 <= p["accuracy"] <= 1
         if p["algorithm"] in ("self_consistency", "best_of_n"):  # overrun by less than one solution
             assert p["mean_generated_tokens"] < p["budget"] + 256
-    assert {c["budget"] for c in report["mcts_vs_best_of_n"]} == {64, 128}
+    assert {(c["search"], c["budget"]) for c in report["mcts_vs_best_of_n"]} == {
+        (s, b) for s in ("mcts", "mcts_vote") for b in (64, 128)}
     assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["self_consistency"] == "majority vote over best-of-N's samples"
 
