@@ -52,14 +52,15 @@ OPTIONS = {
 COMMON = {"temperature": 0.7, "max_step_tokens": 64, "max_solution_tokens": 256, "max_depth": 10}
 
 
-def load_problems(data: str, limit: int):
-    """MAWPS-style JSONL (`input`/`target`) or GSM8K (`question`/`answer`), by its fields."""
+def load_problems(data: str, limit: int, offset: int = 0):
+    """Problems `offset` to `offset + limit` of a MAWPS-style JSONL (`input`/`target`) or
+    GSM8K (`question`/`answer`) file, told apart by its fields."""
     first = json.loads(Path(data).read_text(encoding="utf-8").splitlines()[0])
     if "question" in first:
         task = make_task("gsm8k")
     else:
         task = make_task("jsonl", question_field="input", answer_field="target")
-    return task, task.load(path=data, limit=limit)
+    return task, task.load(path=data, limit=offset + limit)[offset:]
 
 
 def run_point(policy, critic, task, problems, algorithm: str, budget: int, seed: int) -> tuple[dict, list]:
@@ -185,12 +186,14 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="JSONL problems (MAWPS or GSM8K fields)")
-    parser.add_argument("--limit", type=int, default=24, help="problems (the first N)")
+    parser.add_argument("--limit", type=int, default=24, help="problems (N from --offset)")
+    parser.add_argument("--offset", type=int, default=0, help="problems to skip first (e.g. a PRM's training slice)")
     parser.add_argument("--budgets", default="128,256,512", help="generated tokens per problem")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--model", default="smollm2", help="policy model (name, HF folder or hub id)")
     parser.add_argument("--critic", default="self_eval", help="critic for best-of-N, beam and MCTS*")
+    parser.add_argument("--critic-model", default=None, help="the critic's model (default: --model; for prm: its checkpoint folder)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="4 problems, budgets 64,128, one seed")
     parser.add_argument("--out", default="benchmarks/results/budget.json")
@@ -208,9 +211,13 @@ def main(argv=None) -> dict:
         parser.error(f"--algorithms: unknown {sorted(unknown)}; choose from {ALGORITHMS}")
     torch.set_num_threads(args.threads)
 
-    task, problems = load_problems(args.data, args.limit)
+    if args.offset < 0:
+        parser.error(f"--offset must be >= 0, got {args.offset}")
+    task, problems = load_problems(args.data, args.limit, args.offset)
+    if not problems:
+        parser.error(f"--offset {args.offset}: {args.data} has no problems past it")
     policy = build_policy({"backend": "hf", "model": args.model, "threads": args.threads, "max_batch_size": 64})
-    critic = build_critic({"name": args.critic, "model": args.model, "threads": args.threads}, task)
+    critic = build_critic({"name": args.critic, "model": args.critic_model or args.model, "threads": args.threads}, task)
     started = time.perf_counter()
     points = []
     for algorithm in algorithms:
@@ -245,8 +252,10 @@ def main(argv=None) -> dict:
         "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
         "data": args.data,
         "problems": len(problems),
+        "offset": args.offset,
         "model": args.model,
         "critic": args.critic,
+        "critic_model": args.critic_model or args.model,
         "options": {a: dict(COMMON, **OPTIONS[a]) for a in algorithms},
         "self_consistency": "majority vote over best-of-N's samples" if {"self_consistency", "best_of_n"} <= set(algorithms) else "own run",
         "seconds": time.perf_counter() - started,

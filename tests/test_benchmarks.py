@@ -68,6 +68,16 @@ def test_budget_names_a_missing_data_file(tmp_path, capsys):
     assert "missing.jsonl: no such file" in capsys.readouterr().err
 
 
+def test_budget_offset_takes_a_later_slice(tmp_path, capsys):
+    data = tmp_path / "mawps.jsonl"
+    data.write_text("".join(json.dumps({"input": f"q{i}", "target": i}) + "\n" for i in range(6)))
+    _, problems = load("budget").load_problems(str(data), limit=3, offset=2)
+    assert [p.gold for p in problems] == ["2", "3", "4"]
+    with pytest.raises(SystemExit):
+        load("budget").main(["--data", str(data), "--offset", "6"])
+    assert "--offset 6" in capsys.readouterr().err
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_scaling_quick_runs_real_jobs_on_simulated_engines(tmp_path):
     report = load("scaling").main(["--quick", "--out", str(tmp_path / "scaling.json")])
