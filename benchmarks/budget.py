@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from treesearch import Budget, Runner
-from treesearch.components import build_critic, build_policy
+from treesearch.components import build_critic, build_policy, load_problems as load_task_problems
 from treesearch.search.answer import select_answer
 from treesearch.tasks import make_task
 
@@ -60,7 +60,7 @@ def load_problems(data: str, limit: int, offset: int = 0):
         task = make_task("gsm8k")
     else:
         task = make_task("jsonl", question_field="input", answer_field="target")
-    return task, task.load(path=data, limit=offset + limit)[offset:]
+    return task, load_task_problems(task, {"path": data, "offset": offset, "limit": limit})
 
 
 def run_point(policy, critic, task, problems, algorithm: str, budget: int, seed: int) -> tuple[dict, list]:
@@ -101,7 +101,7 @@ def revote_point(source: dict, results: list, task, algorithm: str, method: str)
     correct = [task.grade(c.answer, r.problem.gold) for c, r in zip(choices, results)]
     point = describe(algorithm, source["budget"], source["seed"], correct, [c.answer for c in choices], results)
     point["seconds"] = source["seconds"]
-    if algorithm == "self_consistency":
+    if method == "majority":
         point["mean_critic_calls"] = 0  # a majority vote reads no values
     return point
 
@@ -211,23 +211,23 @@ def main(argv=None) -> dict:
         parser.error(f"--algorithms: unknown {sorted(unknown)}; choose from {ALGORITHMS}")
     torch.set_num_threads(args.threads)
 
-    if args.offset < 0:
-        parser.error(f"--offset must be >= 0, got {args.offset}")
-    task, problems = load_problems(args.data, args.limit, args.offset)
-    if not problems:
-        parser.error(f"--offset {args.offset}: {args.data} has no problems past it")
+    try:
+        task, problems = load_problems(args.data, args.limit, args.offset)
+    except ValueError as e:  # the task's own offset/limit checks
+        parser.error(f"--offset {args.offset} / --limit {args.limit}: {e}")
     policy = build_policy({"backend": "hf", "model": args.model, "threads": args.threads, "max_batch_size": 64})
     critic = build_critic({"name": args.critic, "model": args.critic_model or args.model, "threads": args.threads}, task)
+    sc_from_best_of_n = {"self_consistency", "best_of_n"} <= set(algorithms)
     started = time.perf_counter()
     points = []
     for algorithm in algorithms:
-        if algorithm == "self_consistency" and "best_of_n" in algorithms:
+        if algorithm == "self_consistency" and sc_from_best_of_n:
             continue  # scored on best-of-N's samples below
         for budget in (budgets[-1:] if algorithm == "greedy" else budgets):
             for seed in (seeds[:1] if algorithm == "greedy" else seeds):
                 point, results = run_point(policy, critic, task, problems, algorithm, budget, seed)
                 measured = [point]
-                if algorithm == "best_of_n" and "self_consistency" in algorithms:
+                if algorithm == "best_of_n" and sc_from_best_of_n:
                     measured.append(revote_point(point, results, task, "self_consistency", "majority"))
                 if algorithm == "mcts":
                     measured.append(revote_point(point, results, task, "mcts_vote", "weighted"))
@@ -257,7 +257,7 @@ def main(argv=None) -> dict:
         "critic": args.critic,
         "critic_model": args.critic_model or args.model,
         "options": {a: dict(COMMON, **OPTIONS[a]) for a in algorithms},
-        "self_consistency": "majority vote over best-of-N's samples" if {"self_consistency", "best_of_n"} <= set(algorithms) else "own run",
+        "self_consistency": "majority vote over best-of-N's samples" if sc_from_best_of_n else "own run",
         "seconds": time.perf_counter() - started,
         "summary": rows,
         "mcts_vs_best_of_n": comparison,

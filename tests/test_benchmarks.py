@@ -76,6 +76,9 @@ def test_budget_offset_takes_a_later_slice(tmp_path, capsys):
     with pytest.raises(SystemExit):
         load("budget").main(["--data", str(data), "--offset", "6"])
     assert "--offset 6" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load("budget").main(["--data", str(data), "--offset", "-1"])
+    assert "task.offset must be an integer >= 0" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("ray_cluster")
