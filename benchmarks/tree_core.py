@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from treesearch import kernels
 from treesearch.search.selection import Descent
 from treesearch.tree import Tree
 
@@ -41,10 +42,10 @@ def run_store(simulations: int, branching: int, depth: int) -> tuple[float, Tree
     start = time.perf_counter()
     for _ in range(simulations):
         tree.virtual_loss[0] += 1
-        chosen, reached_leaf = descent.run(tree, 0)
+        chosen, outcome = descent.run(tree, 0)
         path = [0, *chosen]
         node = path[-1]
-        if not reached_leaf or tree.closed[node]:
+        if outcome != kernels.REACHED_LEAF or tree.closed[node]:
             tree.virtual_loss[path] -= 1
             continue
         if tree.depth[node] >= depth:

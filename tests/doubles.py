@@ -90,9 +90,10 @@ class ScriptedPolicy:
         return out
 
 
-def random_script(seed: int, branching: int = 3, depth: int = 4) -> Callable[[tuple], Candidates]:
+def random_script(seed: int, branching: int = 3, depth: int = 4, padding: int = 0) -> Callable[[tuple], Candidates]:
     """A deterministic pseudo-random infinite script: each prefix gets `branching`
-    candidates; prefixes at `depth` (or by chance earlier) get answering steps."""
+    candidates; prefixes at `depth` (or by chance earlier) get answering steps. Steps
+    carry up to `padding` extra words (tokens), so they can be made long."""
 
     def script(prefix: tuple) -> Candidates:
         rng = random.Random(seed * 1_000_003 + zlib.crc32("|".join(prefix).encode()))
@@ -101,7 +102,7 @@ def random_script(seed: int, branching: int = 3, depth: int = 4) -> Callable[[tu
             if len(prefix) + 1 >= depth or rng.random() < 0.2:
                 text = f"The answer is {rng.randint(0, 3)}.\n"
             else:
-                text = f"step {len(prefix)}.{j} {rng.randint(0, 2)}\n"
+                text = f"step {len(prefix)}.{j} {rng.randint(0, 2)}" + " w" * rng.randint(padding // 2, padding) + "\n"
             out.append((text, -rng.uniform(0.1, 5.0)))
         return out
 

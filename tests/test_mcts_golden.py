@@ -51,7 +51,8 @@ def critic(state):
 
 
 def run(simulations, **options):
-    config = dict(root_expansions=3, expansions=2, c_puct=1.0, prior="logprob", parallel_simulations=1)
+    # the classic MCTS* golden: children fixed after the first expansion (no widening)
+    config = dict(root_expansions=3, expansions=2, c_puct=1.0, prior="logprob", parallel_simulations=1, widening=False)
     config.update(options)
     (result,) = treesearch.search(
         [{"id": "golden", "question": "q", "gold": "7"}],

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from treesearch import kernels
 from treesearch.tree import Tree
 
 
@@ -196,12 +197,12 @@ def test_descent_grows_its_path_buffer_on_deep_trees():
     node = 0
     for _ in range(200):  # a chain deeper than the initial 64-slot buffer
         (node,) = tree.add_children(int(node), ["s"])
-    chosen, reached_leaf = Descent().run(tree, 0)
-    assert reached_leaf and chosen == list(range(1, 201))
+    chosen, outcome = Descent().run(tree, 0)
+    assert outcome == kernels.REACHED_LEAF and chosen == list(range(1, 201))
     tree.close(200)  # closing the only leaf closes the whole chain
     assert tree.column("closed").all()
-    chosen, reached_leaf = Descent().run(tree, 0)
-    assert not reached_leaf and chosen == []
+    chosen, outcome = Descent().run(tree, 0)
+    assert outcome == kernels.DEAD_END and chosen == []
 
 
 def test_backup_releases_virtual_loss_and_keeps_max_through_nan():

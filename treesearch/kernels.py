@@ -3,10 +3,11 @@
 The tree's hot paths walk a handful of nodes each, so numpy's per-call overhead on tiny
 slices, not arithmetic, bounds them. These kernels do the walks in one compiled call:
 
+- `sibling_list`: a node's children, following `next_sibling` through its batches;
 - `child_score`: the PUCT/UCT score of one child (the formula in `search.selection`);
 - `best_child`: the open child with the highest score (ties to the lowest id);
-- `descend`: follow best children from a node down to an unexpanded node, taking a
-  virtual loss on each child chosen;
+- `descend`: follow best children from a node down to an unexpanded node (or to a node
+  that should widen), taking a virtual loss on each child chosen;
 - `backup`: one visit and one value on every node of a path, releasing virtual loss;
 - `close_upward`: close a node and every ancestor whose children are all closed.
 
@@ -28,6 +29,18 @@ RULE_UCT = 1
 REACHED_LEAF = 0  # the last node of the path is not expanded
 DEAD_END = 1  # an expanded node with no open child
 PATH_FULL = 2  # the path buffer is full: grow it and descend again from the last node
+WIDEN = 3  # the last node of the path (or the start) should get more children
+
+
+@njit(cache=True, nogil=True)
+def sibling_list(first, count, next_sibling):
+    """The `count` children linked from `first` (ids as int32)."""
+    out = np.empty(count, dtype=np.int32)
+    child = first
+    for i in range(count):
+        out[i] = child
+        child = next_sibling[child]
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -41,59 +54,91 @@ def node_q(visits, value_sum, value_max, critic_value, node, max_backup):
 
 
 @njit(cache=True, nogil=True)
-def child_score(q, n, vl, prior, parent_n, c, rule, vl_value):
-    """Selection score of a child with value `q` (not NaN), visits `n`, virtual loss `vl`."""
+def child_score(q, n, vl, prior, parent_n, c, rule, vl_value, q_low, q_high):
+    """Selection score of a child with value `q` (not NaN), visits `n`, virtual loss `vl`.
+    Q (with its virtual loss) is mapped from [q_low, q_high] to [0, 1] when q_high > q_low
+    (min-max normalisation; pass 0 and 1 to use values as they are)."""
     n_eff = max(n, 1.0)
     q_vl = (q * n_eff + vl_value * vl) / (n_eff + vl)
+    if q_high > q_low:
+        q_vl = (q_vl - q_low) / (q_high - q_low)
     if rule == RULE_PUCT:
         return q_vl + c * prior * math.sqrt(parent_n) / (1.0 + n + vl)
     return q_vl + c * math.sqrt(math.log(parent_n + 1.0) / (1.0 + n + vl))
 
 
 @njit(cache=True, nogil=True)
-def best_child(node, first_child, num_children, closed, visits, virtual_loss, value_sum,
-               value_max, critic_value, prior, c, rule, max_backup, vl_value, fpu):
+def best_child(node, first_child, next_sibling, closed, visits, virtual_loss, value_sum,
+               value_max, critic_value, prior, c, rule, max_backup, vl_value, fpu, q_low, q_high):
     """The open child of `node` with the highest score, or -1 if none is open."""
-    first = first_child[node]
-    if first < 0:
-        return -1
     parent_n = np.float64(visits[node] + virtual_loss[node])
     best, best_score = -1, -np.inf
-    for child in range(first, first + num_children[node]):
-        if closed[child]:
-            continue
-        q = node_q(visits, value_sum, value_max, critic_value, child, max_backup)
-        if math.isnan(q):
-            q = fpu
-        score = child_score(q, np.float64(visits[child]), np.float64(virtual_loss[child]),
-                            np.float64(prior[child]), parent_n, c, rule, vl_value)
-        if score > best_score:
-            best, best_score = child, score
+    child = first_child[node]
+    while child >= 0:
+        if not closed[child]:
+            q = node_q(visits, value_sum, value_max, critic_value, child, max_backup)
+            if math.isnan(q):
+                q = fpu
+            score = child_score(q, np.float64(visits[child]), np.float64(virtual_loss[child]),
+                                np.float64(prior[child]), parent_n, c, rule, vl_value, q_low, q_high)
+            if score > best_score:
+                best, best_score = child, score
+        child = next_sibling[child]
     return best
 
 
 @njit(cache=True, nogil=True)
-def descend(start, path_out, expanded, first_child, num_children, closed, visits,
-            virtual_loss, value_sum, value_max, critic_value, prior, c, rule, max_backup,
-            vl_value):
-    """From `start`, follow best children while the node is expanded. Each chosen child
+def should_widen(node, parent, first_child, next_sibling, can_widen, samples, visits, value_sum,
+                 value_max, critic_value, max_backup, k0_root, k0, alpha, margin):
+    """Whether expanded `node` should get more children now: it may widen and it has
+    drawn fewer than `ceil(k0 * max(N, 1) ** alpha)` samples (progressive widening;
+    `k0_root` at the root), or (with `margin` >= 0) its best child's Q is below its own
+    critic value by more than `margin` (no child is as good as the node promised)."""
+    if not can_widen[node]:
+        return False
+    k = k0_root if parent[node] < 0 else k0
+    allowed = math.ceil(k * max(np.float64(visits[node]), 1.0) ** alpha - 1e-9)
+    if samples[node] < allowed:
+        return True
+    own = np.float64(critic_value[node])
+    if margin < 0 or math.isnan(own):
+        return False
+    best = -np.inf
+    child = first_child[node]
+    while child >= 0:
+        q = node_q(visits, value_sum, value_max, critic_value, child, max_backup)
+        if not math.isnan(q) and q > best:
+            best = q
+        child = next_sibling[child]
+    return best < own - margin
+
+
+@njit(cache=True, nogil=True)
+def descend(start, path_out, expanded, parent, first_child, next_sibling, closed, can_widen,
+            samples, visits, virtual_loss, value_sum, value_max, critic_value, prior, c, rule,
+            max_backup, vl_value, q_low, q_high, k0_root, k0, alpha, margin):
+    """From `start`, follow best children while the node is expanded, stopping at a node
+    that `should_widen` (or that may widen and has no open child). Each chosen child
     takes a virtual loss and is written to `path_out`. A node's first-play value (for
     children never scored) is its own Q, or 0.5 when it has none.
 
-    Returns `(count, outcome)`: the children written and `REACHED_LEAF`, `DEAD_END` or
-    `PATH_FULL`."""
+    Returns `(count, outcome)`: the children written and `REACHED_LEAF`, `DEAD_END`,
+    `WIDEN` (widen the last node written, or `start` when none) or `PATH_FULL`."""
     node, count = start, 0
     while expanded[node]:
         if count == path_out.shape[0]:
             return count, PATH_FULL
+        if should_widen(node, parent, first_child, next_sibling, can_widen, samples, visits,
+                        value_sum, value_max, critic_value, max_backup, k0_root, k0, alpha, margin):
+            return count, WIDEN
         fpu = node_q(visits, value_sum, value_max, critic_value, node, max_backup)
         if math.isnan(fpu):
             fpu = 0.5
-        child = best_child(node, first_child, num_children, closed, visits, virtual_loss,
+        child = best_child(node, first_child, next_sibling, closed, visits, virtual_loss,
                            value_sum, value_max, critic_value, prior, c, rule, max_backup,
-                           vl_value, fpu)
+                           vl_value, fpu, q_low, q_high)
         if child < 0:
-            return count, DEAD_END
+            return count, (WIDEN if can_widen[node] else DEAD_END)
         virtual_loss[child] += 1
         path_out[count] = child
         count += 1
@@ -116,14 +161,18 @@ def backup(path, value, release, visits, value_sum, value_max, virtual_loss):
 
 
 @njit(cache=True, nogil=True)
-def close_upward(node, parent, first_child, num_children, closed):
-    """Close `node`, then each ancestor whose children are now all closed."""
+def close_upward(node, parent, first_child, next_sibling, closed, can_widen):
+    """Close `node`, then each ancestor whose children are now all closed, stopping at
+    the first ancestor that may still widen."""
     closed[node] = True
     node = parent[node]
     while node >= 0:
-        first = first_child[node]
-        for child in range(first, first + num_children[node]):
+        if can_widen[node]:
+            return
+        child = first_child[node]
+        while child >= 0:
             if not closed[child]:
                 return
+            child = next_sibling[child]
         closed[node] = True
         node = parent[node]

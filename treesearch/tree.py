@@ -1,9 +1,9 @@
 """The node store: one search tree as a struct of growable numpy arrays.
 
-Node 0 is the root (the prompt, no step text). The children of a node are added in one
-batch and so occupy a contiguous id range `[first_child, first_child + num_children)`,
-which makes selection over a node's children a vectorised slice. Appends are amortised
-O(1) (capacities double).
+Node 0 is the root (the prompt, no step text). The children of a node arrive in batches
+(its first expansion, then any widenings); each batch occupies a contiguous id range,
+and `next_sibling` links a node's children from `first_child` through every batch
+(within a batch it is simply id + 1). Appends are amortised O(1) (capacities double).
 
 Per-node columns (shape `[num_nodes]`):
 
@@ -13,7 +13,12 @@ column          dtype     meaning
 parent          int32     parent id, -1 for the root
 depth           int32     number of steps from the root
 first_child     int32     id of the first child, -1 when none
+next_sibling    int32     id of the next child of the same parent, -1 for the last
 num_children    int32     number of children
+samples         int32     steps sampled at this node over all its expansions
+                          (duplicates and discarded empty steps included)
+can_widen       bool      the search may add children later (MCTS* widening): the
+                          node stays open while its current children are all closed
 expanded        bool      the policy was asked for this node's children
 visits          int32     completed simulations through the node
 value_sum       float64   sum of values backed up through the node
@@ -24,7 +29,7 @@ rollout_value   float32   value of a roll-forward / rollout from it (NaN if none
 virtual_loss    int32     simulations in flight through the node
 terminal        bool      the step ends the solution
 closed          bool      the subtree can yield nothing new (terminal, dead end,
-                          depth limit, or all children closed)
+                          depth limit, or all children closed and no widening left)
 reward          float32   outcome when graded against a gold answer (NaN if not)
 num_tokens      int32     generated tokens of the step
 logprob         float32   summed log-probability of the step's tokens
@@ -47,14 +52,17 @@ import numpy as np
 from treesearch import kernels
 from treesearch.types import FINISH_REASONS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added next_sibling, samples, can_widen; version 1 tables still load
 
 # name -> (dtype, fill value for a new node)
 _COLUMNS: dict[str, tuple[Any, Any]] = {
     "parent": (np.int32, -1),
     "depth": (np.int32, 0),
     "first_child": (np.int32, -1),
+    "next_sibling": (np.int32, -1),
     "num_children": (np.int32, 0),
+    "samples": (np.int32, 0),
+    "can_widen": (np.bool_, False),
     "expanded": (np.bool_, False),
     "visits": (np.int32, 0),
     "value_sum": (np.float64, 0.0),
@@ -123,23 +131,31 @@ class Tree:
         terminal: Optional[Sequence[bool]] = None,
         answers: Optional[Sequence[Optional[str]]] = None,
         duplicates: Optional[Sequence[int]] = None,
+        extend: bool = False,
     ) -> np.ndarray:
-        """Append all children of `parent` at once and return their ids.
+        """Append a batch of children of `parent` and return their ids.
 
-        A node is expanded once: its children must arrive in a single call.
+        The first batch expands the node; a later batch (a widening) needs `extend=True`
+        and is linked after the existing children. `priors` are those of the new
+        children only: re-normalise the siblings with `set_priors` after a widening.
         """
         if not 0 <= parent < self._size:
             raise IndexError(f"node {parent} does not exist (tree has {self._size} nodes)")
-        if self.expanded[parent]:
-            raise ValueError(f"node {parent} is already expanded")
+        if self.expanded[parent] and not extend:
+            raise ValueError(f"node {parent} is already expanded (pass extend=True to widen it)")
         count = len(texts)
+        last = self.last_child(parent)
         ids = self._append(count)
         self.expanded[parent] = True
-        self.num_children[parent] = count
+        self.num_children[parent] += count
         if count == 0:
             return ids
-        new = slice(int(ids[0]), int(ids[0]) + count)  # children are contiguous: slices, not fancy indexing
-        self.first_child[parent] = new.start
+        new = slice(int(ids[0]), int(ids[0]) + count)  # a batch is contiguous: slices, not fancy indexing
+        if last < 0:
+            self.first_child[parent] = new.start
+        else:
+            self.next_sibling[last] = new.start
+        self.next_sibling[new.start : new.stop - 1] = np.arange(new.start + 1, new.stop, dtype=np.int32)
         self.parent[new] = parent
         self.depth[new] = self.depth[parent] + 1
         self.prior[new] = 1.0 / count if priors is None else priors
@@ -167,10 +183,20 @@ class Tree:
         return getattr(self, name)[: self._size]
 
     def children(self, node: int) -> np.ndarray:
-        start = self.first_child[node]
+        """Ids of `node`'s children, in the order they were added."""
+        start = int(self.first_child[node])
         if start < 0:
             return np.empty(0, dtype=np.int32)
-        return np.arange(start, start + self.num_children[node], dtype=np.int32)
+        return kernels.sibling_list(start, int(self.num_children[node]), self.next_sibling)
+
+    def last_child(self, node: int) -> int:
+        """Id of `node`'s last child, or -1 when it has none."""
+        kids = self.children(node)
+        return int(kids[-1]) if kids.size else -1
+
+    def set_priors(self, node: int, priors: Sequence[float]) -> None:
+        """Replace the priors of all of `node`'s children (in `children` order)."""
+        self.prior[self.children(node)] = priors
 
     def path(self, node: int) -> list[int]:
         """Node ids from the root to `node`, inclusive."""
@@ -205,8 +231,16 @@ class Tree:
 
     # --------------------------------------------------------------- updates
     def close(self, node: int) -> None:
-        """Mark `node` closed and close ancestors whose children are all closed."""
-        kernels.close_upward(int(node), self.parent, self.first_child, self.num_children, self.closed)
+        """Mark `node` closed and close ancestors whose children are all closed, up to the
+        first one that may still widen (`can_widen`)."""
+        kernels.close_upward(int(node), self.parent, self.first_child, self.next_sibling, self.closed, self.can_widen)
+
+    def stop_widening(self, node: int) -> None:
+        """`node` gets no more children; close it if its children are all closed."""
+        self.can_widen[node] = False
+        kids = self.children(node)
+        if self.expanded[node] and (kids.size == 0 or self.closed[kids].all()):
+            self.close(node)
 
     def backup(self, path: Sequence[int], value: float, *, release_virtual_loss: bool = False) -> None:
         """Add one visit and `value` to every node on `path`; with `release_virtual_loss`,
@@ -237,19 +271,31 @@ class Tree:
     def from_arrow(cls, table) -> "Tree":
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         version = meta.get("treesearch.format")
-        if version != str(FORMAT_VERSION):
+        if version not in ("1", str(FORMAT_VERSION)):
             raise ValueError(f"not a treesearch tree table (format {version!r})")
         tree = cls.__new__(cls)
         tree.problem_id = meta["treesearch.problem_id"]
         tree.prompt = json.loads(meta["treesearch.prompt"])
         tree.meta = json.loads(meta["treesearch.meta"])
         tree._size = table.num_rows
-        for name, (dtype, _) in _COLUMNS.items():
-            values = table.column(name).to_numpy(zero_copy_only=False).astype(dtype)
+        for name, (dtype, fill) in _COLUMNS.items():
+            if name in table.column_names:
+                values = table.column(name).to_numpy(zero_copy_only=False).astype(dtype)
+            else:  # a column added after the table's format version: derived below
+                values = np.full(table.num_rows, fill, dtype=dtype)
             setattr(tree, name, values.copy())
+        if version == "1":  # one batch of children per node: link them, count the samples
+            tree._link_single_batches()
         tree.text = table.column("text").to_pylist()
         tree.answer = table.column("answer").to_pylist()
         return tree
+
+    def _link_single_batches(self) -> None:
+        """Fill `next_sibling` and `samples` of a version-1 table (children contiguous)."""
+        for node in np.flatnonzero(self.num_children[: self._size] > 0):
+            start, count = int(self.first_child[node]), int(self.num_children[node])
+            self.next_sibling[start : start + count - 1] = np.arange(start + 1, start + count, dtype=np.int32)
+            self.samples[node] = count + int(self.duplicates[start : start + count].sum())
 
     def save(self, path: str | Path) -> Path:
         """Write the tree to a Parquet file (round-trips exactly through `load`)."""

@@ -117,11 +117,38 @@ class SearchContext:
         self._policy = policy
         self._critic = critic
         self._requests = 0
+        self._reserved_tokens = 0  # worst-case tokens of the policy requests in flight
         self._waiting = ModelClock()  # time this search had a model request outstanding
 
     # -------------------------------------------------------------- helpers
     def exhausted(self) -> bool:
+        """A budget limit has been reached."""
         return self.budget.exhausted(self.accounting)
+
+    def uncommitted_tokens(self) -> Optional[int]:
+        """Generated tokens left in the budget, less the most the policy requests in
+        flight can still generate (None without a token budget)."""
+        if self.budget.generated_tokens is None:
+            return None
+        return self.budget.generated_tokens - self.accounting.generated_tokens - self._reserved_tokens
+
+    def can_spend(self) -> bool:
+        """No limit is reached and some generated tokens are not yet committed to
+        requests in flight: a new policy request may go out."""
+        left = self.uncommitted_tokens()
+        return not self.exhausted() and (left is None or left > 0)
+
+    def affordable(self, wanted: int, tokens_each: int) -> int:
+        """How many of `wanted` requests (or samples) of at most `tokens_each` generated
+        tokens may go out now: all without a token budget, else as many as the
+        uncommitted tokens cover, rounded up, so that a search that sizes its requests
+        this way overruns its token budget by less than `tokens_each`."""
+        left = self.uncommitted_tokens()
+        if left is None:
+            return wanted
+        if left <= 0:
+            return 0
+        return min(wanted, -(-left // max(tokens_each, 1)))
 
     def state(self, node: int) -> State:
         tree = self.tree
@@ -165,8 +192,15 @@ class SearchContext:
 
     async def _ask_policy(self, kind: str, state: State, params: SamplingParams, n: int = 1) -> Any:
         # Requests batch together when all but their seeds agree: the key drops the seed.
+        # While in flight, the request's worst case (n samples of max_new_tokens) is
+        # reserved against the token budget (see `affordable`).
         key = (kind, dataclasses.replace(params, seed=None))
-        return await self._ask(self._policy, key, (state, n, params))
+        reserved = n * params.max_new_tokens
+        self._reserved_tokens += reserved
+        try:
+            return await self._ask(self._policy, key, (state, n, params))
+        finally:
+            self._reserved_tokens -= reserved
 
     def _account(self, steps: Sequence[Step]) -> None:
         self.accounting.policy_calls += 1
@@ -174,31 +208,77 @@ class SearchContext:
         self.accounting.prompt_tokens += sum(s.prompt_tokens for s in steps)
 
     # ------------------------------------------------------------- requests
-    async def expand(self, node: int, n: int, params: Optional[SamplingParams] = None) -> np.ndarray:
-        """Ask the policy for `n` next steps of `node`, add them as its children (identical
-        steps merged), and return the new child ids. Nodes at `max_depth` are closed."""
+    async def expand(
+        self, node: int, n: int, params: Optional[SamplingParams] = None, *, widenable: bool = False
+    ) -> np.ndarray:
+        """Ask the policy for `n` next steps of `node` and add them as its children
+        (identical steps merged); return the new child ids. Fewer than `n` are asked
+        for when the token budget cannot cover `n` steps of `max_new_tokens` (see
+        `affordable`; none at all: nothing changes and no id is returned).
+
+        A node that is already expanded is widened: the new steps are added after its
+        children, a step identical to an existing child is merged into it, and the
+        sibling priors are re-normalised. `widenable` marks the node as one that may
+        widen later (`Tree.can_widen`), so it stays open while its children are closed.
+        Nodes at `max_depth` are closed."""
         if n < 1:
             raise ValueError(f"expand: n must be >= 1, got {n}")
         params = params or self.sampling()
+        n = self.affordable(n, params.max_new_tokens)
+        if n == 0:
+            return np.zeros(0, dtype=np.int32)
         state = self.state(node)
         steps: list[Step] = await self._ask_policy("expand", state, params, n)
         self._account(steps)
+        tree = self.tree
+        tree.samples[node] += len(steps)
+        if widenable:
+            tree.can_widen[node] = True
         steps = [s for s in steps if s.text.strip() or s.finish_reason == "eos"]
-        logprobs = np.array([s.logprob for s in steps], dtype=np.float64)
-        tokens = np.array([s.num_tokens for s in steps], dtype=np.float64)
-        priors = step_priors(logprobs, tokens, self.config.prior)
-        if self.config.merge_duplicates:
-            steps, priors, dups = merge_identical(steps, priors)
+        if not tree.expanded[node]:
+            steps, dups = merge_identical(steps) if self.config.merge_duplicates else (steps, np.zeros(len(steps)))
+            ids = self._add_children(node, state, steps, np.ones(len(steps)), dups)
         else:
-            dups = np.zeros(len(steps))
-        return self._add_children(node, state, steps, priors, dups)
+            ids = self._widen(node, state, steps)
+        if ids.size:
+            self._renormalise_priors(node)
+        return ids
+
+    def _widen(self, node: int, state: State, steps: Sequence[Step]) -> np.ndarray:
+        """Add `steps` after `node`'s existing children; with `merge_duplicates`, a step
+        identical to an existing child (or to another new one) is merged into it."""
+        tree = self.tree
+        if not self.config.merge_duplicates:
+            return self._add_children(node, state, steps, np.ones(len(steps)), np.zeros(len(steps)), extend=True)
+        existing = {tree.text[int(k)].strip(): int(k) for k in tree.children(node)}
+        steps, dups = merge_identical(steps)
+        fresh, fresh_dups = [], []
+        for step, dup in zip(steps, dups):
+            child = existing.get(step.text.strip())
+            if child is None:
+                fresh.append(step)
+                fresh_dups.append(dup)
+            else:
+                tree.duplicates[child] += 1 + int(dup)
+        if not fresh:
+            return np.zeros(0, dtype=np.int32)
+        return self._add_children(node, state, fresh, np.ones(len(fresh)), np.asarray(fresh_dups), extend=True)
+
+    def _renormalise_priors(self, node: int) -> None:
+        """Priors of all of `node`'s children from their step log-probabilities (see
+        `step_priors`), each weighted by the samples merged into it."""
+        tree = self.tree
+        kids = tree.children(node)
+        weights = step_priors(tree.logprob[kids], tree.num_tokens[kids], self.config.prior)
+        weights = weights * (1 + tree.duplicates[kids])
+        tree.set_priors(node, weights / weights.sum())
 
     async def sample_solutions(self, node: int, count: int) -> list[list[Step]]:
         """`count` sampled completions of `node` (each request with its own seed), as
         lists of steps; nothing is added to the tree yet (see `add_solutions`)."""
         state = self.state(node)
         params = [self.sampling(whole_solution=True) for _ in range(count)]
-        return await asyncio.gather(*(self.complete_state(state, p) for p in params))
+        return list(await asyncio.gather(*(self.complete_state(state, p) for p in params)))
 
     async def complete_state(self, state: State, params: SamplingParams) -> list[Step]:
         """One completion of `state` under `params`, split into non-empty steps and cut
@@ -236,6 +316,7 @@ class SearchContext:
                     continue
                 counts = np.array([len(g) for g in groups.values()], dtype=np.float64)
                 steps = [solutions[g[0][0]][g[0][1] - 1] for g in groups.values()]
+                tree.samples[parent] += int(counts.sum())
                 ids = self._add_children(parent, self.state(parent), steps, counts / counts.sum(), counts - 1)
                 following.update(zip((int(c) for c in ids), groups.values()))
             frontier = following
@@ -249,7 +330,7 @@ class SearchContext:
         tree (their tokens count); return the state reached."""
         state = self.state(node)
         for _ in range(max_steps):
-            if state.terminal or self.exhausted():
+            if state.terminal or self.affordable(1, self.config.max_step_tokens) == 0:
                 break
             params = self.sampling(greedy=True)
             (step,) = await self._ask_policy("expand", state, params, 1)
@@ -282,14 +363,22 @@ class SearchContext:
 
     # ------------------------------------------------------------ tree growth
     def _add_children(
-        self, node: int, state: State, steps: Sequence[Step], priors: np.ndarray, duplicates: np.ndarray
+        self,
+        node: int,
+        state: State,
+        steps: Sequence[Step],
+        priors: np.ndarray,
+        duplicates: np.ndarray,
+        extend: bool = False,
     ) -> np.ndarray:
-        """Add `steps` as the children of `node`: mark terminals and extract their answers,
-        close nodes that end or hit `max_depth` (and `node` if no step came)."""
+        """Add `steps` as (more, with `extend`) children of `node`: mark terminals and
+        extract their answers, close nodes that end or hit `max_depth` (and `node` if its
+        first expansion brought no step)."""
         task, tree = self.task, self.tree
         if not steps:
-            tree.add_children(node, [])
-            tree.close(node)
+            if not extend:
+                tree.add_children(node, [])
+                tree.stop_widening(node)  # a dead end: nothing to widen either
             return np.zeros(0, dtype=np.int32)
         kept = steps
         outcomes = [self.outcome(state, step) for step in kept]
@@ -305,6 +394,7 @@ class SearchContext:
             terminal=terminal,
             answers=answers,
             duplicates=duplicates,
+            extend=extend,
         )
         for child, is_terminal in zip(ids, terminal):
             if is_terminal or tree.depth[child] >= self.config.max_depth:
@@ -312,24 +402,21 @@ class SearchContext:
         return ids
 
 
-def merge_identical(steps: Sequence[Step], priors: np.ndarray) -> tuple[list[Step], np.ndarray, np.ndarray]:
+def merge_identical(steps: Sequence[Step]) -> tuple[list[Step], np.ndarray]:
     """Merge sibling steps whose texts match after stripping whitespace: the first copy
-    is kept, priors are summed, and `duplicates` counts the copies dropped."""
+    is kept and `duplicates` counts the copies dropped."""
     index: dict[str, int] = {}
     kept: list[Step] = []
-    mass: list[float] = []
     dups: list[int] = []
-    for step, p in zip(steps, priors):
+    for step in steps:
         key = step.text.strip()
         if key in index:
-            mass[index[key]] += float(p)
             dups[index[key]] += 1
             continue
         index[key] = len(kept)
         kept.append(step)
-        mass.append(float(p))
         dups.append(0)
-    return kept, np.asarray(mass), np.asarray(dups)
+    return kept, np.asarray(dups, dtype=np.int64)
 
 
 def grade_terminals(tree: Tree, task: Task, gold: Optional[str]) -> None:

@@ -1,5 +1,7 @@
 """Step-level beam search: expand every beam by a few sampled steps, keep the best
-`beam_width` open children by critic value, repeat."""
+`beam_width` open children by critic value, repeat. Under a token budget the last
+depth's expansions shrink to what is left (best beams first), so the budget is overrun
+by less than one step of `max_step_tokens`."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class BeamSearch(SearchAlgorithm):
     async def search(self, ctx: SearchContext) -> None:
         cfg, tree = self.config, ctx.tree
         beams = [0]
-        while beams and not ctx.exhausted():
+        while beams and ctx.can_spend():
             ctx.accounting.simulations += 1
             children = await asyncio.gather(*(ctx.expand(b, cfg.expansions) for b in beams))
             kids = np.concatenate(children) if children else np.zeros(0, dtype=np.int32)

@@ -3,20 +3,32 @@
 One simulation:
 
 1. select: from the root, follow the open child with the best PUCT (or UCT) score until
-   reaching a node without children; every node on the path takes a virtual loss, so
-   the `parallel_simulations` simulations in flight spread over the tree;
+   reaching a node without children, or a node that should widen; every node on the
+   path takes a virtual loss, so the `parallel_simulations` simulations in flight spread
+   over the tree;
 2. expand: sample `expansions` next steps (`root_expansions` at the root), merge
-   identical ones, and value every new child with the critic;
+   identical ones, and value every new child with the critic. With `widening`, an
+   expanded node gets more children later (see `selection.Widening`): when it has drawn
+   fewer than `ceil(k0 * N ** widening_alpha)` samples after N visits, when its children
+   are all closed, or when its best child's Q is below its own critic value by more than
+   `widening_margin`. A node stops widening when a widening brings nothing new and
+   every child has been sampled more than once (no unseen step is left to expect);
 3. simulate: the best new child is the simulation's leaf; optionally roll it forward
    greedily for `rollforward_steps` steps and mix the critic value of where it lands:
    v = (1 - rollforward_weight) * v_critic + rollforward_weight * v_rollforward;
 4. back up: remove the virtual loss and add v to every node on the path (Q is the mean
    of backed-up values, or their max with `backup="max"`).
 
+With `q_transform="minmax"`, Q enters selection normalised by the range of values seen
+in the tree (MuZero's normalisation), so `c_puct` does not depend on the critic's scale.
+
 The search ends when the budget is spent, when every path is closed (terminal, dead end,
-or depth limit), or when a terminal node's value reaches `terminal_gate`. Children that
-were never visited keep their critic value as Q (first-play value), so one expansion's
-critic calls inform selection among all its children.
+or depth limit, and nothing left to widen), or when a terminal node's value reaches
+`terminal_gate`. Under a token budget each expansion asks for no more steps than the
+uncommitted budget covers (`SearchContext.affordable`), so the budget is overrun by less
+than one step of `max_step_tokens`. Children that were never visited keep their critic
+value as Q (first-play value), so one expansion's critic calls inform selection among
+all its children.
 """
 
 from __future__ import annotations
@@ -27,8 +39,9 @@ from typing import Optional
 
 import numpy as np
 
+from treesearch import kernels
 from treesearch.search.base import SearchAlgorithm, SearchConfig, SearchContext
-from treesearch.search.selection import SELECTION_RULES, Descent
+from treesearch.search.selection import Q_TRANSFORMS, SELECTION_RULES, Descent, Widening
 
 BACKUPS = ("mean", "max")
 
@@ -45,6 +58,10 @@ class MCTSConfig(SearchConfig):
     rollforward_steps: int = 0
     rollforward_weight: float = 0.5
     terminal_gate: Optional[float] = None
+    q_transform: str = "none"
+    widening: bool = True
+    widening_alpha: float = 0.5
+    widening_margin: Optional[float] = 0.1
 
     def validate(self) -> None:
         super().validate()
@@ -65,6 +82,17 @@ class MCTSConfig(SearchConfig):
                 raise ValueError(f"{name}.{field} must be in [0, 1], got {getattr(self, field)}")
         if self.terminal_gate is not None and not 0 <= self.terminal_gate <= 1:
             raise ValueError(f"{name}.terminal_gate must be in [0, 1] or None, got {self.terminal_gate}")
+        if self.q_transform not in Q_TRANSFORMS:
+            raise ValueError(f"{name}.q_transform must be one of {Q_TRANSFORMS}, got {self.q_transform!r}")
+        if not 0 <= self.widening_alpha <= 1:
+            raise ValueError(f"{name}.widening_alpha must be in [0, 1], got {self.widening_alpha}")
+        if self.widening_margin is not None and self.widening_margin < 0:
+            raise ValueError(f"{name}.widening_margin must be >= 0 or None, got {self.widening_margin}")
+
+    def widening_rule(self) -> Widening:
+        """The widening rule of these options (inert when `widening` is off: no node is
+        then marked as one that may widen)."""
+        return Widening(self.root_expansions, self.expansions, self.widening_alpha, self.widening_margin)
 
 
 class MCTSStar(SearchAlgorithm):
@@ -77,14 +105,21 @@ class MCTSStar(SearchAlgorithm):
         pending: dict[int, asyncio.Future] = {}  # nodes being expanded -> done signal
         gate_passed = False
         in_flight: set[asyncio.Task] = set()
-        descent = Descent(c=cfg.c_puct, rule=cfg.selection, backup=cfg.backup, vl_value=cfg.virtual_loss_value)
+        descent = Descent(
+            c=cfg.c_puct,
+            rule=cfg.selection,
+            backup=cfg.backup,
+            vl_value=cfg.virtual_loss_value,
+            q_transform=cfg.q_transform,
+            widening=cfg.widening_rule(),
+        )
         try:
             while True:
                 while (
                     len(in_flight) < cfg.parallel_simulations
                     and not gate_passed
                     and not tree.closed[0]
-                    and not ctx.exhausted()
+                    and ctx.can_spend()
                 ):
                     ctx.accounting.simulations += 1
                     in_flight.add(asyncio.ensure_future(self._simulate(ctx, descent, pending)))
@@ -119,39 +154,55 @@ class MCTSStar(SearchAlgorithm):
         try:
             node = 0
             while True:
-                chosen, reached_leaf = descent.run(tree, node)  # compiled selection
+                chosen, outcome = descent.run(tree, node)  # compiled selection
                 path.extend(chosen)
                 node = path[-1]
-                if not reached_leaf or tree.closed[node]:
+                if outcome == kernels.DEAD_END or tree.closed[node]:
                     return -1, float("nan")  # everything below is closed, or a closed leaf
                 if node in pending:  # another simulation is expanding it: wait, then go on
                     await asyncio.shield(pending[node])
                     continue
-                leaf, value = await self._expand(ctx, node, pending, path)
+                leaf, value = await self._expand(ctx, descent, node, pending, path)
                 if leaf < 0:
                     return -1, float("nan")
                 tree.backup(path, value, release_virtual_loss=True)
+                descent.observe([value])
                 path = []
                 return leaf, value
         finally:
             if path:
                 tree.virtual_loss[path] -= 1
 
+    def _samples_wanted(self, tree, node: int) -> int:
+        """Steps to sample at `node` now: a first expansion's `root_expansions` /
+        `expansions`; for a widening, up to what its visits allow, else one expansion's
+        worth (a widening because no child is good enough, or none is open)."""
+        cfg = self.config
+        k0 = cfg.root_expansions if node == 0 else cfg.expansions
+        if not tree.expanded[node]:
+            return k0
+        allowed = cfg.widening_rule().allowed_samples(int(tree.visits[node]), root=node == 0)
+        missing = allowed - int(tree.samples[node])
+        return missing if missing > 0 else k0
+
     async def _expand(
-        self, ctx: SearchContext, node: int, pending: dict[int, asyncio.Future], path: list[int]
+        self, ctx: SearchContext, descent: Descent, node: int, pending: dict[int, asyncio.Future], path: list[int]
     ) -> tuple[int, float]:
-        """Expand and value `node`'s children; return the best child and its value. The
-        best child joins `path` (with its virtual loss) before any roll-forward, so other
-        simulations see it as taken while it rolls."""
+        """Expand (or widen) and value `node`'s children; return the best new child and
+        its value. The best child joins `path` (with its virtual loss) before any
+        roll-forward, so other simulations see it as taken while it rolls."""
         tree, cfg = ctx.tree, self.config
         done = asyncio.get_running_loop().create_future()
         pending[node] = done
         try:
-            n = cfg.root_expansions if node == 0 else cfg.expansions
-            kids = await ctx.expand(node, n)
+            drawn = int(tree.samples[node])
+            kids = await ctx.expand(node, self._samples_wanted(tree, node), widenable=cfg.widening)
             if kids.size == 0:
+                if tree.samples[node] > drawn and tree.can_widen[node] and self._saturated(tree, node):
+                    tree.stop_widening(node)
                 return -1, float("nan")
             values = await ctx.score(kids)
+            descent.observe(values)
         finally:
             del pending[node]
             done.set_result(None)
@@ -165,3 +216,10 @@ class MCTSStar(SearchAlgorithm):
             tree.rollout_value[best] = rolled
             value = (1 - cfg.rollforward_weight) * value + cfg.rollforward_weight * float(rolled)
         return best, value
+
+    @staticmethod
+    def _saturated(tree, node: int) -> bool:
+        """Every child of `node` was sampled more than once, so (by the Good-Turing
+        estimate: the share of samples seen once) no unseen step is left to expect."""
+        kids = tree.children(node)
+        return bool(kids.size) and not (tree.duplicates[kids] == 0).any()

@@ -11,8 +11,9 @@ from treesearch.search.base import SearchAlgorithm, SearchConfig, SearchContext
 class SelfConsistencyConfig(SearchConfig):
     """`samples`: solutions to draw (the budget may stop earlier); `parallel`: how many
     are in flight at once at most. Under a token budget a wave holds only as many
-    solutions as fit in what is left at `max_solution_tokens` each (at least one), so
-    the budget is overrun by less than `max_solution_tokens`."""
+    solutions as the tokens left cover at `max_solution_tokens` each, rounded up (see
+    `SearchContext.affordable`), so the budget is overrun by less than
+    `max_solution_tokens`."""
 
     samples: int = 8
     parallel: int = 8
@@ -35,10 +36,7 @@ class SelfConsistency(SearchAlgorithm):
         cfg = self.config
         solutions: list = []
         while len(solutions) < cfg.samples and not ctx.exhausted():
-            wave = min(cfg.parallel, cfg.samples - len(solutions))
-            if ctx.budget.generated_tokens is not None:
-                left = ctx.budget.generated_tokens - ctx.accounting.generated_tokens
-                wave = min(wave, max(1, left // cfg.max_solution_tokens))
+            wave = ctx.affordable(min(cfg.parallel, cfg.samples - len(solutions)), cfg.max_solution_tokens)
             if ctx.budget.simulations is not None:
                 wave = min(wave, ctx.budget.simulations - ctx.accounting.simulations)
             if ctx.budget.policy_calls is not None:
