@@ -24,6 +24,8 @@ class ScriptedPolicy:
 
     - temperature 0: always the highest-logprob candidate
     - `mode="cycle"`: sample i of an expansion is candidate i (mod the count), in order
+    - `mode="sequence"`: like cycle, but each request continues where the previous one
+      for the same prefix stopped (so a widening brings the next candidates)
     - `mode="sample"`: samples by the candidates' probabilities, seeded by params.seed
     Prefixes missing from the script get `fallback(prefix)` (default: a final wrong answer).
     `delay` seconds are awaited per call (an engine's latency). Every call is recorded.
@@ -41,6 +43,8 @@ class ScriptedPolicy:
         self.delay = delay
         self.fallback = fallback or (lambda prefix: [("The answer is -1.", -1.0)])
         self.calls: list[tuple[str, int]] = []  # (kind, batch size)
+        self.cursor: dict[tuple, int] = {}  # sequence mode: candidates handed out per prefix
+        self.expanded: list[tuple] = []  # the prefix of every state sent to expand, in order
 
     def candidates(self, prefix: tuple) -> Candidates:
         if callable(self.script):
@@ -53,6 +57,10 @@ class ScriptedPolicy:
             return _step(*max(cands, key=lambda c: c[1]))
         if self.mode == "cycle":
             return _step(*cands[i % len(cands)])
+        if self.mode == "sequence":
+            i = self.cursor.get(prefix, 0)
+            self.cursor[prefix] = i + 1
+            return _step(*cands[i % len(cands)])
         weights = [math.exp(lp) for _, lp in cands]
         return _step(*rng.choices(cands, weights=weights)[0])
 
@@ -63,6 +71,7 @@ class ScriptedPolicy:
     async def expand(self, states: Sequence[State], n, params) -> list[list[Step]]:
         counts = per_state_counts(states, n)
         self.calls.append(("expand", len(states)))
+        self.expanded.extend(tuple(state.steps) for state in states)
         if self.delay:
             await asyncio.sleep(self.delay)
         out = []

@@ -214,3 +214,47 @@ def test_backup_releases_virtual_loss_and_keeps_max_through_nan():
     assert tree.virtual_loss[0] == 0 and tree.virtual_loss[kids[0]] == 0
     assert tree.value_max[0] == 0.25 and tree.visits[0] == 2
     assert np.isnan(tree.value_sum[0])
+
+
+def test_children_added_in_batches_are_linked_in_order():
+    tree = Tree()
+    first = tree.add_children(0, ["a", "b"])
+    other = tree.add_children(int(first[0]), ["a1"])
+    more = tree.add_children(0, ["c"], extend=True)
+    assert tree.children(0).tolist() == [*first.tolist(), *more.tolist()]
+    assert tree.num_children[0] == 3 and tree.last_child(0) == int(more[0])
+    assert tree.children(int(first[0])).tolist() == other.tolist()
+    with pytest.raises(ValueError, match="extend=True"):
+        tree.add_children(0, ["d"])
+    tree.set_priors(0, [0.5, 0.3, 0.2])
+    assert tree.prior[more[0]] == pytest.approx(0.2)
+
+
+def test_a_node_that_may_widen_stays_open_when_its_children_close():
+    tree = Tree()
+    (a,) = tree.add_children(0, ["a"])
+    kids = tree.add_children(int(a), ["x", "y"])
+    tree.can_widen[a] = True
+    for k in kids:
+        tree.close(int(k))
+    assert not tree.closed[a] and not tree.closed[0]
+    tree.stop_widening(int(a))  # no more children: it closes, and so does the root
+    assert tree.closed[a] and tree.closed[0]
+
+
+def test_version_1_tables_still_load():
+    tree = Tree("p", "prompt")
+    kids = tree.add_children(0, ["a", "b", "c"], duplicates=[0, 2, 0])
+    tree.add_children(int(kids[1]), ["b1", "b2"])
+    table = tree.to_arrow()
+    old = table.drop_columns(["next_sibling", "samples", "can_widen"])
+    meta = dict(old.schema.metadata)
+    meta[b"treesearch.format"] = b"1"
+    loaded = Tree.from_arrow(old.replace_schema_metadata(meta))
+    assert loaded.children(0).tolist() == kids.tolist()
+    assert loaded.children(int(kids[1])).tolist() == tree.children(int(kids[1])).tolist()
+    assert loaded.samples[0] == 5 and loaded.samples[kids[1]] == 2
+    with pytest.raises(ValueError, match="format"):
+        bad = dict(meta)
+        bad[b"treesearch.format"] = b"9"
+        Tree.from_arrow(old.replace_schema_metadata(bad))

@@ -1,0 +1,131 @@
+"""MCTS* widening against hand-computed trees: which node gets more children, and when.
+
+The policy hands out each prefix's candidates in order across requests (`sequence`
+mode), so a widening brings the next candidates of the script. Priors are uniform and
+c = 1, so PUCT = Q + P * sqrt(N_parent + vl_parent) / (1 + n).
+"""
+
+import pytest
+
+import treesearch
+from treesearch import Budget
+from tests.doubles import ScriptedPolicy
+
+A, A1, A2, A3, A4 = "a\n", "a1\n", "a2\n", "a3\n", "a4\n"
+WRONG1, WRONG2, RIGHT = "The answer is 1.\n", "The answer is 2.\n", "The answer is 7.\n"
+
+
+def run(script, values, simulations, default_value=0.05, **options):
+    config = dict(root_expansions=1, expansions=2, c_puct=1.0, prior="uniform", parallel_simulations=1,
+                  widening_alpha=0.0, widening_margin=None)
+    config.update(options)
+    policy = ScriptedPolicy(script, mode="sequence")
+    (result,) = treesearch.search(
+        [{"id": "w", "question": "q", "gold": "7"}],
+        policy=policy,
+        critic=lambda state: values.get(state.solution, default_value),
+        algorithm="mcts",
+        budget=Budget(simulations=simulations),
+        **config,
+    )
+    assert result.error is None, result.error
+    return result, policy
+
+
+def expansions(policy):
+    """The nodes sent to the policy for steps, in order (again each time one is widened)."""
+    return ["/".join(t.strip() for t in prefix) or "root" for prefix in policy.expanded]
+
+
+def child(tree, node, text):
+    (kid,) = [int(k) for k in tree.children(node) if tree.text[k] == text]
+    return kid
+
+
+def test_a_node_whose_children_fall_short_of_its_value_is_widened():
+    # sim 1: root -> a (.8).  sim 2: a -> a1 (.2), a2 (.3); back up .3.
+    # sim 3: a's best child .3 < .8 - .1: widen a by `expansions` -> a3 (.9), a4 (.1).
+    # sim 4: a's best child is now .9: no widening; PUCT under a (N 3 + vl 1, sqrt 2,
+    #        P .25): a1 .2+.5=.7, a2 .3+.25=.55, a3 .9+.25=1.15, a4 .1+.5=.6 -> expand a3.
+    script = {(): [(A, 0.0)], (A,): [(A1, 0.0), (A2, 0.0), (A3, 0.0), (A4, 0.0)], (A, A3): [(RIGHT, 0.0)]}
+    values = {A: 0.8, A + A1: 0.2, A + A2: 0.3, A + A3: 0.9, A + A4: 0.1, A + A3 + RIGHT: 0.95}
+    result, policy = run(script, values, 3, widening_margin=0.1)
+    tree = result.tree
+    a = child(tree, 0, A)
+    assert [tree.text[k] for k in tree.children(a)] == [A1, A2, A3, A4]
+    assert tree.samples[a] == 4 and tree.prior[tree.children(a)].sum() == pytest.approx(1.0)
+    assert expansions(policy) == ["root", "a", "a"]
+    assert tree.visits[child(tree, a, A3)] == 1 and tree.value_sum[child(tree, a, A3)] == pytest.approx(0.9)
+
+    result, policy = run(script, values, 4, widening_margin=0.1)
+    assert expansions(policy) == ["root", "a", "a", "a/a3"]
+    assert result.answer == "7"
+
+
+def test_without_a_margin_the_same_node_is_not_widened():
+    script = {(): [(A, 0.0)], (A,): [(A1, 0.0), (A2, 0.0), (A3, 0.0), (A4, 0.0)]}
+    values = {A: 0.8, A + A1: 0.2, A + A2: 0.3}
+    result, policy = run(script, values, 4, widening_margin=None)
+    # sim 3 under a (N 2 + vl 1, sqrt 1.732): a1 .2+.5*1.732=1.07 > a2 .3+.5*1.732/2=.73
+    assert expansions(policy) == ["root", "a", "a/a1", "a/a2"]
+
+
+def test_a_node_whose_children_are_all_closed_stays_open_and_widens():
+    # a's first two answers are wrong terminals (closed). Without widening, a and then
+    # the root close and the search stops; with it, a is widened and the right answer
+    # (the third candidate) is found.
+    script = {(): [(A, 0.0)], (A,): [(WRONG1, 0.0), (WRONG2, 0.0), (RIGHT, 0.0)]}
+    values = {A: 0.6, A + WRONG1: 0.1, A + WRONG2: 0.2, A + RIGHT: 0.9}
+    fixed, _ = run(script, values, 10, widening=False)
+    assert fixed.tree.closed[0] and fixed.answer == "2" and fixed.accounting.simulations == 2
+    widened, policy = run(script, values, 3)
+    a = child(widened.tree, 0, A)
+    assert not widened.tree.closed[a] and widened.tree.can_widen[a]
+    assert expansions(policy) == ["root", "a", "a"]
+    assert widened.answer == "7" and widened.correct
+
+
+def test_progressive_widening_follows_k0_times_visits_to_the_alpha():
+    # Root: k0 = 1, alpha = .5: the root may have drawn ceil(N ** .5) samples after N
+    # visits, so simulation k (root visits k - 1) widens it at k = 3, 6 and 11.
+    # Every prefix has new steps to give, so every simulation expands or widens something
+    # and backs up (the root has k visits after k simulations).
+    def script(prefix):
+        return [(f"{len(prefix)}.{j}\n", 0.0) for j in range(64)]
+
+    for sims, samples in [(2, 1), (3, 2), (5, 2), (6, 3), (10, 3), (11, 4)]:
+        result, _ = run(script, {}, sims, default_value=0.5, widening_alpha=0.5)
+        assert result.tree.visits[0] == sims
+        assert result.tree.samples[0] == samples, sims
+        assert result.tree.num_children[0] == samples, sims
+
+
+def test_a_node_stops_widening_when_every_step_has_been_seen_twice():
+    # The root's policy knows two steps. Widenings that bring only known steps merge
+    # into them; once each was drawn twice (no step seen once: no unseen step expected)
+    # the root stops widening, and with both children closed the search ends.
+    script = {(): [(WRONG1, 0.0), (WRONG2, 0.0)]}
+    values = {WRONG1: 0.1, WRONG2: 0.2}
+    result, _ = run(script, values, 50, root_expansions=2)
+    tree = result.tree
+    assert tree.num_children[0] == 2 and tree.samples[0] == 4
+    assert list(tree.duplicates[tree.children(0)]) == [1, 1]
+    assert not tree.can_widen[0] and tree.closed[0]
+    assert result.accounting.simulations == 2
+
+
+def test_widening_links_children_added_after_other_nodes():
+    # a is widened after a2 was expanded, so a's children come in two batches that are
+    # not contiguous; selection, values and the saved tree all follow the links.
+    script = {(): [(A, 0.0)], (A,): [(A1, 0.0), (A2, 0.0), (A3, 0.0), (A4, 0.0)],
+              (A, A2): [(WRONG1, 0.0)]}
+    values = {A: 0.8, A + A1: 0.2, A + A2: 0.75, A + A2 + WRONG1: 0.05, A + A3: 0.9, A + A4: 0.1}
+    result, policy = run(script, values, 4, widening_margin=0.1)
+    tree = result.tree
+    a = child(tree, 0, A)
+    kids = tree.children(a).tolist()
+    assert [tree.text[k] for k in kids] == [A1, A2, A3, A4]
+    assert kids[2] != kids[1] + 1, "the second batch should not follow the first directly"
+    assert expansions(policy) == ["root", "a", "a/a2", "a"]
+    loaded = treesearch.Tree.from_arrow(tree.to_arrow())
+    assert loaded.equals(tree) and loaded.children(a).tolist() == kids
