@@ -95,12 +95,18 @@ def test_self_consistency_majority_counts_every_sample():
 
 
 def test_best_of_n_weighted_vote_follows_the_critic():
-    result = run_votes("best_of_n")
+    result = run_votes("best_of_n", answer_selection="weighted")
     counts = answer_counts(result.tree)
     assert counts.get("5", 0) >= 1, "precondition: the seed samples the minority answer"
     assert result.answer == "5"  # one vote of 1.0 for 5 beats ~31 votes of 0.01 for 4
     assert result.candidates["5"] == pytest.approx(counts["5"] * 1.0)
     assert result.candidates["4"] == pytest.approx(counts["4"] * 0.01)
+
+
+def test_best_of_n_picks_the_best_valued_solution_by_default():
+    result = run_votes("best_of_n")
+    assert result.answer == "5" and result.value == pytest.approx(1.0)
+    assert result.candidates["4"] == pytest.approx(0.01)  # the best value per answer, not a sum
 
 
 def test_beam_keeps_the_best_children_by_value():

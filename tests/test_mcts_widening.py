@@ -1,8 +1,8 @@
 """MCTS* widening against hand-computed trees: which node gets more children, and when.
 
 The policy hands out each prefix's candidates in order across requests (`sequence`
-mode), so a widening brings the next candidates of the script. Priors are uniform and
-c = 1, so PUCT = Q + P * sqrt(N_parent + vl_parent) / (1 + n).
+mode), so a widening brings the next candidates of the script. Priors are uniform,
+c = 1, Q is the raw mean backup, so PUCT = Q + P * sqrt(N_parent + vl_parent) / (1 + n).
 """
 
 import pytest
@@ -17,7 +17,7 @@ WRONG1, WRONG2, RIGHT = "The answer is 1.\n", "The answer is 2.\n", "The answer 
 
 def run(script, values, simulations, default_value=0.05, **options):
     config = dict(root_expansions=1, expansions=2, c_puct=1.0, prior="uniform", parallel_simulations=1,
-                  widening_alpha=0.0, widening_margin=None)
+                  widening_alpha=0.0, widening_margin=None, backup="mean", q_transform="none")
     config.update(options)
     policy = ScriptedPolicy(script, mode="sequence")
     (result,) = treesearch.search(
@@ -100,18 +100,33 @@ def test_progressive_widening_follows_k0_times_visits_to_the_alpha():
         assert result.tree.num_children[0] == samples, sims
 
 
-def test_a_node_stops_widening_when_every_step_has_been_seen_twice():
-    # The root's policy knows two steps. Widenings that bring only known steps merge
-    # into them; once each was drawn twice (no step seen once: no unseen step expected)
-    # the root stops widening, and with both children closed the search ends.
+def test_a_node_stops_widening_when_no_unseen_step_is_left_to_expect():
+    # The root's policy knows two steps, both wrong answers (closed), so the root keeps
+    # widening by 2 samples, which merge into the two children. After 8 samples with
+    # none seen once, the Good-Turing chance of an unseen step, (0 + 1) / (8 + 1), is
+    # below 1/8: the root stops widening, closes, and the search ends.
     script = {(): [(WRONG1, 0.0), (WRONG2, 0.0)]}
     values = {WRONG1: 0.1, WRONG2: 0.2}
-    result, _ = run(script, values, 50, root_expansions=2)
+    result, policy = run(script, values, 50, root_expansions=2)
     tree = result.tree
-    assert tree.num_children[0] == 2 and tree.samples[0] == 4
-    assert list(tree.duplicates[tree.children(0)]) == [1, 1]
+    assert tree.num_children[0] == 2 and tree.samples[0] == 8
+    assert list(tree.duplicates[tree.children(0)]) == [3, 3]
     assert not tree.can_widen[0] and tree.closed[0]
-    assert result.accounting.simulations == 2
+    assert expansions(policy) == ["root"] * 4 and result.accounting.simulations == 4
+
+
+def test_progressive_widening_is_for_the_root_valued_nodes_widen_by_margin():
+    # An inner node has a critic value, so visits alone do not widen it (alpha has no
+    # effect there): with children as good as it and no margin trigger, each inner node
+    # keeps its first expansion's 2 samples.
+    def script(prefix):
+        return [(f"{len(prefix)}.{j}\n", 0.0) for j in range(64)]
+
+    result, _ = run(script, {}, 12, default_value=0.5, widening_alpha=1.0, widening_margin=0.1)
+    tree = result.tree
+    assert tree.samples[0] == 11  # the root: ceil(N) samples after N visits (alpha 1)
+    inner = [k for k in range(1, len(tree)) if tree.expanded[k]]
+    assert inner and all(tree.samples[k] == 2 for k in inner)
 
 
 def test_widening_links_children_added_after_other_nodes():

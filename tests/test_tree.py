@@ -131,7 +131,7 @@ def test_random_trees_round_trip(tmp_path_factory, shape, values, texts):
     assert Tree.load(tree.save(path)).equals(tree)
 
 
-def _python_best_child(tree, node, c, rule, backup, vl_value, fpu):
+def _python_best_child(tree, node, c, rule, backup, vl_value, fpu, q_range=(0.0, 1.0)):
     """Straightforward Python selection, the reference the compiled kernel must match."""
     import math
 
@@ -144,6 +144,9 @@ def _python_best_child(tree, node, c, rule, backup, vl_value, fpu):
         q = fpu if math.isnan(q) else q
         n, vl = float(tree.visits[k]), float(tree.virtual_loss[k])
         q_vl = (q * max(n, 1) + vl_value * vl) / (max(n, 1) + vl)
+        low, high = q_range
+        if high > low:  # min-max normalisation (MuZero): Q relative to the values seen
+            q_vl = (q_vl - low) / (high - low)
         if rule == "puct":
             u = c * float(tree.prior[k]) * math.sqrt(parent_n) / (1 + n + vl)
         else:
@@ -179,6 +182,9 @@ def test_compiled_selection_matches_python_reference(rule, backup):
         expected = _python_best_child(tree, node, 1.3, rule, backup, 0.2, 0.4)
         got = select_child(tree, node, c=1.3, rule=rule, backup=backup, vl_value=0.2, fpu=0.4)
         assert got == expected
+        normalised = _python_best_child(tree, node, 1.3, rule, backup, 0.2, 0.4, q_range=(0.3, 0.45))
+        assert select_child(tree, node, c=1.3, rule=rule, backup=backup, vl_value=0.2, fpu=0.4,
+                            q_range=(0.3, 0.45)) == normalised
         scores = selection_scores(tree, node, c=1.3, rule=rule, backup=backup, vl_value=0.2, fpu=0.4)
         if expected >= 0:
             assert int(tree.first_child[node]) + int(np.argmax(scores)) == expected

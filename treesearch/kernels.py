@@ -90,18 +90,18 @@ def best_child(node, first_child, next_sibling, closed, visits, virtual_loss, va
 @njit(cache=True, nogil=True)
 def should_widen(node, parent, first_child, next_sibling, can_widen, samples, visits, value_sum,
                  value_max, critic_value, max_backup, k0_root, k0, alpha, margin):
-    """Whether expanded `node` should get more children now: it may widen and it has
-    drawn fewer than `ceil(k0 * max(N, 1) ** alpha)` samples (progressive widening;
-    `k0_root` at the root), or (with `margin` >= 0) its best child's Q is below its own
-    critic value by more than `margin` (no child is as good as the node promised)."""
+    """Whether expanded `node` should get more children now, if it may widen at all.
+    A node the critic valued widens when its best child's Q is below that value by more
+    than `margin` (with `margin` >= 0: no child is as good as the node promised); a node
+    without a value (the root) when it has drawn fewer than `ceil(k0 * N ** alpha)`
+    samples after N visits (progressive widening; `k0_root` at the root)."""
     if not can_widen[node]:
         return False
-    k = k0_root if parent[node] < 0 else k0
-    allowed = math.ceil(k * max(np.float64(visits[node]), 1.0) ** alpha - 1e-9)
-    if samples[node] < allowed:
-        return True
     own = np.float64(critic_value[node])
-    if margin < 0 or math.isnan(own):
+    if math.isnan(own):
+        k = k0_root if parent[node] < 0 else k0
+        return samples[node] < math.ceil(k * max(np.float64(visits[node]), 1.0) ** alpha - 1e-9)
+    if margin < 0:
         return False
     best = -np.inf
     child = first_child[node]

@@ -19,7 +19,7 @@ from treesearch.policy.base import Policy
 from treesearch.search import SearchAlgorithm, SearchContext, make_algorithm
 from treesearch.search.answer import select_answer
 from treesearch.search.base import grade_terminals
-from treesearch.search.budget import Budget
+from treesearch.search.budget import DEFAULT_BUDGET, Budget
 from treesearch.tasks import Task
 from treesearch.types import Problem, SearchResult, State
 
@@ -133,7 +133,7 @@ class Runner:
         algo = make_algorithm(algorithm, **options)
         if algo.needs_critic and self.critic is None:
             raise ValueError(f"algorithm {algo.name!r} needs a critic: pass critic=...")
-        budget = budget or Budget(generated_tokens=4096)
+        budget = budget or DEFAULT_BUDGET
         problems = list(problems)
         policy = self._batcher(self._policy_batch, self.policy, self._concurrency[0], "policy", lambda item: item[0])
         policy.stats = self.stats.policy

@@ -30,6 +30,9 @@ class SearchConfig:
     - max_depth: steps from the root after which a path is cut off (closed, no answer)
     - answer_selection: "value", "majority" or "weighted" (see `select_answer`)
     - seed: base seed; each request derives its own from it (None: nondeterministic)
+
+    These dataclasses hold the one set of defaults: the CLI's `configs/search/*.yaml`
+    repeat them (a test keeps the two equal).
     - prior: how sibling priors come from step log-probabilities (see `step_priors`)
     - merge_duplicates: merge identical sibling steps into one node
     """
@@ -40,7 +43,7 @@ class SearchConfig:
     max_solution_tokens: int = 512
     max_depth: int = 12
     answer_selection: str = "value"
-    seed: Optional[int] = None
+    seed: Optional[int] = 0
     prior: str = "mean_logprob"
     merge_duplicates: bool = True
 

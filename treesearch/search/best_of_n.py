@@ -1,5 +1,9 @@
-"""Best-of-N: sample whole solutions, value them with the critic, pick by value or by a
-critic-weighted vote."""
+"""Best-of-N: sample whole solutions, value them with the critic, pick the best-valued
+one (default) or by a critic-weighted vote (`answer_selection="weighted"`).
+
+The default is "value" because on the controlled benchmark (BENCHMARKS.md) the weighted
+vote falls as samples grow whenever wrong answers are frequent (their summed values
+outvote the right one), while the best-valued solution keeps improving."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ class BestOfNConfig(SelfConsistencyConfig):
     """`score_steps`: also value every intermediate step (PRM-style per-step values for
     harvesting); otherwise only each solution's last node is scored."""
 
-    answer_selection: str = "weighted"
+    answer_selection: str = "value"
     score_steps: bool = False
 
 

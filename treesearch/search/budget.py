@@ -60,6 +60,10 @@ class Budget:
         )
 
 
+DEFAULT_BUDGET = Budget(generated_tokens=1024)
+"""The per-problem budget when none is given (the API and the CLI's `search.budget`)."""
+
+
 @dataclass
 class Accounting:
     """What one search spent. Model seconds are time this search waited on models.

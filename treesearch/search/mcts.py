@@ -8,11 +8,13 @@ One simulation:
    over the tree;
 2. expand: sample `expansions` next steps (`root_expansions` at the root), merge
    identical ones, and value every new child with the critic. With `widening`, an
-   expanded node gets more children later (see `selection.Widening`): when it has drawn
-   fewer than `ceil(k0 * N ** widening_alpha)` samples after N visits, when its children
-   are all closed, or when its best child's Q is below its own critic value by more than
-   `widening_margin`. A node stops widening when a widening brings nothing new and
-   every child has been sampled more than once (no unseen step is left to expect);
+   expanded node gets more children later (see `selection.Widening`), so a node whose
+   first samples missed the right step is not cut off for good: when its children are
+   all closed; when its best child's Q is below its own critic value by more than
+   `widening_margin` (then `expansions` more steps); and at the root, which has no
+   value, when it has drawn fewer than `ceil(root_expansions * N ** widening_alpha)`
+   steps after N visits (progressive widening). A node stops widening when a widening
+   brings nothing new and few unseen steps are left to expect (see `_saturated`);
 3. simulate: the best new child is the simulation's leaf; optionally roll it forward
    greedily for `rollforward_steps` steps and mix the critic value of where it lands:
    v = (1 - rollforward_weight) * v_critic + rollforward_weight * v_rollforward;
@@ -48,17 +50,22 @@ BACKUPS = ("mean", "max")
 
 @dataclass
 class MCTSConfig(SearchConfig):
-    expansions: int = 4
-    root_expansions: int = 8
+    """MCTS* options. The defaults were chosen on the controlled benchmark
+    (`benchmarks/search_oracle.py`, BENCHMARKS.md): one step per expansion, widened
+    when the critic says no child is good enough; one simulation per tree at a time
+    (batches come from many trees); max backup and min-max normalised Q."""
+
+    expansions: int = 1
+    root_expansions: int = 1
     c_puct: float = 1.0
     selection: str = "puct"
-    parallel_simulations: int = 4
+    parallel_simulations: int = 1
     virtual_loss_value: float = 0.0
-    backup: str = "mean"
+    backup: str = "max"
     rollforward_steps: int = 0
     rollforward_weight: float = 0.5
     terminal_gate: Optional[float] = None
-    q_transform: str = "none"
+    q_transform: str = "minmax"
     widening: bool = True
     widening_alpha: float = 0.5
     widening_margin: Optional[float] = 0.1
@@ -175,8 +182,8 @@ class MCTSStar(SearchAlgorithm):
 
     def _samples_wanted(self, tree, node: int) -> int:
         """Steps to sample at `node` now: a first expansion's `root_expansions` /
-        `expansions`; for a widening, up to what its visits allow, else one expansion's
-        worth (a widening because no child is good enough, or none is open)."""
+        `expansions`; for a progressive widening, up to what its visits allow; for any
+        other widening (no child good enough, or none open), one expansion's worth."""
         cfg = self.config
         k0 = cfg.root_expansions if node == 0 else cfg.expansions
         if not tree.expanded[node]:
@@ -219,7 +226,11 @@ class MCTSStar(SearchAlgorithm):
 
     @staticmethod
     def _saturated(tree, node: int) -> bool:
-        """Every child of `node` was sampled more than once, so (by the Good-Turing
-        estimate: the share of samples seen once) no unseen step is left to expect."""
+        """Little chance is left that a new sample at `node` brings an unseen step: the
+        Good-Turing estimate of that chance (children sampled once over all samples),
+        with one pseudo-count against small samples, is below 1/8 (so at least 8
+        samples, every child drawn twice or more)."""
         kids = tree.children(node)
-        return bool(kids.size) and not (tree.duplicates[kids] == 0).any()
+        once = int((tree.duplicates[kids] == 0).sum())
+        samples = int((1 + tree.duplicates[kids]).sum())
+        return bool(kids.size) and (once + 1) / (samples + 1) < 1 / 8

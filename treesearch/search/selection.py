@@ -15,8 +15,10 @@ critic's scale). Closed children (nothing new below them) are never selected. Ti
 the lowest id.
 
 Widening (`Widening`): a node that may widen stops the descent and gets more children
-when it has drawn fewer than `ceil(k0 * N ** alpha)` samples, when all its children are
-closed, or when its best child's Q falls short of its own critic value by `margin`.
+when all its children are closed; when the critic valued it and its best child's Q falls
+short of that value by more than `margin` (no child is as good as the node promised);
+or, for a node without a value (the root), when it has drawn fewer than
+`ceil(k0 * N ** alpha)` samples after N visits (progressive widening).
 """
 
 from __future__ import annotations
@@ -92,11 +94,12 @@ def select_child(
 
 @dataclass(frozen=True)
 class Widening:
-    """When an expanded node that may widen (`Tree.can_widen`) gets more children:
-    while its samples are fewer than `ceil(k0 * max(N, 1) ** alpha)` (`k0_root` at the
-    root; alpha 0: never by visit count), when all its children are closed, or, with
-    `margin` set, when its best child's Q is below its own critic value by more than
-    `margin`."""
+    """When an expanded node that may widen (`Tree.can_widen`) gets more children: when
+    all its children are closed; a node the critic valued, with `margin` set, when its
+    best child's Q is below that value by more than `margin`; a node without a value
+    (the root), while its samples are fewer than `ceil(k0 * max(N, 1) ** alpha)` after
+    N visits (`k0_root` at the root; alpha 0: never by visit count). See
+    `kernels.should_widen`."""
 
     k0_root: int = 1
     k0: int = 1
