@@ -1,5 +1,6 @@
 """Accuracy against generated-token budget: greedy, self-consistency, best-of-N
-(critic-weighted vote), step beam and MCTS*, same policy, same critic, same problems.
+(best-valued solution), step beam and MCTS*, same policy, same critic, same problems,
+each algorithm with its defaults (the Python API's, which the CLI configs repeat).
 
     python benchmarks/budget.py [--data ../shared/data/multiarith.jsonl] [--limit 24]
         [--budgets 128,256,512] [--seeds 0] [--critic self_eval] [--quick]
@@ -32,6 +33,7 @@ import torch
 
 from treesearch import Budget, Runner
 from treesearch.components import build_critic, build_policy, load_problems as load_task_problems
+from treesearch.search import make_algorithm
 from treesearch.search.answer import select_answer
 from treesearch.tasks import make_task
 
@@ -40,16 +42,15 @@ ALGORITHMS = ("greedy", "self_consistency", "best_of_n", "beam", "mcts")
 # MCTS*'s trees answered by a critic-weighted vote over their terminal nodes (best-of-N's
 # rule) instead of the single best-valued one: separates the search from the vote.
 PLOTTED = ALGORITHMS + ("mcts_vote",)
-# Each algorithm's options (the configs/search/*.yaml defaults); sample counts are set
-# high so the token budget, not the count, is what stops them.
+# Each algorithm runs with its defaults; only the sample counts are set high, so that
+# the token budget, not the count, is what stops the samplers.
 OPTIONS = {
     "greedy": {},
-    "self_consistency": {"samples": 64, "parallel": 4, "answer_selection": "majority"},
-    "best_of_n": {"samples": 64, "parallel": 4, "answer_selection": "weighted"},
-    "beam": {"beam_width": 2, "expansions": 3, "answer_selection": "value"},
-    "mcts": {"expansions": 3, "root_expansions": 4, "parallel_simulations": 2, "answer_selection": "value"},
+    "self_consistency": {"samples": 64},
+    "best_of_n": {"samples": 64},
+    "beam": {},
+    "mcts": {},
 }
-COMMON = {"temperature": 0.7, "max_step_tokens": 64, "max_solution_tokens": 256, "max_depth": 10}
 
 
 def load_problems(data: str, limit: int, offset: int = 0):
@@ -68,9 +69,7 @@ def run_point(policy, critic, task, problems, algorithm: str, budget: int, seed:
     returns the point and the search results."""
     runner = Runner(policy, critic if algorithm != "greedy" else None, task,
                     trees_in_flight=len(problems), max_batch_size=64)
-    options = dict(COMMON, **OPTIONS[algorithm], seed=seed)
-    if algorithm == "greedy":
-        options.pop("temperature")
+    options = dict(OPTIONS[algorithm], seed=seed)
     start = time.perf_counter()
     results = asyncio.run(runner.run(problems, algorithm, Budget(generated_tokens=budget), **options))
     errors = [r.error for r in results if r.error]
@@ -256,7 +255,7 @@ def main(argv=None) -> dict:
         "model": args.model,
         "critic": args.critic,
         "critic_model": args.critic_model or args.model,
-        "options": {a: dict(COMMON, **OPTIONS[a]) for a in algorithms},
+        "options": {a: vars(make_algorithm(a, **OPTIONS[a]).config) for a in algorithms},
         "self_consistency": "majority vote over best-of-N's samples" if sc_from_best_of_n else "own run",
         "seconds": time.perf_counter() - started,
         "summary": rows,

@@ -52,10 +52,11 @@ Metrics per (setting, arm, budget), over problems x seeds: accuracy with its sta
 error sqrt(p (1 - p) / n) (n = problems x seeds), mean generated tokens (the search's
 accounting, cross-checked against the tokens the policy generated), overrun beyond the
 budget (mean and max), the answered share, `found` (the tree holds the right terminal)
-against accuracy ("picked"), and for tree searches (beam, MCTS*) `cut`: the share of
+against accuracy ("picked"), and for tree searches (beam, MCTS*) `missed`: the share of
 searches whose tree has no right terminal but an on-track node that was expanded without
-its right next step among its children (the right chain was cut: only re-expanding that
-node could reach the answer). The paired comparison `mcts` minus the most accurate arm of
+its right next step among its children, and `cut`: those of them where that node can
+get no more children (fixed after one expansion, or widening stopped): the right chain
+was cut for good. The paired comparison `mcts` minus the most accurate arm of
 beam / best-of-N / self-consistency at each budget is over the same (problem, seed) pairs,
 with the standard error of the paired differences (that arm is picked on the same data,
 which favours it slightly).
@@ -417,21 +418,23 @@ def search_options(env: OracleEnv, arm: Arm, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------- metrics
-def chain_outcome(tree: Tree, env: OracleEnv, problem: Problem) -> tuple[bool, bool]:
-    """(found, cut): the tree holds the right terminal; or it does not, and some on-track
-    node was expanded without the right next step among its children."""
-    found = cut = False
-    frontier = [0]
-    while frontier:
-        node = frontier.pop()
+def chain_outcome(tree: Tree, env: OracleEnv, problem: Problem) -> tuple[bool, bool, bool]:
+    """(found, cut, missed). `found`: the tree holds the right terminal. Otherwise follow
+    the right chain from the root to its first node without the right next step among
+    its children: `missed` when that node was expanded (its samples missed the right
+    step); `cut` when, besides, it can get no more children (`Tree.can_widen` is off:
+    children fixed after the first expansion, or widening stopped), so the right answer
+    is out of reach for good."""
+    node = 0
+    while True:
         if tree.terminal[node]:
-            found = True
-            continue
+            return True, False, False
         right = env.right_step(problem, int(tree.depth[node]))
         kids = [int(c) for c in tree.children(node) if tree.text[c] == right]
-        cut = cut or bool(tree.expanded[node] and not kids)
-        frontier += kids
-    return found, cut and not found
+        if not kids:
+            missed = bool(tree.expanded[node])
+            return False, missed and not bool(tree.can_widen[node]), missed
+        node = kids[0]
 
 
 def reselect(tree: Tree, method: str, backup: str, scored: bool) -> Optional[str]:
@@ -462,10 +465,11 @@ def run_arm(setting: Setting, name: str, arm: Arm, units: float, seed: int, coun
         raise RuntimeError(f"{setting.name} {name} budget {budget} seed {seed}: {len(failed)} searches failed,"
                            f" first: {failed[0].error}")
     tokens = [r.accounting.generated_tokens for r in results]
-    found, cut = zip(*(chain_outcome(r.tree, env, r.problem) for r in results))
+    found, cut, missed = zip(*(chain_outcome(r.tree, env, r.problem) for r in results))
     shared = {"setting": setting.name, "arm": name, "algorithm": arm.algorithm, "budget_units": units,
               "budget": budget, "seed": seed, "tokens": tokens, "found": _bits(found),
               "cut": _bits(cut) if arm.algorithm in TREE_ALGORITHMS else None,
+              "missed": _bits(missed) if arm.algorithm in TREE_ALGORITHMS else None,
               "policy_tokens": policy.generated_tokens, "tokens_match": policy.generated_tokens == sum(tokens),
               "critic_calls": statistics.mean(r.accounting.critic_calls for r in results), "seconds": seconds}
     points = []
@@ -510,6 +514,7 @@ def summarise(points: list[dict]) -> list[dict]:
             "max_overrun": max(overrun), "answered": _share(_pooled(group, "answered")), "found": found,
             "picked_when_found": acc / found if found else None,
             "cut": _share(_pooled(group, "cut")) if group[0]["cut"] is not None else None,
+            "missed": _share(_pooled(group, "missed")) if group[0]["missed"] is not None else None,
             "tokens_match": all(p["tokens_match"] for p in group),
             "mean_critic_calls": statistics.mean(p["critic_calls"] for p in group),
             "seconds": sum(p["seconds"] for p in group),
@@ -554,13 +559,13 @@ def print_setting(setting: Setting, rows: list[dict], comparisons: list[dict]) -
     mine = [r for r in rows if r["setting"] == setting.name]
     width = max([18] + [len(r["label"]) + 1 for r in mine])
     print(f"{'arm':<{width}} {'sol (tokens)':>12} {'tokens':>7} {'accuracy':>13} {'overrun mean/max':>17}"
-          f" {'answered':>8} {'found':>6} {'cut':>6}")
+          f" {'answered':>8} {'found':>6} {'missed':>6} {'cut':>6}")
     for r in mine:
         flag = "" if r["tokens_match"] else "  (policy tokens differ from the accounting!)"
         print(f"{r['label']:<{width}} {r['budget_units']:>5g} ({r['budget']:>4})"
               f" {r['mean_tokens']:>7.0f} {_pct(r['accuracy'])}% ± {_pct(r['stderr'])}"
               f" {r['mean_overrun']:>9.1f} / {r['max_overrun']:>5}"
-              f" {_pct(r['answered'])}%  {_pct(r['found'])}  {_pct(r['cut'])}{flag}")
+              f" {_pct(r['answered'])}%  {_pct(r['found'])}  {_pct(r['missed'])}  {_pct(r['cut'])}{flag}")
     for c in comparisons:
         if c["setting"] == setting.name:
             print(f"mcts - {c['b']:<{width - 2}} at {c['budget_units']:>4g} solutions: {100 * c['difference']:+6.1f}"

@@ -215,17 +215,20 @@ def test_chain_outcome_on_hand_built_trees():
     w0 = env.next_steps(problem, ())[1][0]
     w1 = env.next_steps(problem, r[:1])[1][0]
     w2 = env.next_steps(problem, r[:2])[1][0]
-    # root -> r0 (1), w0 (2); r0 -> w1 (3) only: the right chain was cut at node 1
+    # root -> r0 (1), w0 (2); r0 -> w1 (3) only: the right step was missed at node 1,
+    # and with children fixed there the right chain was cut for good
     cut = _tree(env, problem, {0: [(r[0], False), (w0, False)], 1: [(w1, False)]})
-    assert so.chain_outcome(cut, env, problem) == (False, True)
+    assert so.chain_outcome(cut, env, problem) == (False, True, True)
+    cut.can_widen[1] = True  # node 1 may still widen: missed so far, not cut
+    assert so.chain_outcome(cut, env, problem) == (False, False, True)
     # root -> r0 (1), w0 (2); r0 -> r1 (3), w1 (4); r1 not expanded yet: still reachable
     open_ = _tree(env, problem, {0: [(r[0], False), (w0, False)], 1: [(r[1], False), (w1, False)]})
-    assert so.chain_outcome(open_, env, problem) == (False, False)
+    assert so.chain_outcome(open_, env, problem) == (False, False, False)
     # the right terminal found: not cut, though an off-track node and r1's sibling went wrong
     found = _tree(env, problem, {0: [(r[0], False), (w0, False)], 1: [(r[1], False), (w1, False)],
                                  3: [(w2, True), (r[2], True)]})
-    assert so.chain_outcome(found, env, problem) == (True, False)
-    assert so.chain_outcome(Tree(problem.id), env, problem) == (False, False)  # nothing expanded
+    assert so.chain_outcome(found, env, problem) == (True, False, False)
+    assert so.chain_outcome(Tree(problem.id), env, problem) == (False, False, False)  # nothing expanded
 
 
 # -------------------------------------------------------------------- arms and runs
