@@ -312,8 +312,10 @@ class Setting:
                 f"{e.wrong_answers} wrong answers, {e.step_tokens} tokens/step (jitter {e.jitter}) | critic {critic}")
 
 
-def _informative_grid() -> list[Setting]:
-    return [Setting(f"p{p}-d{d}-noise{n}", OracleEnv(depth=d, p_right=p), OracleCritic(noise=n))
+def _informative_grid(concentration: Optional[float] = OracleEnv.concentration) -> list[Setting]:
+    """Critic gap 0.4 with noise up to half of it, over policy quality and depth."""
+    return [Setting(f"p{p}-d{d}-noise{n}", OracleEnv(depth=d, p_right=p, concentration=concentration),
+                    OracleCritic(noise=n))
             for p in (0.3, 0.5) for d in (4, 6) for n in (0.05, 0.1, 0.2)]
 
 
@@ -330,6 +332,8 @@ GRIDS: dict[str, list[Setting]] = {
         Setting("calibrated", critic=OracleCritic(calibrated=True)),
     ],
     "informative": _informative_grid(),
+    # the same with fixed step probabilities (every on-track state: p_right, the rest split evenly)
+    "informative_fixed": _informative_grid(concentration=None),
     "uninformative": [
         Setting("gap0", critic=OracleCritic(right_value=0.5, wrong_value=0.5)),
         Setting("gap0.1-noise0.5", critic=OracleCritic(right_value=0.55, wrong_value=0.45, noise=0.5)),

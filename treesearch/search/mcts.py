@@ -203,11 +203,13 @@ class MCTSStar(SearchAlgorithm):
         pending[node] = done
         try:
             drawn = int(tree.samples[node])
+            old_kids = tree.children(node)
+            old_dups = tree.duplicates[old_kids].copy()
             kids = await ctx.expand(node, self._samples_wanted(tree, node), widenable=cfg.widening)
             if kids.size == 0:
-                if tree.samples[node] > drawn and tree.can_widen[node] and self._saturated(tree, node):
-                    tree.stop_widening(node)
-                return -1, float("nan")
+                if tree.samples[node] == drawn:
+                    return -1, float("nan")  # nothing was affordable
+                return self._resampled(tree, node, old_kids, old_dups, path)
             values = await ctx.score(kids)
             descent.observe(values)
         finally:
@@ -223,6 +225,25 @@ class MCTSStar(SearchAlgorithm):
             tree.rollout_value[best] = rolled
             value = (1 - cfg.rollforward_weight) * value + cfg.rollforward_weight * float(rolled)
         return best, value
+
+    def _resampled(self, tree, node: int, kids: np.ndarray, dups_before: np.ndarray, path: list[int]) -> tuple[int, float]:
+        """A widening of `node` that brought only steps it already had: stop widening
+        when few unseen steps are left to expect (`_saturated`), and let the simulation
+        end at the best child that was sampled again, backing up its value, so the
+        node's visits grow and selection moves on instead of widening it again at once.
+        Returns (-1, NaN) when no child was sampled again (the steps were empty)."""
+        if tree.can_widen[node] and self._saturated(tree, node):
+            tree.stop_widening(node)
+        again = kids[tree.duplicates[kids] > dups_before]
+        if again.size == 0:
+            return -1, float("nan")
+        q = np.asarray(tree.value(again, self.config.backup), dtype=np.float64)
+        if np.isnan(q).all():
+            return -1, float("nan")
+        best = int(again[int(np.nanargmax(q))])
+        path.append(best)
+        tree.virtual_loss[best] += 1
+        return best, float(np.nanmax(q))
 
     @staticmethod
     def _saturated(tree, node: int) -> bool:
