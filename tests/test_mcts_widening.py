@@ -113,6 +113,9 @@ def test_a_node_stops_widening_when_no_unseen_step_is_left_to_expect():
     assert list(tree.duplicates[tree.children(0)]) == [3, 3]
     assert not tree.can_widen[0] and tree.closed[0]
     assert expansions(policy) == ["root"] * 4 and result.accounting.simulations == 4
+    # each widening that drew only known steps ended at the best child drawn again
+    # (the answer 2, valued .2) and backed its value up: 4 visits for the root and it
+    assert tree.visits[0] == 4 and list(tree.visits[tree.children(0)]) == [0, 4]
 
 
 def test_progressive_widening_is_for_the_root_valued_nodes_widen_by_margin():
