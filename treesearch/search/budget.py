@@ -60,7 +60,7 @@ class Budget:
         )
 
 
-DEFAULT_BUDGET = Budget(generated_tokens=1024)
+DEFAULT_BUDGET = Budget(generated_tokens=768)
 """The per-problem budget when none is given (the API and the CLI's `search.budget`)."""
 
 
