@@ -13,8 +13,9 @@ One simulation:
    all closed; when its best child's Q is below its own critic value by more than
    `widening_margin` (then `expansions` more steps); and at the root, which has no
    value, when it has drawn fewer than `ceil(root_expansions * N ** widening_alpha)`
-   steps after N visits (progressive widening). A node stops widening when a widening
-   brings nothing new and few unseen steps are left to expect (see `_saturated`);
+   steps after N visits (progressive widening). A widening that brings only steps the
+   node already has ends the simulation at the best child drawn again; the node stops
+   widening when few unseen steps are left to expect (see `_saturated`);
 3. simulate: the best new child is the simulation's leaf; optionally roll it forward
    greedily for `rollforward_steps` steps and mix the critic value of where it lands:
    v = (1 - rollforward_weight) * v_critic + rollforward_weight * v_rollforward;
