@@ -35,7 +35,8 @@ Arms. Each arm is one search per (setting, budget, seed) over all its problems i
 same trees: best-of-N's samples give `best_of_n` (best value, its default),
 `best_of_n_weighted` (critic-weighted vote) and `self_consistency` (majority: the same
 samples a self-consistency run with this seed draws); MCTS* with its defaults gives
-`mcts` (best value) and `mcts_weighted`; `mcts_no_widening` is MCTS* with children fixed
+`mcts` (its default: the best mean step value along the path), `mcts_value` (the best
+terminal value) and `mcts_weighted`; `mcts_no_widening` is MCTS* with children fixed
 after the first expansion, `mcts_previous` MCTS* with the defaults it had before the
 benchmark (4 / 8 steps per expansion, 4 simulations in flight, mean backup, raw Q, no
 widening). `--arm` adds arms.
@@ -360,15 +361,15 @@ class Arm:
 
 # MCTS* as it was before widening and the measured defaults (commit ad36d41's MCTSConfig)
 PREVIOUS_MCTS = {"expansions": 4, "root_expansions": 8, "parallel_simulations": 4, "backup": "mean",
-                 "q_transform": "none", "widening": False}
+                 "q_transform": "none", "widening": False, "answer_selection": "value"}
 ARMS: dict[str, Arm] = {
     "greedy": Arm("greedy", {}, {"greedy": "value"}),
     "best_of_n": Arm("best_of_n", {}, {"self_consistency": "majority", "best_of_n": "value",
                                        "best_of_n_weighted": "weighted"}),
     "beam_2x3": Arm("beam", {"beam_width": 2, "expansions": 3}, {"beam_2x3": "value"}),
     "beam_4x4": Arm("beam", {"beam_width": 4, "expansions": 4}, {"beam_4x4": "value"}),
-    "mcts": Arm("mcts", {}, {"mcts": "value", "mcts_weighted": "weighted"}),
-    "mcts_no_widening": Arm("mcts", {"widening": False}, {"mcts_no_widening": "value"}),
+    "mcts": Arm("mcts", {}, {"mcts": "path_mean", "mcts_value": "value", "mcts_weighted": "weighted"}),
+    "mcts_no_widening": Arm("mcts", {"widening": False}, {"mcts_no_widening": "path_mean"}),
     "mcts_previous": Arm("mcts", PREVIOUS_MCTS, {"mcts_previous": "value"}),
 }
 # Sample counts high enough that the token budget, not the count, stops the sampling.

@@ -239,3 +239,24 @@ def test_sampling_waves_shrink_to_the_token_budget_left(algorithm, limit):
     spent = result.accounting.generated_tokens
     assert limit <= spent < limit + solution_tokens
     assert result.accounting.simulations >= limit // solution_tokens  # the budget, not the wave, stopped it
+
+
+def test_path_mean_answer_prefers_a_path_that_is_good_all_the_way():
+    from treesearch.search.answer import select_answer
+    from treesearch.tasks import Task
+    from treesearch.tree import Tree
+
+    # A: a poor first step (.2) to a terminal valued .9; B: .7 then a terminal valued .8
+    tree = Tree()
+    a, b = (int(k) for k in tree.add_children(0, ["a\n", "b\n"]))
+    (ta,) = tree.add_children(a, ["The answer is 1."], terminal=[True], answers=["1"])
+    (tb,) = tree.add_children(b, ["The answer is 2."], terminal=[True], answers=["2"])
+    tree.critic_value[[a, ta, b, tb]] = [0.2, 0.9, 0.7, 0.8]
+    by_value = select_answer(tree, Task(), "value")
+    by_path = select_answer(tree, Task(), "path_mean")
+    assert (by_value.answer, by_value.value) == ("1", pytest.approx(0.9))
+    assert (by_path.answer, by_path.node, by_path.value) == ("2", int(tb), pytest.approx(0.75))
+    assert by_path.candidates == {"1": pytest.approx(0.55), "2": pytest.approx(0.75)}
+    # steps without critic values (a sampler's tree) fall back to the terminal's value
+    tree.critic_value[[a, b]] = np.nan
+    assert select_answer(tree, Task(), "path_mean").answer == "1"

@@ -54,7 +54,7 @@ def run(simulations, **options):
     # the classic MCTS* golden: children fixed after the first expansion (no widening),
     # mean backup, raw Q
     config = dict(root_expansions=3, expansions=2, c_puct=1.0, prior="logprob", parallel_simulations=1,
-                  widening=False, backup="mean", q_transform="none")
+                  widening=False, backup="mean", q_transform="none", answer_selection="value")
     config.update(options)
     (result,) = treesearch.search(
         [{"id": "golden", "question": "q", "gold": "7"}],

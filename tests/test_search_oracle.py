@@ -237,7 +237,7 @@ def test_parse_arm_and_values():
     name, arm = so.parse_arm("mcts_c2=mcts:c_puct=2,expansions=3,terminal_gate=none")
     assert name == "mcts_c2" and arm.algorithm == "mcts"
     assert arm.options == {"c_puct": 2, "expansions": 3, "terminal_gate": None}
-    assert arm.selections == {"mcts_c2": "value"}
+    assert arm.selections == {"mcts_c2": "path_mean"}  # the algorithm's default answer selection
     assert so.parse_arm("b=beam")[1].selections == {"b": "value"}
     with pytest.raises(ValueError, match="unknown option"):
         so.parse_arm("x=mcts:no_such_option=1")

@@ -11,7 +11,7 @@ import numpy as np
 from treesearch.tasks import Task
 from treesearch.tree import Tree
 
-ANSWER_SELECTIONS = ("value", "majority", "weighted")
+ANSWER_SELECTIONS = ("value", "path_mean", "majority", "weighted")
 
 
 @dataclass
@@ -26,6 +26,9 @@ def select_answer(tree: Tree, task: Task, method: str = "value", backup: str = "
     """Pick the answer by `method`:
 
     - ``value``: the terminal node with the highest value (Q, else critic value)
+    - ``path_mean``: the terminal node whose path has the highest mean critic value over
+      its steps (a PRM-style score of the whole solution: one noisy value cannot carry a
+      path that went wrong earlier); where no step was scored, its value
     - ``majority``: the most frequent answer (ties: higher summed value)
     - ``weighted``: the answer with the highest summed value (a critic-weighted vote)
 
@@ -40,7 +43,9 @@ def select_answer(tree: Tree, task: Task, method: str = "value", backup: str = "
     if not nodes:
         return _no_answer(tree, backup)
     values = np.nan_to_num(np.asarray(tree.value(nodes, backup), dtype=np.float64), nan=0.0)
-    if method == "value":
+    if method == "path_mean":
+        values = np.array([_path_mean(tree, node, fallback) for node, fallback in zip(nodes, values)])
+    if method in ("value", "path_mean"):
         best = int(np.argmax(values))
         candidates: dict[str, float] = {}
         for node, v in zip(nodes, values):
@@ -66,6 +71,13 @@ def select_answer(tree: Tree, task: Task, method: str = "value", backup: str = "
         candidates = dict(sums)
     value, node = best_node[ranked]
     return AnswerChoice(tree.answer[node], node, value, candidates)
+
+
+def _path_mean(tree: Tree, node: int, fallback: float) -> float:
+    """Mean critic value of the steps from the root to `node` (`fallback` if none)."""
+    scored = tree.critic_value[tree.path(node)[1:]].astype(np.float64)
+    scored = scored[~np.isnan(scored)]
+    return float(scored.mean()) if scored.size else fallback
 
 
 def _no_answer(tree: Tree, backup: str) -> AnswerChoice:

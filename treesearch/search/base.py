@@ -28,7 +28,7 @@ class SearchConfig:
     - temperature, top_p: sampling of steps (greedy parts always use temperature 0)
     - max_step_tokens: token limit of one step; max_solution_tokens: of a whole completion
     - max_depth: steps from the root after which a path is cut off (closed, no answer)
-    - answer_selection: "value", "majority" or "weighted" (see `select_answer`)
+    - answer_selection: "value", "path_mean", "majority" or "weighted" (see `select_answer`)
     - seed: base seed; each request derives its own from it (None: nondeterministic)
 
     These dataclasses hold the one set of defaults: the CLI's `configs/search/*.yaml`

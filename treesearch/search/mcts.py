@@ -54,7 +54,8 @@ class MCTSConfig(SearchConfig):
     """MCTS* options. The defaults were chosen on the controlled benchmark
     (`benchmarks/search_oracle.py`, BENCHMARKS.md): one step per expansion, widened
     when the critic says no child is good enough; one simulation per tree at a time
-    (batches come from many trees); max backup and min-max normalised Q."""
+    (batches come from many trees); max backup and min-max normalised Q; the answer of
+    the terminal whose steps have the best mean critic value."""
 
     expansions: int = 1
     root_expansions: int = 1
@@ -66,6 +67,7 @@ class MCTSConfig(SearchConfig):
     rollforward_steps: int = 0
     rollforward_weight: float = 0.5
     terminal_gate: Optional[float] = None
+    answer_selection: str = "path_mean"
     q_transform: str = "minmax"
     widening: bool = True
     widening_alpha: float = 0.5
