@@ -88,6 +88,13 @@ def best_child(node, first_child, next_sibling, closed, visits, virtual_loss, va
 
 
 @njit(cache=True, nogil=True)
+def allowed_samples(k, visits, alpha):
+    """Samples a node may have drawn after `visits` visits under progressive widening:
+    `ceil(k * max(visits, 1) ** alpha)`."""
+    return math.ceil(k * max(np.float64(visits), 1.0) ** alpha - 1e-9)
+
+
+@njit(cache=True, nogil=True)
 def should_widen(node, parent, first_child, next_sibling, can_widen, samples, visits, value_sum,
                  value_max, critic_value, max_backup, k0_root, k0, alpha, margin):
     """Whether expanded `node` should get more children now, if it may widen at all.
@@ -100,7 +107,7 @@ def should_widen(node, parent, first_child, next_sibling, can_widen, samples, vi
     own = np.float64(critic_value[node])
     if math.isnan(own):
         k = k0_root if parent[node] < 0 else k0
-        return samples[node] < math.ceil(k * max(np.float64(visits[node]), 1.0) ** alpha - 1e-9)
+        return samples[node] < allowed_samples(k, visits[node], alpha)
     if margin < 0:
         return False
     best = -np.inf

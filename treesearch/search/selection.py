@@ -23,7 +23,6 @@ or, for a node without a value (the root), when it has drawn fewer than
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -108,8 +107,7 @@ class Widening:
 
     def allowed_samples(self, visits: int, root: bool) -> int:
         """How many samples a node with `visits` may have drawn by now."""
-        k = self.k0_root if root else self.k0
-        return math.ceil(k * max(visits, 1) ** self.alpha - 1e-9)
+        return int(kernels.allowed_samples(float(self.k0_root if root else self.k0), visits, float(self.alpha)))
 
 
 @dataclass
