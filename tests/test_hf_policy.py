@@ -11,7 +11,8 @@ import torch
 
 from treesearch.models import load_causal_lm
 from treesearch.policy import Policy, make_policy
-from treesearch.policy.hf import HFPolicy, find_stop, split_completion, step_boundaries
+from treesearch.policy.hf import HFPolicy
+from treesearch.policy.steps import find_stop, split_completion, step_boundaries
 from treesearch.prompting import render_state
 from treesearch.types import Problem, SamplingParams, State
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from treesearch.policy import Policy, make_policy
-from treesearch.policy.hf import find_stop
+from treesearch.policy.steps import find_stop
 from treesearch.types import Problem, SamplingParams, State
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None

@@ -1,23 +1,28 @@
 """Policy backends behind one protocol.
 
-`make_policy("hf", ...)` builds the transformers backend (`HFPolicy`), `make_policy("vllm",
-...)` the vLLM one (`VLLMPolicy`, CUDA only); both are imported only when asked for.
+`make_policy("hf", ...)` builds the transformers backend (`HFPolicy`), `make_policy("openvino",
+...)` the OpenVINO GenAI one (`OpenVINOPolicy`, the fast CPU engine), `make_policy("vllm", ...)`
+the vLLM one (`VLLMPolicy`, CUDA only); each is imported only when asked for.
 `make_policy("python", factory="pkg.module:Factory", ...)` builds a user's own backend
 (anything with the Policy protocol's `expand` and `complete`) from the other options.
 """
 
 from treesearch.policy.base import ParamsArg, Policy, per_state_counts, per_state_params
 
-BACKENDS = ("hf", "vllm", "python")
+BACKENDS = ("hf", "openvino", "vllm", "python")
 
 
 def make_policy(backend: str = "hf", **kwargs) -> Policy:
-    """Build a policy backend by name ("hf", "vllm" or "python"); `kwargs` go to its
+    """Build a policy backend by name ("hf", "openvino", "vllm" or "python"); `kwargs` go to its
     constructor (for "python": `factory`, an import path, and the factory's options)."""
     if backend == "hf":
         from treesearch.policy.hf import HFPolicy
 
         return HFPolicy(**kwargs)
+    if backend == "openvino":
+        from treesearch.policy.openvino import OpenVINOPolicy
+
+        return OpenVINOPolicy(**kwargs)
     if backend == "vllm":
         from treesearch.policy.vllm import VLLMPolicy
 

@@ -9,11 +9,7 @@ Decoding is a small loop of our own rather than `model.generate`, for two reason
   token like "\\n\\n" or ".\\n"), with whitespace-only steps skipped, and finished
   sequences dropped from the batch at once.
 
-Step semantics shared with the vLLM backend (`step_from_tokens`, `split_completion`):
-a step's text ends with (and includes) the first stop string that follows some
-non-whitespace text; anything decoded after it is cut. `num_tokens`/`token_ids` are the
-tokens generated (the end-of-sequence token included when one was sampled) and
-`logprob` their summed log-probability under the model's unscaled distribution.
+Steps follow the semantics every backend shares (`treesearch.policy.steps`).
 """
 
 from __future__ import annotations
@@ -24,111 +20,15 @@ import inspect
 import random
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 import torch
 
 from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
+from treesearch.policy.steps import find_stop, finished_step, request_seed, split_completion
 from treesearch.prompting import render_state
 from treesearch.types import SamplingParams, State, Step
-
-# ----------------------------------------------------------------------------------------
-# Text-level helpers shared by the backends
-
-
-def find_stop(text: str, stops: Sequence[str]) -> Optional[int]:
-    """End offset of the first stop string in `text` that follows non-whitespace text
-    (so a step is never whitespace only), or None."""
-    if not stops:
-        return None
-    first = len(text) - len(text.lstrip())  # index of the first non-whitespace char
-    if first >= len(text):
-        return None
-    best = None
-    for stop in stops:
-        if not stop:
-            continue
-        pos = text.find(stop, first + 1)
-        if pos >= 0 and (best is None or pos + len(stop) < best):
-            best = pos + len(stop)
-    return best
-
-
-def step_boundaries(text: str, stops: Sequence[str]) -> list[int]:
-    """End offsets of the steps of `text` split at `stops` (each step keeps its stop
-    string; a whitespace-only tail joins the last step). The last offset is len(text)."""
-    ends: list[int] = []
-    start = 0
-    while True:
-        end = find_stop(text[start:], stops)
-        if end is None:
-            break
-        ends.append(start + end)
-        start += end
-    if not ends or text[start:].strip():
-        ends.append(len(text))
-    else:
-        ends[-1] = len(text)
-    return ends
-
-
-def token_char_ends(tokenizer: Any, token_ids: Sequence[int]) -> list[int]:
-    """For each token, the length of the text decoded up to and including it
-    (non-decreasing; special tokens add nothing)."""
-    if not token_ids:
-        return []
-    prefixes = [list(token_ids[: i + 1]) for i in range(len(token_ids))]
-    texts = tokenizer.batch_decode(prefixes, skip_special_tokens=True)
-    out, high = [], 0
-    for t in texts:
-        high = max(high, len(t))
-        out.append(high)
-    return out
-
-
-def split_completion(
-    tokenizer: Any,
-    text: str,
-    token_ids: Sequence[int],
-    logprobs: Sequence[float],
-    finish_reason: str,
-    stops: Sequence[str],
-) -> list[Step]:
-    """Split one completion into steps at `stops`. Each token goes to the step in which
-    its decoded text ends, so the steps' `num_tokens` add up to `len(token_ids)`. The
-    last step carries the completion's own finish reason ("eos" or "length")."""
-    bounds = step_boundaries(text, stops)
-    char_ends = token_char_ends(tokenizer, token_ids)
-    owner, k = [], 0
-    for end in char_ends:
-        while k < len(bounds) - 1 and end > bounds[k]:
-            k += 1
-        owner.append(k)
-    steps, start = [], 0
-    for k, end in enumerate(bounds):
-        idx = [i for i, o in enumerate(owner) if o == k]
-        last = k == len(bounds) - 1
-        steps.append(
-            Step(
-                text=text[start:end],
-                num_tokens=len(idx),
-                logprob=float(sum(logprobs[i] for i in idx)),
-                finish_reason=finish_reason if last else "stop",
-                token_ids=tuple(int(token_ids[i]) for i in idx),
-            )
-        )
-        start = end
-    return steps
-
-
-def request_seed(base: int, prompt_ids: Sequence[int], sample: int) -> int:
-    """A per-sample seed from the request seed, the prompt's tokens and the sample's
-    index among the samples of that prompt: results do not depend on batch composition."""
-    digest = zlib.crc32(repr(tuple(prompt_ids)).encode())
-    return (base * 1_000_003 + digest * 10_007 + sample) % (2**63 - 1)
-
 
 # ----------------------------------------------------------------------------------------
 # The backend
@@ -283,16 +183,7 @@ class HFPolicy(BackendCounters):
             return out
 
     def _step(self, row: _Row, stops: Sequence[str]) -> Step:
-        text = row.text
-        if row.finish == "stop":
-            text = text[: find_stop(text, stops)]
-        return Step(
-            text=text,
-            num_tokens=len(row.ids),
-            logprob=float(sum(row.logprobs)),
-            finish_reason=row.finish,
-            token_ids=tuple(row.ids),
-        )
+        return finished_step(row.text, row.ids, row.logprobs, row.finish, stops)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache, last_only: bool):
         kwargs = {self._cache_arg: cache, "use_cache": True}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
-from treesearch.policy.hf import find_stop, request_seed, split_completion
+from treesearch.policy.steps import find_stop, request_seed, split_completion
 from treesearch.prompting import render_state
 from treesearch.types import SamplingParams, State, Step
 

@@ -1,0 +1,397 @@
+"""The OpenVINO GenAI backend: continuous batching with prefix caching, for CPUs.
+
+One engine thread owns an `openvino_genai.ContinuousBatchingPipeline` (its calls are not
+re-entrant) and feeds it: every sample is one request with its own seed, added as soon as
+it arrives, so requests from many trees and many `expand` calls are decoded together and
+a request that finishes frees its slot at once. The pipeline's prefix cache serves the
+prompt blocks a parent state already computed.
+
+Steps have the semantics every backend shares (`treesearch.policy.steps`): prompts are
+rendered by `render_state` and tokenized by the model's Hugging Face tokenizer, as in the
+transformers backend; stop strings are matched by this backend on the decoded text after
+each generated token (the pipeline's own stop strings strip trailing newlines and match
+whitespace-only steps), and the sample is stopped there; `logprob` is the raw
+log-probability (the pipeline's `logprobs=1` mode, before temperature and top-p).
+
+Models are converted once to an IR folder by `treesearch.ir.convert`. With fp32 weights
+and fp32 inference the greedy steps equal `HFPolicy`'s; "int8" weights are faster and
+close but not identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import itertools
+import os
+import queue
+import random
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
+from treesearch.policy.steps import find_stop, finished_step, request_seed, split_completion
+from treesearch.prompting import render_state
+from treesearch.types import SamplingParams, State, Step
+
+INSTALL_HINT = "pip install openvino-genai (a dependency of treesearch)"
+# The CPU plugin's KV-cache block, in tokens: prefix caching reuses whole blocks.
+CPU_BLOCK_TOKENS = 32
+
+
+@dataclass
+class _Sample:
+    """One request: a prompt, its generation settings and what came back so far."""
+
+    prompt: list[int]
+    config: Any  # openvino_genai.GenerationConfig
+    stops: tuple[str, ...]
+    max_new_tokens: int
+    future: concurrent.futures.Future
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    finish: Optional[str] = None
+    handle: Any = None
+
+
+class OpenVINOPolicy(BackendCounters):
+    """A `Policy` on OpenVINO GenAI's continuous-batching pipeline (CPU).
+
+    `model`: "smollm2", a Hugging Face folder (e.g. a `train_sft` checkpoint) or an IR
+    folder; converted once (`treesearch.ir.convert.ir_folder`). `weights`: "fp32"
+    (exact), "fp16" or "int8". `threads`: the inference thread count. `cache_gb`: the KV
+    cache's size. `max_batch_size`: the most sequences decoded at once. `precision`: the
+    CPU's inference precision ("f32" keeps parity with transformers; "bf16" is faster on
+    CPUs that have it).
+
+    Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated: prompt tokens
+    outside the whole cached blocks of earlier prompts), `generated_tokens`, `calls`,
+    `model_seconds` (time in the pipeline's steps).
+    """
+
+    COUNTERS = BackendCounters.COUNTERS + ("model_seconds",)
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike] = "smollm2",
+        *,
+        weights: str = "fp32",
+        threads: Optional[int] = None,
+        cache_gb: float = 1.0,
+        max_batch_size: int = 64,
+        precision: str = "f32",
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+    ):
+        try:
+            import openvino_genai
+        except ImportError as err:
+            raise ImportError(f"OpenVINOPolicy needs openvino-genai: {INSTALL_HINT}") from err
+        from treesearch.ir.convert import ir_folder
+        from treesearch.models import load_tokenizer
+
+        if max_batch_size < 1:
+            raise ValueError(f"OpenVINOPolicy.max_batch_size must be >= 1, got {max_batch_size}")
+        if cache_gb <= 0:
+            raise ValueError(f"OpenVINOPolicy.cache_gb must be > 0, got {cache_gb}")
+        self.folder = ir_folder(model, weights, cache_dir)
+        self.tokenizer = load_tokenizer(self.folder)
+        self.eos_ids = _eos_ids(self.folder, self.tokenizer)
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.enable_prefix_caching = True
+        scheduler.cache_size = max(1, int(round(cache_gb)))
+        scheduler.max_num_seqs = int(max_batch_size)
+        scheduler.max_num_batched_tokens = max(scheduler.max_num_batched_tokens, 2048)
+        properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "KV_CACHE_PRECISION": "f32"}
+        if threads:
+            properties["INFERENCE_NUM_THREADS"] = int(threads)
+        start = time.perf_counter()
+        pipeline = openvino_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, "CPU", properties)
+        self.load_seconds = time.perf_counter() - start
+        self._genai = openvino_genai
+        self._prefix = _PrefixEstimate(_cache_blocks(self.folder, scheduler.cache_size))
+        self._engine = _Engine(pipeline, self.tokenizer, self.eos_ids)
+        self.reset_counters()
+
+    @property
+    def model_seconds(self) -> float:
+        return self._engine.step_seconds
+
+    @model_seconds.setter
+    def model_seconds(self, value: float) -> None:
+        self._engine.step_seconds = value
+
+    def shutdown(self) -> None:
+        """Stop the engine thread (pending requests fail) and free the pipeline."""
+        self._engine.close()
+
+    # -- Policy protocol ------------------------------------------------------------------
+
+    async def expand(
+        self, states: Sequence[State], n: Union[int, Sequence[int]], params: ParamsArg
+    ) -> list[list[Step]]:
+        """For each state, `n` (or `n[i]`) samples of the next step, in order, sampled with
+        `params` (or `params[i]`)."""
+        counts = per_state_counts(states, n)
+        per_state = per_state_params(states, params)
+        self.calls += 1
+        jobs = [self._expand_one(s, c, p) for s, c, p in zip(states, counts, per_state)]
+        return list(await asyncio.gather(*jobs))
+
+    async def complete(self, states: Sequence[State], params: ParamsArg) -> list[list[Step]]:
+        """For each state, one completion to EOS or `max_new_tokens`, split into steps."""
+        per_state = per_state_params(states, params)
+        self.calls += 1
+        jobs = [self._complete_one(s, p) for s, p in zip(states, per_state)]
+        return list(await asyncio.gather(*jobs))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _encode(self, state: State) -> list[int]:
+        text = render_state(self.tokenizer, state)
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and text.startswith(bos))
+        ids = list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+        if not ids:
+            raise ValueError(f"state of problem {state.problem.id!r} renders to no tokens")
+        return ids
+
+    def _config(self, params: SamplingParams, seed: int):
+        config = self._genai.GenerationConfig()
+        config.max_new_tokens = int(params.max_new_tokens)
+        config.logprobs = 1  # raw log-probabilities of the sampled tokens
+        config.stop_token_ids = set(self.eos_ids)
+        if params.greedy:
+            config.do_sample = False
+        else:
+            config.do_sample = True
+            config.temperature = float(params.temperature)
+            config.top_p = float(params.top_p)
+            config.rng_seed = int(seed) % (2**32)
+        return config
+
+    def _submit(self, prompt: list[int], params: SamplingParams, seed: int, stops: Sequence[str]):
+        sample = _Sample(prompt, self._config(params, seed), tuple(stops), int(params.max_new_tokens),
+                         concurrent.futures.Future())
+        self._engine.submit(sample)
+        return asyncio.wrap_future(sample.future)
+
+    def _account_prompt(self, prompt: list[int], samples: int) -> int:
+        encoded = self._prefix.encode(prompt)
+        self.prompt_tokens_naive += len(prompt) * samples
+        self.prompt_tokens_encoded += encoded
+        return encoded
+
+    async def _expand_one(self, state: State, count: int, params: SamplingParams) -> list[Step]:
+        prompt = self._encode(state)
+        base = params.seed if params.seed is not None else random.SystemRandom().getrandbits(62)
+        encoded = self._account_prompt(prompt, count)
+        draws = 1 if params.greedy else count  # greedy samples are all the same
+        futures = [self._submit(prompt, params, request_seed(base, prompt, j), params.stop) for j in range(draws)]
+        samples = list(await asyncio.gather(*futures))
+        steps = [finished_step(s.text, s.ids, s.logprobs, s.finish, params.stop) for s in samples]
+        if params.greedy:
+            steps = steps * count
+        self.generated_tokens += sum(s.num_tokens for s in steps)
+        steps[0] = _with_prompt_tokens(steps[0], encoded)
+        return steps
+
+    async def _complete_one(self, state: State, params: SamplingParams) -> list[Step]:
+        prompt = self._encode(state)
+        base = params.seed if params.seed is not None else random.SystemRandom().getrandbits(62)
+        encoded = self._account_prompt(prompt, 1)
+        sample = await self._submit(prompt, params, request_seed(base, prompt, 0), ())
+        self.generated_tokens += len(sample.ids)
+        steps = split_completion(self.tokenizer, sample.text, sample.ids, sample.logprobs, sample.finish, params.stop)
+        steps[0] = _with_prompt_tokens(steps[0], encoded)
+        return steps
+
+
+def _with_prompt_tokens(step: Step, tokens: int) -> Step:
+    return dataclasses.replace(step, prompt_tokens=tokens)
+
+
+class _Engine:
+    """The thread that owns the pipeline: adds requests as they arrive, steps the
+    pipeline while any is running, reads each request's new tokens after every step and
+    ends a request at its stop string, end of sequence or token limit."""
+
+    def __init__(self, pipeline: Any, tokenizer: Any, eos_ids: set[int]):
+        import numpy as np
+        import openvino as ov
+
+        self._np, self._ov = np, ov
+        self.pipeline = pipeline
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.step_seconds = 0.0
+        self._inbox: "queue.SimpleQueue[Optional[_Sample]]" = queue.SimpleQueue()
+        self._ids = itertools.count()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="openvino-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, sample: _Sample) -> None:
+        if self._closed:
+            raise RuntimeError("OpenVINOPolicy was shut down")
+        self._inbox.put(sample)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._inbox.put(None)
+            self._thread.join(timeout=60)
+            self.pipeline = None
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        running: dict[int, _Sample] = {}
+        while True:
+            try:
+                item = self._inbox.get(block=not running)
+                while True:
+                    if item is None:
+                        self._fail(running.values(), RuntimeError("OpenVINOPolicy was shut down"))
+                        self._drain()
+                        return
+                    self._add(item, running)
+                    item = self._inbox.get_nowait()
+            except queue.Empty:
+                pass
+            if not running:
+                continue
+            start = time.perf_counter()
+            try:
+                self.pipeline.step()
+            except Exception as err:  # the engine failed: fail what it held, keep serving
+                self._fail(running.values(), RuntimeError(f"OpenVINO pipeline step failed: {err}"))
+                running.clear()
+                continue
+            finally:
+                self.step_seconds += time.perf_counter() - start
+            for key in list(running):
+                if self._advance(running[key]):
+                    del running[key]
+
+    def _add(self, sample: _Sample, running: dict[int, _Sample]) -> None:
+        if sample.future.cancelled():
+            return
+        key = next(self._ids)
+        try:
+            tensor = self._ov.Tensor(self._np.asarray([sample.prompt], dtype=self._np.int64))
+            sample.handle = self.pipeline.add_request(key, tensor, sample.config)
+        except Exception as err:
+            sample.future.set_exception(RuntimeError(f"OpenVINO rejected a request: {err}"))
+            return
+        running[key] = sample
+
+    def _advance(self, sample: _Sample) -> bool:
+        """Take the sample's new tokens; True once it has finished (its future is set)."""
+        genai = sample.handle
+        while genai.can_read():
+            for output in genai.read().values():
+                for token, logprob in zip(output.generated_ids, output.generated_log_probs):
+                    if sample.finish is None:
+                        self._take(sample, int(token), float(logprob))
+        if sample.finish is None and self._stopped(genai):
+            sample.finish = "length" if len(sample.ids) >= sample.max_new_tokens else "eos"
+            if not sample.ids:
+                sample.future.set_exception(RuntimeError(f"OpenVINO dropped a request ({genai.get_status()})"))
+                return True
+        if sample.finish is None:
+            return False
+        if not self._stopped(genai):
+            genai.stop()  # our stop string: free its slot now
+        sample.text = self.tokenizer.decode(sample.ids, skip_special_tokens=True)
+        if not sample.future.cancelled():
+            sample.future.set_result(sample)
+        return True
+
+    def _take(self, sample: _Sample, token: int, logprob: float) -> None:
+        """HFPolicy's per-token rule: end of sequence, else a valid stop string in the
+        decoded text, else the token limit."""
+        sample.ids.append(token)
+        sample.logprobs.append(logprob)
+        if token in self.eos_ids:
+            sample.finish = "eos"
+        elif sample.stops and find_stop(self.tokenizer.decode(sample.ids, skip_special_tokens=True), sample.stops) is not None:
+            sample.finish = "stop"
+        elif len(sample.ids) >= sample.max_new_tokens:
+            sample.finish = "length"
+
+    def _stopped(self, handle: Any) -> bool:
+        import openvino_genai
+
+        return handle.get_status() != openvino_genai.GenerationStatus.RUNNING
+
+    @staticmethod
+    def _fail(samples, error: Exception) -> None:
+        for sample in samples:
+            if not sample.future.done():
+                sample.future.set_exception(error)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self._fail([item], RuntimeError("OpenVINOPolicy was shut down"))
+
+
+class _PrefixEstimate:
+    """Which prompt tokens the pipeline's prefix cache likely serves: whole blocks of
+    earlier prompts, least recently used first out (the pipeline does not report it)."""
+
+    def __init__(self, capacity_blocks: int):
+        self.capacity = max(1, capacity_blocks)
+        self._blocks: "OrderedDict[int, None]" = OrderedDict()
+
+    def encode(self, prompt: list[int]) -> int:
+        """Prompt tokens to prefill for `prompt`; remembers its blocks."""
+        cached, reusing = 0, True
+        for end in range(CPU_BLOCK_TOKENS, len(prompt) + 1, CPU_BLOCK_TOKENS):
+            key = hash(tuple(prompt[:end]))
+            if reusing and key in self._blocks:
+                cached = end
+                self._blocks.move_to_end(key)
+            else:
+                reusing = False
+                self._blocks[key] = None
+        while len(self._blocks) > self.capacity:
+            self._blocks.popitem(last=False)
+        return len(prompt) - cached
+
+
+def _eos_ids(folder, tokenizer) -> set[int]:
+    import json
+    from pathlib import Path
+
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id,):
+        if value is not None:
+            ids.add(int(value))
+    path = Path(folder) / "generation_config.json"
+    if path.is_file():
+        value = json.loads(path.read_text()).get("eos_token_id")
+        ids.update([value] if isinstance(value, int) else (value or []))
+    return ids
+
+
+def _cache_blocks(folder, cache_gb: int) -> int:
+    """How many KV blocks `cache_gb` holds for the model in `folder` (fp32 keys and values)."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    per_token = 2 * config["num_hidden_layers"] * kv_heads * head_dim * 4
+    return int(cache_gb * 2**30 // (per_token * CPU_BLOCK_TOKENS))
