@@ -3,11 +3,9 @@ check on the real SmolLM2."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 import pytest
-import torch
 
 from treesearch.models import load_causal_lm
 from treesearch.policy import Policy, make_policy
@@ -16,29 +14,7 @@ from treesearch.policy.steps import find_stop, split_completion, step_boundaries
 from treesearch.prompting import render_state
 from treesearch.types import Problem, SamplingParams, State
 
-QUESTIONS = [
-    "What is 2 + 3?",
-    "Tom has 4 apples and eats one. How many are left?",
-    "A train goes 60 miles per hour for 2 hours. How far does it go?",
-    "What is 7 times 6?",
-    "Sara buys 3 pens at $2 each. How much does she pay?",
-    "What is half of 18?",
-    "A box holds 12 eggs. How many eggs are in 3 boxes?",
-    "What is 100 minus 37?",
-]
-
-
-def make_state(i: int, steps: tuple[str, ...] = ()) -> State:
-    q = QUESTIONS[i % len(QUESTIONS)]
-    messages = [
-        {"role": "system", "content": "Solve step by step, one step per line."},
-        {"role": "user", "content": q},
-    ]
-    return State(problem=Problem(id=str(i), question=q), prompt=messages, steps=steps)
-
-
-def run(coro):
-    return asyncio.run(coro)
+from tests.policy_cases import ends_at_first_valid_stop, jolt, make_state, run
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +29,8 @@ def lively(tiny_model_dir) -> HFPolicy:
     model other tests share is left alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    model = jolt(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval())
     return HFPolicy((model, AutoTokenizer.from_pretrained(tiny_model_dir)))
-
-
-def ends_at_first_valid_stop(text: str, stops) -> bool:
-    """`text` ends with a stop string, and no stop string ends earlier after some
-    non-whitespace text (written out independently of `find_stop`)."""
-    if not any(text.endswith(s) for s in stops):
-        return False
-    for e in range(1, len(text)):
-        for s in stops:
-            start = e - len(s)
-            if start >= 0 and text[start:e] == s and text[:start].strip():
-                return False
-    return True
 
 
 # -- text helpers ---------------------------------------------------------------------

@@ -67,7 +67,7 @@ class OpenVINOPolicy(BackendCounters):
     (exact), "fp16" or "int8". `threads`: the inference thread count. `cache_gb`: the KV
     cache's size. `max_batch_size`: the most sequences decoded at once. `precision`: the
     CPU's inference precision ("f32" keeps parity with transformers; "bf16" is faster on
-    CPUs that have it).
+    CPUs that have it). `prefix_caching`: reuse the KV blocks of earlier prompts.
 
     Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated: prompt tokens
     outside the whole cached blocks of earlier prompts), `generated_tokens`, `calls`,
@@ -85,6 +85,7 @@ class OpenVINOPolicy(BackendCounters):
         cache_gb: float = 1.0,
         max_batch_size: int = 64,
         precision: str = "f32",
+        prefix_caching: bool = True,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
     ):
         try:
@@ -102,7 +103,7 @@ class OpenVINOPolicy(BackendCounters):
         self.tokenizer = load_tokenizer(self.folder)
         self.eos_ids = _eos_ids(self.folder, self.tokenizer)
         scheduler = openvino_genai.SchedulerConfig()
-        scheduler.enable_prefix_caching = True
+        scheduler.enable_prefix_caching = bool(prefix_caching)
         scheduler.cache_size = max(1, int(round(cache_gb)))
         scheduler.max_num_seqs = int(max_batch_size)
         scheduler.max_num_batched_tokens = max(scheduler.max_num_batched_tokens, 2048)
@@ -113,7 +114,7 @@ class OpenVINOPolicy(BackendCounters):
         pipeline = openvino_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, "CPU", properties)
         self.load_seconds = time.perf_counter() - start
         self._genai = openvino_genai
-        self._prefix = _PrefixEstimate(_cache_blocks(self.folder, scheduler.cache_size))
+        self._prefix = _PrefixEstimate(_cache_blocks(self.folder, scheduler.cache_size) if prefix_caching else 0)
         self._engine = _Engine(pipeline, self.tokenizer, self.eos_ids)
         self.reset_counters()
 
@@ -139,15 +140,30 @@ class OpenVINOPolicy(BackendCounters):
         counts = per_state_counts(states, n)
         per_state = per_state_params(states, params)
         self.calls += 1
-        jobs = [self._expand_one(s, c, p) for s, c, p in zip(states, counts, per_state)]
-        return list(await asyncio.gather(*jobs))
+        plans = [self._plan(s, c, p, p.stop) for s, c, p in zip(states, counts, per_state)]
+        samples = await self._run(plans)
+        out = []
+        for ((_, encoded, count, p), _), drawn in zip(plans, samples):
+            steps = [finished_step(x.text, x.ids, x.logprobs, x.finish, p.stop) for x in drawn]
+            steps = steps * count if p.greedy else steps  # greedy samples are all the same
+            self.generated_tokens += sum(x.num_tokens for x in steps)
+            steps[0] = dataclasses.replace(steps[0], prompt_tokens=encoded)
+            out.append(steps)
+        return out
 
     async def complete(self, states: Sequence[State], params: ParamsArg) -> list[list[Step]]:
         """For each state, one completion to EOS or `max_new_tokens`, split into steps."""
         per_state = per_state_params(states, params)
         self.calls += 1
-        jobs = [self._complete_one(s, p) for s, p in zip(states, per_state)]
-        return list(await asyncio.gather(*jobs))
+        plans = [self._plan(s, 1, p, ()) for s, p in zip(states, per_state)]
+        samples = await self._run(plans)
+        out = []
+        for ((_, encoded, _, p), _), [x] in zip(plans, samples):
+            self.generated_tokens += len(x.ids)
+            steps = split_completion(self.tokenizer, x.text, x.ids, x.logprobs, x.finish, p.stop)
+            steps[0] = dataclasses.replace(steps[0], prompt_tokens=encoded)
+            out.append(steps)
+        return out
 
     # -- internals ------------------------------------------------------------------------
 
@@ -174,45 +190,31 @@ class OpenVINOPolicy(BackendCounters):
             config.rng_seed = int(seed) % (2**32)
         return config
 
-    def _submit(self, prompt: list[int], params: SamplingParams, seed: int, stops: Sequence[str]):
-        sample = _Sample(prompt, self._config(params, seed), tuple(stops), int(params.max_new_tokens),
-                         concurrent.futures.Future())
-        self._engine.submit(sample)
-        return asyncio.wrap_future(sample.future)
-
-    def _account_prompt(self, prompt: list[int], samples: int) -> int:
+    def _plan(self, state: State, count: int, params: SamplingParams, stops: Sequence[str]):
+        """One state's requests: (prompt, prompt tokens to prefill, count, params) and the
+        samples to draw (one per sample, seeded by prompt and index; one for greedy)."""
+        prompt = self._encode(state)
         encoded = self._prefix.encode(prompt)
-        self.prompt_tokens_naive += len(prompt) * samples
+        self.prompt_tokens_naive += len(prompt) * count
         self.prompt_tokens_encoded += encoded
-        return encoded
-
-    async def _expand_one(self, state: State, count: int, params: SamplingParams) -> list[Step]:
-        prompt = self._encode(state)
         base = params.seed if params.seed is not None else random.SystemRandom().getrandbits(62)
-        encoded = self._account_prompt(prompt, count)
-        draws = 1 if params.greedy else count  # greedy samples are all the same
-        futures = [self._submit(prompt, params, request_seed(base, prompt, j), params.stop) for j in range(draws)]
-        samples = list(await asyncio.gather(*futures))
-        steps = [finished_step(s.text, s.ids, s.logprobs, s.finish, params.stop) for s in samples]
-        if params.greedy:
-            steps = steps * count
-        self.generated_tokens += sum(s.num_tokens for s in steps)
-        steps[0] = _with_prompt_tokens(steps[0], encoded)
-        return steps
+        draws = 1 if params.greedy else count
+        samples = [
+            _Sample(prompt, self._config(params, request_seed(base, prompt, j)), tuple(stops),
+                    int(params.max_new_tokens), concurrent.futures.Future())
+            for j in range(draws)
+        ]
+        return (prompt, encoded, count, params), samples
 
-    async def _complete_one(self, state: State, params: SamplingParams) -> list[Step]:
-        prompt = self._encode(state)
-        base = params.seed if params.seed is not None else random.SystemRandom().getrandbits(62)
-        encoded = self._account_prompt(prompt, 1)
-        sample = await self._submit(prompt, params, request_seed(base, prompt, 0), ())
-        self.generated_tokens += len(sample.ids)
-        steps = split_completion(self.tokenizer, sample.text, sample.ids, sample.logprobs, sample.finish, params.stop)
-        steps[0] = _with_prompt_tokens(steps[0], encoded)
-        return steps
-
-
-def _with_prompt_tokens(step: Step, tokens: int) -> Step:
-    return dataclasses.replace(step, prompt_tokens=tokens)
+    async def _run(self, plans) -> list[list[_Sample]]:
+        """Hand every request of one call to the engine at once (so they start in the same
+        step) and wait for them."""
+        groups = [samples for _, samples in plans]
+        self._engine.submit([x for g in groups for x in g])
+        for group in groups:
+            for x in group:
+                await asyncio.wrap_future(x.future)
+        return [[x.future.result() for x in g] for g in groups]
 
 
 class _Engine:
@@ -229,16 +231,17 @@ class _Engine:
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.step_seconds = 0.0
-        self._inbox: "queue.SimpleQueue[Optional[_Sample]]" = queue.SimpleQueue()
+        self._inbox: "queue.SimpleQueue[Optional[list[_Sample]]]" = queue.SimpleQueue()
         self._ids = itertools.count()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="openvino-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, sample: _Sample) -> None:
+    def submit(self, samples: list[_Sample]) -> None:
+        """Queue requests; they are added to the pipeline together, before its next step."""
         if self._closed:
             raise RuntimeError("OpenVINOPolicy was shut down")
-        self._inbox.put(sample)
+        self._inbox.put(samples)
 
     def close(self) -> None:
         if not self._closed:
@@ -259,7 +262,8 @@ class _Engine:
                         self._fail(running.values(), RuntimeError("OpenVINOPolicy was shut down"))
                         self._drain()
                         return
-                    self._add(item, running)
+                    for sample in item:
+                        self._add(sample, running)
                     item = self._inbox.get_nowait()
             except queue.Empty:
                 pass
@@ -342,7 +346,7 @@ class _Engine:
             except queue.Empty:
                 return
             if item is not None:
-                self._fail([item], RuntimeError("OpenVINOPolicy was shut down"))
+                self._fail(item, RuntimeError("OpenVINOPolicy was shut down"))
 
 
 class _PrefixEstimate:
@@ -350,7 +354,7 @@ class _PrefixEstimate:
     earlier prompts, least recently used first out (the pipeline does not report it)."""
 
     def __init__(self, capacity_blocks: int):
-        self.capacity = max(1, capacity_blocks)
+        self.capacity = capacity_blocks
         self._blocks: "OrderedDict[int, None]" = OrderedDict()
 
     def encode(self, prompt: list[int]) -> int:
@@ -364,7 +368,7 @@ class _PrefixEstimate:
             else:
                 reusing = False
                 self._blocks[key] = None
-        while len(self._blocks) > self.capacity:
+        while self._blocks and len(self._blocks) > self.capacity:
             self._blocks.popitem(last=False)
         return len(prompt) - cached
 
