@@ -63,6 +63,29 @@ class LMScorer:
             mask[i, : len(seq)] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def next_token_logits(self, sequences: Sequence[Sequence[int]]):
+        """The logits of the token after each sequence, [batch, vocab] (float32): the
+        batch is left-padded and only the last position goes through the LM head, which
+        is as fast as OpenVINO on these short scoring prompts (BENCHMARKS.md)."""
+        import inspect
+
+        import torch
+
+        width = max(len(s) for s in sequences)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            ids[i, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {}
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kwargs["logits_to_keep"] = 1
+        device = self.device
+        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **kwargs)
+        return out.logits[:, -1, :].float()
+
     def run_batched(self, fn: Callable[[list], list], items: Sequence) -> list:
         """`fn` over chunks of at most `max_batch_size` items, under no-grad."""
         import torch

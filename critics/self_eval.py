@@ -57,11 +57,8 @@ class SelfEvalCritic:
     def _forward(self, sequences: list[list[int]]) -> list[float]:
         import torch
 
-        ids, mask = self.lm.pad(sequences)
-        logits = self.lm.model(input_ids=ids, attention_mask=mask).logits
-        last = mask.sum(dim=1) - 1
-        rows = logits[torch.arange(len(sequences)), last]
-        pair = torch.stack([rows[:, self.yes_id], rows[:, self.no_id]], dim=1).float()
+        rows = self.lm.next_token_logits(sequences)
+        pair = torch.stack([rows[:, self.yes_id], rows[:, self.no_id]], dim=1)
         return torch.softmax(pair, dim=1)[:, 0].tolist()
 
     async def score(self, states: Sequence[State]) -> np.ndarray:

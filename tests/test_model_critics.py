@@ -41,7 +41,7 @@ def test_self_eval_is_a_probability_and_independent_of_batching(tiny):
     batched = run(critic.score(STATES))
     single = np.concatenate([run(critic.score([s])) for s in STATES])
     assert batched.shape == (4,) and ((batched > 0) & (batched < 1)).all()
-    assert np.allclose(batched, single, atol=1e-5)  # right padding does not change values
+    assert np.allclose(batched, single, atol=1e-5)  # padding does not change values
     # the value is the normalised P(Yes) at the end of the judging prompt
     ids = torch.tensor([critic.lm.encode(critic.judge_text(STATES[0]))])
     logits = tiny[0](input_ids=ids).logits[0, -1]

@@ -65,9 +65,9 @@ class OpenVINOPolicy(BackendCounters):
     `model`: "smollm2", a Hugging Face folder (e.g. a `train_sft` checkpoint) or an IR
     folder; converted once (`treesearch.ir.convert.ir_folder`). `weights`: "fp32"
     (exact), "fp16" or "int8". `threads`: the inference thread count. `cache_gb`: the KV
-    cache's size. `max_batch_size`: the most sequences decoded at once. `precision`: the
-    CPU's inference precision ("f32" keeps parity with transformers; "bf16" is faster on
-    CPUs that have it). `prefix_caching`: reuse the KV blocks of earlier prompts.
+    cache's size. `max_batch_size`: the most sequences decoded at once. `device`: "auto" or
+    "cpu". `dtype`: the CPU's inference precision, "auto"/"float32" (parity with
+    transformers) or "bfloat16" (faster on CPUs that have it). `prefix_caching`: reuse the KV blocks of earlier prompts.
 
     Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated: prompt tokens
     outside the whole cached blocks of earlier prompts), `generated_tokens`, `calls`,
@@ -84,7 +84,8 @@ class OpenVINOPolicy(BackendCounters):
         threads: Optional[int] = None,
         cache_gb: float = 1.0,
         max_batch_size: int = 64,
-        precision: str = "f32",
+        device: str = "auto",
+        dtype: Any = "auto",
         prefix_caching: bool = True,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
     ):
@@ -99,6 +100,8 @@ class OpenVINOPolicy(BackendCounters):
             raise ValueError(f"OpenVINOPolicy.max_batch_size must be >= 1, got {max_batch_size}")
         if cache_gb <= 0:
             raise ValueError(f"OpenVINOPolicy.cache_gb must be > 0, got {cache_gb}")
+        if str(device).lower() not in ("auto", "cpu"):
+            raise ValueError(f"the openvino backend runs on the CPU, not device={device!r}; use policy.backend=hf or vllm there")
         self.folder = ir_folder(model, weights, cache_dir)
         self.tokenizer = load_tokenizer(self.folder)
         self.eos_ids = _eos_ids(self.folder, self.tokenizer)
@@ -107,7 +110,7 @@ class OpenVINOPolicy(BackendCounters):
         scheduler.cache_size = max(1, int(round(cache_gb)))
         scheduler.max_num_seqs = int(max_batch_size)
         scheduler.max_num_batched_tokens = max(scheduler.max_num_batched_tokens, 2048)
-        properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "KV_CACHE_PRECISION": "f32"}
+        properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _precision(dtype), "KV_CACHE_PRECISION": "f32"}
         if threads:
             properties["INFERENCE_NUM_THREADS"] = int(threads)
         start = time.perf_counter()
@@ -371,6 +374,16 @@ class _PrefixEstimate:
         while self._blocks and len(self._blocks) > self.capacity:
             self._blocks.popitem(last=False)
         return len(prompt) - cached
+
+
+def _precision(dtype: Any) -> str:
+    """The CPU plugin's inference precision for a dtype name."""
+    name = str(dtype).replace("torch.", "").lower()
+    if name in ("auto", "none", "float32", "fp32", "f32"):
+        return "f32"
+    if name in ("bfloat16", "bf16"):
+        return "bf16"
+    raise ValueError(f"the openvino backend computes in float32 or bfloat16, not dtype={dtype!r}")
 
 
 def _eos_ids(folder, tokenizer) -> set[int]:
