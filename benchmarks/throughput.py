@@ -1,12 +1,19 @@
-"""Throughput of the transformers backend and of the engine around it, side by side.
+"""Throughput of the policy backends and of the engine around them, side by side.
 
     python benchmarks/throughput.py [--threads 2] [--repeats 3] [--sections ...] [--model smollm2]
-        [--overhead-tokens 1000] [--overhead-step-tokens 4] [--quick] [--out FILE.json]
+        [--overhead-tokens 1000] [--overhead-step-tokens 4] [--job-repeats 3] [--quick] [--out FILE.json]
 
 Sections (each ratio is measured in one run, same model, same machine):
-  generation  HFPolicy tokens/s at batch 1, 8, 32 (greedy, 64 new tokens, distinct GSM8K
-              questions), next to the same model's plain `generate` at the same batch size
-              (the ceiling the engine can approach)
+  generation  tokens/s at batch 1, 8, 32, 64 (greedy, 64 new tokens, distinct GSM8K
+              questions) of the OpenVINO backend (fp32 and int8 weights), HFPolicy, and
+              the same model's plain transformers `generate`, taking turns per batch size
+  tree        the tree pattern: 8 states x 8 samples of a 32-token step, then 8 samples
+              under each of 8 of those children (prompts that extend cached ones), for
+              the OpenVINO backend with and without prefix caching and HFPolicy
+  job         the embedded default job (`treesearch search`: MCTS*, self-eval critic, 4
+              GSM8K problems, 768 tokens each) with policy.backend=hf and 1 policy thread
+              (the previous default), hf with 2, and the default (auto: OpenVINO here),
+              taking turns; wall time and generated tokens/s of each run, and medians
   prefix      prompt tokens encoded per expansion with KV reuse vs re-encoding the prompt
               for every sample
   batching    a real MCTS* search over GSM8K problems with 32 trees in flight vs one tree
@@ -43,20 +50,24 @@ def states_for(task, problems):
     return [State(p, task.prompt(p)) for p in problems]
 
 
-def generation(policy, model, tokenizer, states, batch_sizes, repeats, new_tokens=64):
-    """tokens/s of HFPolicy.expand vs model.generate, same prompts and batch size."""
+def generation(engines, model, tokenizer, states, batch_sizes, repeats, new_tokens=64):
+    """tokens/s of each policy in `engines` (name -> Policy) and of plain `model.generate`,
+    same prompts and batch size, taking turns within each repeat."""
     from treesearch.prompting import render_state
 
     params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, stop=())
-    asyncio.run(policy.expand(states[:2], 1, SamplingParams(temperature=0, max_new_tokens=4)))  # warm-up
+    for policy in engines.values():  # warm-up
+        asyncio.run(policy.expand(states[:2], 1, SamplingParams(temperature=0, max_new_tokens=4)))
     rows = []
     for batch in batch_sizes:
-        ours, plain = [], []
+        rates: dict[str, list[float]] = {name: [] for name in engines}
+        rates["plain_generate"] = []
         for _ in range(repeats):
-            before = policy.generated_tokens
-            start = time.perf_counter()
-            asyncio.run(policy.expand(states[:batch], 1, params))
-            ours.append((policy.generated_tokens - before) / (time.perf_counter() - start))
+            for name, policy in engines.items():
+                before = policy.generated_tokens
+                start = time.perf_counter()
+                asyncio.run(policy.expand(states[:batch], 1, params))
+                rates[name].append((policy.generated_tokens - before) / (time.perf_counter() - start))
 
             tokenizer.padding_side = "left"
             enc = tokenizer([render_state(tokenizer, s) for s in states[:batch]], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -65,12 +76,82 @@ def generation(policy, model, tokenizer, states, batch_sizes, repeats, new_token
                 out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             new = out[:, enc["input_ids"].shape[1] :]
             produced = int((new != tokenizer.pad_token_id).sum())
-            plain.append(produced / (time.perf_counter() - start))
-        rows.append(
-            {"batch": batch, "hf_policy_tok_s": statistics.median(ours), "plain_generate_tok_s": statistics.median(plain)}
-        )
-        print(f"  batch {batch:>3}: HFPolicy {rows[-1]['hf_policy_tok_s']:7.1f} tok/s | plain generate {rows[-1]['plain_generate_tok_s']:7.1f} tok/s", flush=True)
+            rates["plain_generate"].append(produced / (time.perf_counter() - start))
+        row = {"batch": batch, **{f"{name}_tok_s": statistics.median(r) for name, r in rates.items()}}
+        rows.append(row)
+        print(f"  batch {batch:>3}: " + " | ".join(f"{name} {statistics.median(r):6.1f}" for name, r in rates.items()) + " tok/s", flush=True)
     return rows
+
+
+def tree(engines, states, repeats, samples=8, step_tokens=32):
+    """The tree pattern: `samples` samples of a step under each of 8 states, then under 8
+    of the children; generated tokens/s and prompt tokens prefilled, per engine."""
+    from dataclasses import replace
+
+    params = SamplingParams(temperature=0.8, max_new_tokens=step_tokens, stop=(), seed=0)
+    rows = []
+    for name, policy in engines.items():
+        rates, encoded, naive = [], 0, 0
+        for r in range(repeats):
+            roots = [replace(s, steps=(f"Step {r}: read the question.\n",)) for s in states[:8]]
+            before = dict(policy.stats())
+            start = time.perf_counter()
+            first = asyncio.run(policy.expand(roots, samples, params))
+            children = [replace(s, steps=s.steps + (steps[0].text,)) for s, steps in zip(roots, first)]
+            asyncio.run(policy.expand(children, samples, params))
+            seconds = time.perf_counter() - start
+            after = policy.stats()
+            rates.append((after["generated_tokens"] - before["generated_tokens"]) / seconds)
+            encoded += after["prompt_tokens_encoded"] - before["prompt_tokens_encoded"]
+            naive += after["prompt_tokens_naive"] - before["prompt_tokens_naive"]
+        rows.append({"engine": name, "tok_s": statistics.median(rates), "prompt_tokens_encoded": encoded / repeats,
+                     "prompt_tokens_naive": naive / repeats})
+        print(f"  {name:>22}: {rows[-1]['tok_s']:6.1f} tok/s, prompt tokens prefilled {encoded / repeats:.0f} of {naive / repeats:.0f}", flush=True)
+    return rows
+
+
+JOB_ARMS = {
+    "hf_threads1": ["policy.backend=hf", "policy.threads=1"],  # the previous default
+    "hf_threads2": ["policy.backend=hf", "policy.threads=2"],
+    "default": [],  # policy.backend=auto: OpenVINO on this CPU
+}
+
+
+def job(repeats, arms=JOB_ARMS):
+    """The embedded default `treesearch search` job per arm (config overrides), taking
+    turns, fresh run folders; the model is converted before the first run (its cost is
+    reported apart). Wall time and generated tokens/s per run, and their medians."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from treesearch.ir.convert import ir_folder
+
+    ir_folder("smollm2")
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
+    for r in range(repeats):
+        for name, overrides in arms.items():
+            out = Path(tempfile.mkdtemp(prefix=f"job-{name}-"))
+            command = [sys.executable, "-m", "treesearch.cli", "search", f"job.output_dir={out}", "job.progress=false", *overrides]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            seconds = time.perf_counter() - start
+            metrics = json.loads((out / "metrics.json").read_text())
+            session = metrics["last_session"]
+            tokens = metrics["generated_tokens"]["total"]
+            runs[name].append({"command_s": seconds, "wall_s": session["wall_seconds"], "tokens": tokens,
+                               "tok_s": tokens / session["wall_seconds"],
+                               "policy_call_s": session["policy"]["call_seconds"],
+                               "critic_call_s": session["critic"]["call_seconds"]})
+            print(f"  run {r + 1} {name:>12}: search wall {session['wall_seconds']:6.1f} s (command {seconds:6.1f} s), "
+                  f"{tokens} tokens, {tokens / session['wall_seconds']:5.1f} tok/s", flush=True)
+    summary = {name: {k: statistics.median(x[k] for x in rows) for k in rows[0]} for name, rows in runs.items()}
+    base, new = list(arms)[0], list(arms)[-1]
+    summary["wall_ratio"] = summary[base]["wall_s"] / summary[new]["wall_s"]
+    summary["command_ratio"] = summary[base]["command_s"] / summary[new]["command_s"]
+    print(f"  median search wall {base} / {new}: {summary['wall_ratio']:.2f}x (whole command {summary['command_ratio']:.2f}x)")
+    return {"arms": arms, "runs": runs, "summary": summary}
 
 
 def prefix(policy, states, samples=(4, 8)):
@@ -146,14 +227,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
-    parser.add_argument("--sections", default="generation,prefix,batching,overhead")
+    parser.add_argument("--sections", default=None, help="comma-separated; default all (all but job with --quick)")
     parser.add_argument("--model", default="smollm2", help="policy model (name, HF folder or hub id)")
     parser.add_argument("--overhead-tokens", type=int, default=1000, help="generated tokens per problem in the overhead job")
     parser.add_argument("--overhead-step-tokens", type=int, default=4, help="max tokens per step in the overhead job")
+    parser.add_argument("--job-repeats", type=int, default=3, help="runs of the default job per backend")
+    parser.add_argument("--no-openvino", action="store_true", help="leave the OpenVINO backend out")
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sections = set(args.sections.split(","))
+    everything = "generation,tree,prefix,batching,overhead" + ("" if args.quick else ",job")
+    sections = set((args.sections or everything).split(","))
+    known = {"generation", "tree", "prefix", "batching", "overhead", "job"}
+    if sections - known:
+        parser.error(f"unknown sections {sorted(sections - known)}; choose from {sorted(known)}")
 
     task = GSM8KTask()
     problems = task.load(limit=64)
@@ -161,6 +248,14 @@ def main(argv=None) -> dict:
     model, tokenizer = load_causal_lm(args.model, device="cpu", threads=args.threads)
     policy = HFPolicy((model, tokenizer), threads=args.threads, max_batch_size=64)
     repeats = 1 if args.quick else args.repeats
+    engines: dict = {}
+    if not args.no_openvino and sections & {"generation", "tree"}:
+        from treesearch.policy.openvino import OpenVINOPolicy
+
+        engines["openvino_fp32"] = OpenVINOPolicy(args.model, threads=args.threads, max_batch_size=64)
+        if not args.quick:
+            engines["openvino_int8"] = OpenVINOPolicy(args.model, weights="int8", threads=args.threads, max_batch_size=64)
+    engines["hf_policy"] = policy
     report = {
         "date": str(date.today()),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
@@ -168,7 +263,16 @@ def main(argv=None) -> dict:
     }
     if "generation" in sections:
         print("generation (greedy, 64 new tokens):")
-        report["generation"] = generation(policy, model, tokenizer, states, (1, 8) if args.quick else (1, 8, 32), repeats)
+        report["generation"] = generation(engines, model, tokenizer, states, (1, 8) if args.quick else (1, 8, 32, 64), repeats)
+    if "tree" in sections:
+        print("tree pattern (8 states x 8 samples, then 8 children x 8 samples, 32-token steps):")
+        tree_engines = dict(engines)
+        if "openvino_fp32" in engines:
+            from treesearch.policy.openvino import OpenVINOPolicy
+
+            tree_engines["openvino_fp32_no_prefix_cache"] = OpenVINOPolicy(
+                args.model, threads=args.threads, max_batch_size=64, prefix_caching=False)
+        report["tree"] = tree({k: tree_engines[k] for k in sorted(tree_engines)}, states, repeats)
     if "prefix" in sections:
         print("prefix reuse:")
         report["prefix"] = prefix(policy, states)
@@ -181,6 +285,12 @@ def main(argv=None) -> dict:
         print(f"engine overhead (MCTS*, {args.overhead_step_tokens}-token steps, zero-cost critic):")
         report["overhead"] = overhead(policy, task, problems[:8] if args.quick else problems,
                                       48 if args.quick else args.overhead_tokens, args.overhead_step_tokens)
+    if "job" in sections:
+        print("the embedded default job (treesearch search):")
+        report["job"] = job(args.job_repeats)
+    for engine in engines.values():
+        if hasattr(engine, "shutdown"):
+            engine.shutdown()
     from pathlib import Path
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

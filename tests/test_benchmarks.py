@@ -93,10 +93,18 @@ def test_scaling_quick_runs_real_jobs_on_simulated_engines(tmp_path):
     assert all(r["generated_tokens_per_s"] > 0 for r in rows)
 
 
-def test_throughput_quick_with_a_tiny_model(tmp_path, tiny_model_dir):
+def test_throughput_quick_with_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("TREESEARCH_CACHE", str(tmp_path / "cache"))  # the converted IR goes here
     report = load("throughput").main(["--quick", "--model", str(tiny_model_dir), "--threads", "1",
                                       "--out", str(tmp_path / "throughput.json")])
     assert [r["batch"] for r in report["generation"]] == [1, 8]
+    for row in report["generation"]:
+        assert row["openvino_fp32_tok_s"] > 0 and row["hf_policy_tok_s"] > 0 and row["plain_generate_tok_s"] > 0
+    tree = {r["engine"]: r for r in report["tree"]}
+    cached, uncached = tree["openvino_fp32"], tree["openvino_fp32_no_prefix_cache"]
+    assert cached["prompt_tokens_naive"] == uncached["prompt_tokens_naive"] == uncached["prompt_tokens_encoded"]
+    assert cached["prompt_tokens_encoded"] < uncached["prompt_tokens_encoded"]
+    assert "job" not in report
     assert all(r["ratio"] > 1 for r in report["prefix"])  # KV reuse encodes fewer prompt tokens
     assert report["batching"]["rows"][1]["mean_policy_batch"] > report["batching"]["rows"][0]["mean_policy_batch"]
     overhead = report["overhead"]

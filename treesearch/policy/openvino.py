@@ -69,8 +69,8 @@ class OpenVINOPolicy(BackendCounters):
     "cpu". `dtype`: the CPU's inference precision, "auto"/"float32" (parity with
     transformers) or "bfloat16" (faster on CPUs that have it). `prefix_caching`: reuse the KV blocks of earlier prompts.
 
-    Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated: prompt tokens
-    outside the whole cached blocks of earlier prompts), `generated_tokens`, `calls`,
+    Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated, as the pipeline
+    does not report it: see `_PrefixEstimate`), `generated_tokens`, `calls`,
     `model_seconds` (time in the pipeline's steps).
     """
 
@@ -117,7 +117,7 @@ class OpenVINOPolicy(BackendCounters):
         pipeline = openvino_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, "CPU", properties)
         self.load_seconds = time.perf_counter() - start
         self._genai = openvino_genai
-        self._prefix = _PrefixEstimate(_cache_blocks(self.folder, scheduler.cache_size) if prefix_caching else 0)
+        self._prefix = _PrefixEstimate(_cache_blocks(self.folder, scheduler.cache_size), bool(prefix_caching))
         self._engine = _Engine(pipeline, self.tokenizer, self.eos_ids)
         self.reset_counters()
 
@@ -197,11 +197,11 @@ class OpenVINOPolicy(BackendCounters):
         """One state's requests: (prompt, prompt tokens to prefill, count, params) and the
         samples to draw (one per sample, seeded by prompt and index; one for greedy)."""
         prompt = self._encode(state)
-        encoded = self._prefix.encode(prompt)
+        draws = 1 if params.greedy else count
+        encoded = self._prefix.encode(prompt, draws)
         self.prompt_tokens_naive += len(prompt) * count
         self.prompt_tokens_encoded += encoded
         base = params.seed if params.seed is not None else random.SystemRandom().getrandbits(62)
-        draws = 1 if params.greedy else count
         samples = [
             _Sample(prompt, self._config(params, request_seed(base, prompt, j)), tuple(stops),
                     int(params.max_new_tokens), concurrent.futures.Future())
@@ -353,15 +353,20 @@ class _Engine:
 
 
 class _PrefixEstimate:
-    """Which prompt tokens the pipeline's prefix cache likely serves: whole blocks of
-    earlier prompts, least recently used first out (the pipeline does not report it)."""
+    """Prompt tokens the pipeline prefills (it does not report them): with prefix caching,
+    whole blocks of earlier prompts are served from the cache (least recently used first
+    out) and further samples of one prompt recompute only its last, partial block; without
+    it, every sample prefills its whole prompt."""
 
-    def __init__(self, capacity_blocks: int):
+    def __init__(self, capacity_blocks: int, enabled: bool = True):
         self.capacity = capacity_blocks
+        self.enabled = enabled
         self._blocks: "OrderedDict[int, None]" = OrderedDict()
 
-    def encode(self, prompt: list[int]) -> int:
-        """Prompt tokens to prefill for `prompt`; remembers its blocks."""
+    def encode(self, prompt: list[int], draws: int) -> int:
+        """Prompt tokens prefilled for `draws` requests of `prompt`; remembers its blocks."""
+        if not self.enabled:
+            return len(prompt) * draws
         cached, reusing = 0, True
         for end in range(CPU_BLOCK_TOKENS, len(prompt) + 1, CPU_BLOCK_TOKENS):
             key = hash(tuple(prompt[:end]))
@@ -373,7 +378,9 @@ class _PrefixEstimate:
                 self._blocks[key] = None
         while self._blocks and len(self._blocks) > self.capacity:
             self._blocks.popitem(last=False)
-        return len(prompt) - cached
+        cached = min(cached, len(prompt) - 1)  # the last token is always computed
+        tail = len(prompt) - (len(prompt) - 1) // CPU_BLOCK_TOKENS * CPU_BLOCK_TOKENS
+        return len(prompt) - cached + (draws - 1) * tail
 
 
 def _precision(dtype: Any) -> str:
