@@ -11,9 +11,10 @@ Sections (each ratio is measured in one run, same model, same machine):
               under each of 8 of those children (prompts that extend cached ones), for
               the OpenVINO backend with and without prefix caching and HFPolicy
   job         the embedded default job (`treesearch search`: MCTS*, self-eval critic, 4
-              GSM8K problems, 768 tokens each) with policy.backend=hf and 1 policy thread
-              (the previous default), hf with 2, and the default (auto: OpenVINO here),
-              taking turns; wall time and generated tokens/s of each run, and medians
+              GSM8K problems, 768 tokens each) with policy.backend=hf and 1 thread per
+              actor (the previous default), hf with the default threads (2 per actor),
+              and the default (auto: OpenVINO here), taking turns; wall time and
+              generated tokens/s of each run, and medians
   prefix      prompt tokens encoded per expansion with KV reuse vs re-encoding the prompt
               for every sample
   batching    a real MCTS* search over GSM8K problems with 32 trees in flight vs one tree
@@ -111,8 +112,9 @@ def tree(engines, states, repeats, samples=8, step_tokens=32):
 
 
 JOB_ARMS = {
-    "hf_threads1": ["policy.backend=hf", "policy.threads=1"],  # the previous default
-    "hf_threads2": ["policy.backend=hf", "policy.threads=2"],
+    # the previous default: transformers, 1 thread for the policy actor and 1 for the critic
+    "hf_threads1": ["policy.backend=hf", "policy.threads=1", "critic.threads=1"],
+    "hf_threads2": ["policy.backend=hf"],  # transformers with today's thread settings (2 and 2)
     "default": [],  # policy.backend=auto: OpenVINO on this CPU
 }
 

@@ -260,6 +260,23 @@ def test_many_concurrent_calls_and_accounting(pair):
     assert engine.model_seconds > 0
 
 
+def test_a_cancelled_call_frees_the_engine(pair):
+    """A caller that gives up (a timeout) does not wedge the engine: its requests are
+    stopped and the next call is served."""
+    import asyncio
+
+    engine, _ = pair
+    long = SamplingParams(temperature=1.0, max_new_tokens=400, seed=0)
+
+    async def give_up():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(engine.expand([make_state(i) for i in range(4)], 2, long), timeout=0.05)
+
+    run(give_up())
+    [[step]] = run(engine.expand([make_state(0)], 1, SamplingParams(temperature=0, max_new_tokens=4)))
+    assert step.num_tokens <= 4
+
+
 def test_shutdown_refuses_new_work(lively_dir, tmp_path):
     engine = make_policy("openvino", model=str(lively_dir), threads=1, cache_dir=str(tmp_path))
     run(engine.expand([make_state(0)], 1, SamplingParams(temperature=0, max_new_tokens=3)))

@@ -86,13 +86,23 @@ def weights(folder) -> dict:
 
 
 def policy_generates(folder) -> None:
+    """The trained folder loads as a policy on transformers, and converts to and runs on
+    OpenVINO with the same greedy step (a self-training round's new policy)."""
     from treesearch.policy.hf import HFPolicy
+    from treesearch.policy.openvino import OpenVINOPolicy
 
     policy = HFPolicy(str(folder), device="cpu")
     state = State(Problem("q", "What is 1 + 1?"), [SYSTEM, {"role": "user", "content": "What is 1 + 1?"}])
     steps = asyncio.run(policy.expand([state], 2, SamplingParams(temperature=1.0, max_new_tokens=6, stop=("\n",), seed=0)))
     assert len(steps) == 1 and len(steps[0]) == 2
     assert all(s.num_tokens >= 1 for s in steps[0])
+    engine = OpenVINOPolicy(str(folder), threads=1, cache_dir=str(folder.parent / "ir-cache"))
+    try:
+        greedy = SamplingParams(temperature=0, max_new_tokens=8, stop=("\n",))
+        [[ours]], [[theirs]] = (asyncio.run(p.expand([state], 1, greedy)) for p in (engine, policy))
+        assert ours.token_ids == theirs.token_ids
+    finally:
+        engine.shutdown()
 
 
 # ----------------------------------------------------------------------------------------

@@ -105,6 +105,9 @@ class HFPolicy(BackendCounters):
             ids.update([value] if isinstance(value, int) else value)
         return ids
 
+    def shutdown(self) -> None:
+        """Nothing to stop (the engine has no thread); the other backends need it."""
+
     # -- Policy protocol ------------------------------------------------------------------
 
     async def expand(

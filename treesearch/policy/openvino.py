@@ -65,13 +65,14 @@ class OpenVINOPolicy(BackendCounters):
     `model`: "smollm2", a Hugging Face folder (e.g. a `train_sft` checkpoint) or an IR
     folder; converted once (`treesearch.ir.convert.ir_folder`). `weights`: "fp32"
     (exact), "fp16" or "int8". `threads`: the inference thread count. `cache_gb`: the KV
-    cache's size. `max_batch_size`: the most sequences decoded at once. `device`: "auto" or
+    cache's size in GiB (whole, at least 1). `max_batch_size`: the most sequences decoded at once. `device`: "auto" or
     "cpu". `dtype`: the CPU's inference precision, "auto"/"float32" (parity with
     transformers) or "bfloat16" (faster on CPUs that have it). `prefix_caching`: reuse the KV blocks of earlier prompts.
 
     Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated, as the pipeline
     does not report it: see `_PrefixEstimate`), `generated_tokens`, `calls`,
-    `model_seconds` (time in the pipeline's steps).
+    `model_seconds` (time in the pipeline's steps). A request whose caller is cancelled
+    is stopped at the next step; one that fails fails alone.
     """
 
     COUNTERS = BackendCounters.COUNTERS + ("model_seconds",)
@@ -282,7 +283,14 @@ class _Engine:
             finally:
                 self.step_seconds += time.perf_counter() - start
             for key in list(running):
-                if self._advance(running[key]):
+                sample = running[key]
+                try:
+                    done = self._advance(sample)
+                except Exception as err:  # one bad request fails alone
+                    self._fail([sample], RuntimeError(f"OpenVINO request failed: {err}"))
+                    self._release(sample)
+                    done = True
+                if done:
                     del running[key]
 
     def _add(self, sample: _Sample, running: dict[int, _Sample]) -> None:
@@ -298,8 +306,12 @@ class _Engine:
         running[key] = sample
 
     def _advance(self, sample: _Sample) -> bool:
-        """Take the sample's new tokens; True once it has finished (its future is set)."""
+        """Take the sample's new tokens; True once it has finished (its future is set) or
+        its caller has gone (cancelled)."""
         genai = sample.handle
+        if sample.future.cancelled():
+            self._release(sample)
+            return True
         while genai.can_read():
             for output in genai.read().values():
                 for token, logprob in zip(output.generated_ids, output.generated_log_probs):
@@ -308,12 +320,13 @@ class _Engine:
         if sample.finish is None and self._stopped(genai):
             sample.finish = "length" if len(sample.ids) >= sample.max_new_tokens else "eos"
             if not sample.ids:
-                sample.future.set_exception(RuntimeError(f"OpenVINO dropped a request ({genai.get_status()})"))
+                self._fail([sample], RuntimeError(
+                    f"OpenVINO dropped a request of {len(sample.prompt)} prompt tokens ({genai.get_status()}); "
+                    "a request that does not fit the KV cache needs a larger policy.cache_gb"))
                 return True
         if sample.finish is None:
             return False
-        if not self._stopped(genai):
-            genai.stop()  # our stop string: free its slot now
+        self._release(sample)  # our stop string: free its slot now
         sample.text = self.tokenizer.decode(sample.ids, skip_special_tokens=True)
         if not sample.future.cancelled():
             sample.future.set_result(sample)
@@ -330,6 +343,11 @@ class _Engine:
             sample.finish = "stop"
         elif len(sample.ids) >= sample.max_new_tokens:
             sample.finish = "length"
+
+    def _release(self, sample: _Sample) -> None:
+        """Stop the sample's request in the pipeline if it is still running."""
+        if sample.handle is not None and not self._stopped(sample.handle):
+            sample.handle.stop()
 
     def _stopped(self, handle: Any) -> bool:
         import openvino_genai
