@@ -10,6 +10,8 @@ Sections (each ratio is measured in one run, same model, same machine):
   tree        the tree pattern: 8 states x 8 samples of a 32-token step, then 8 samples
               under each of 8 of those children (prompts that extend cached ones), for
               the OpenVINO backend with and without prefix caching and HFPolicy
+  mcts        an in-process MCTS* job per engine: default options, 32 GSM8K problems in
+              flight, 256 tokens each, a zero-cost critic (the policy engine is timed)
   job         the embedded default job (`treesearch search`: MCTS*, self-eval critic, 4
               GSM8K problems, 768 tokens each) with policy.backend=hf and 1 thread per
               actor (the previous default), hf with the default threads (2 per actor),
@@ -108,6 +110,28 @@ def tree(engines, states, repeats, samples=8, step_tokens=32):
         rows.append({"engine": name, "tok_s": statistics.median(rates), "prompt_tokens_encoded": encoded / repeats,
                      "prompt_tokens_naive": naive / repeats})
         print(f"  {name:>22}: {rows[-1]['tok_s']:6.1f} tok/s, prompt tokens prefilled {encoded / repeats:.0f} of {naive / repeats:.0f}", flush=True)
+    return rows
+
+
+def mcts(engines, task, problems, repeats, tokens_per_problem=256):
+    """Generated tokens/s of an in-process MCTS* job (the default options, 32 trees in
+    flight, a zero-cost critic so the policy engine is what is timed), per engine."""
+    from critics import as_critic
+
+    critic = as_critic(lambda s: 0.5)
+    rows = []
+    for name, policy in engines.items():
+        rates, walls = [], []
+        for _ in range(repeats):
+            runner = Runner(policy, critic, task, trees_in_flight=len(problems), max_batch_size=64)
+            start = time.perf_counter()
+            results = asyncio.run(runner.run(problems, "mcts", Budget(generated_tokens=tokens_per_problem)))
+            walls.append(time.perf_counter() - start)
+            rates.append(sum(r.accounting.generated_tokens for r in results) / walls[-1])
+        rows.append({"engine": name, "tok_s": statistics.median(rates), "wall_s": statistics.median(walls),
+                     "mean_policy_batch": runner.stats.policy.mean_batch_size})
+        print(f"  {name:>14}: {rows[-1]['tok_s']:6.1f} tok/s, {rows[-1]['wall_s']:6.1f} s "
+              f"(mean policy batch {rows[-1]['mean_policy_batch']:.1f})", flush=True)
     return rows
 
 
@@ -238,9 +262,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    everything = "generation,tree,prefix,batching,overhead" + ("" if args.quick else ",job")
+    everything = "generation,tree,mcts,prefix,batching,overhead" + ("" if args.quick else ",job")
     sections = set((args.sections or everything).split(","))
-    known = {"generation", "tree", "prefix", "batching", "overhead", "job"}
+    known = {"generation", "tree", "mcts", "prefix", "batching", "overhead", "job"}
     if sections - known:
         parser.error(f"unknown sections {sorted(sections - known)}; choose from {sorted(known)}")
 
@@ -251,7 +275,7 @@ def main(argv=None) -> dict:
     policy = HFPolicy((model, tokenizer), threads=args.threads, max_batch_size=64)
     repeats = 1 if args.quick else args.repeats
     engines: dict = {}
-    if not args.no_openvino and sections & {"generation", "tree"}:
+    if not args.no_openvino and sections & {"generation", "tree", "mcts"}:
         from treesearch.policy.openvino import OpenVINOPolicy
 
         engines["openvino_fp32"] = OpenVINOPolicy(args.model, threads=args.threads, max_batch_size=64)
@@ -275,6 +299,10 @@ def main(argv=None) -> dict:
             tree_engines["openvino_fp32_no_prefix_cache"] = OpenVINOPolicy(
                 args.model, threads=args.threads, max_batch_size=64, prefix_caching=False)
         report["tree"] = tree({k: tree_engines[k] for k in sorted(tree_engines)}, states, repeats)
+    if "mcts" in sections:
+        print("MCTS* job, default options, zero-cost critic:")
+        count = 8 if args.quick else 32
+        report["mcts"] = mcts(engines, task, problems[:count], repeats, 48 if args.quick else 256)
     if "prefix" in sections:
         print("prefix reuse:")
         report["prefix"] = prefix(policy, states)

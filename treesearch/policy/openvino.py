@@ -265,6 +265,7 @@ class _Engine:
                     if item is None:
                         self._fail(running.values(), RuntimeError("OpenVINOPolicy was shut down"))
                         self._drain()
+                        self._settle(running.values())
                         return
                     for sample in item:
                         self._add(sample, running)
@@ -343,6 +344,19 @@ class _Engine:
             sample.finish = "stop"
         elif len(sample.ids) >= sample.max_new_tokens:
             sample.finish = "length"
+
+    def _settle(self, samples, steps: int = 8) -> None:
+        """Stop what still runs and let the pipeline free the KV blocks of stopped
+        requests (it does so in a step) before it is destroyed."""
+        for sample in samples:
+            self._release(sample)
+        try:
+            for _ in range(steps):
+                if not self.pipeline.has_non_finished_requests():
+                    break
+                self.pipeline.step()
+        except Exception:  # shutting down: nothing left to serve
+            pass
 
     def _release(self, sample: _Sample) -> None:
         """Stop the sample's request in the pipeline if it is still running."""
