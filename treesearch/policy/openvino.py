@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence, Union
 
 from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
 from treesearch.policy.steps import find_stop, finished_step, request_seed, split_completion
-from treesearch.prompting import render_state
+from treesearch.prompting import encode_state
 from treesearch.types import SamplingParams, State, Step
 
 INSTALL_HINT = "pip install openvino-genai (a dependency of treesearch)"
@@ -172,13 +172,7 @@ class OpenVINOPolicy(BackendCounters):
     # -- internals ------------------------------------------------------------------------
 
     def _encode(self, state: State) -> list[int]:
-        text = render_state(self.tokenizer, state)
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and text.startswith(bos))
-        ids = list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
-        if not ids:
-            raise ValueError(f"state of problem {state.problem.id!r} renders to no tokens")
-        return ids
+        return encode_state(self.tokenizer, state)
 
     def _config(self, params: SamplingParams, seed: int):
         config = self._genai.GenerationConfig()

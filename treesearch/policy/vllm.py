@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence, Union
 
 from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
 from treesearch.policy.steps import find_stop, request_seed, split_completion
-from treesearch.prompting import render_state
+from treesearch.prompting import encode_state
 from treesearch.types import SamplingParams, State, Step
 
 INSTALL_HINT = "pip install 'treesearch[vllm]' on a CUDA machine"
@@ -124,10 +124,7 @@ class VLLMPolicy(BackendCounters):
         return params.seed if params.seed is not None else random.SystemRandom().getrandbits(62)
 
     def _encode(self, state: State) -> list[int]:
-        text = render_state(self.tokenizer, state)
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and text.startswith(bos))
-        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+        return encode_state(self.tokenizer, state)
 
     def _sampling(
         self, params: SamplingParams, n: int, max_tokens: int, seed: Optional[int], stop: Sequence
