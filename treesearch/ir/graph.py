@@ -226,8 +226,8 @@ class _Builder:
     def model(self, ov):
         ops = self.ops
 
-        def parameter(name: str, shape, dtype: str):
-            node = ops.parameter(ov.PartialShape(shape), ov.Type(dtype) if isinstance(dtype, str) else dtype, name=name)
+        def parameter(name: str, shape, dtype):
+            node = ops.parameter(ov.PartialShape(shape), dtype, name=name)
             node.output(0).get_tensor().set_names({name})
             return node
 

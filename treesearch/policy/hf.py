@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
-from treesearch.policy.steps import find_stop, finished_step, request_seed, split_completion
+from treesearch.policy.steps import eos_token_ids, find_stop, finished_step, request_seed, split_completion
 from treesearch.prompting import encode_state
 from treesearch.types import SamplingParams, State, Step
 
@@ -86,7 +86,7 @@ class HFPolicy(BackendCounters):
             )
         self.device = next(self.model.parameters()).device
         self.max_batch_size = int(max_batch_size)
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_token_ids(getattr(self.model, "generation_config", None), self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = next(iter(self.eos_ids), 0)
@@ -95,15 +95,6 @@ class HFPolicy(BackendCounters):
         self._logits_to_keep = "logits_to_keep" in params
         self._lock = threading.Lock()
         self.reset_counters()
-
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
-            value = getattr(source, "eos_token_id", None)
-            if value is None:
-                continue
-            ids.update([value] if isinstance(value, int) else value)
-        return ids
 
     def shutdown(self) -> None:
         """Nothing to stop (the engine has no thread); the other backends need it."""

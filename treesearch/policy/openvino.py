@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
-from treesearch.policy.steps import find_stop, finished_step, request_seed, split_completion
+from treesearch.policy.steps import eos_token_ids, find_stop, finished_step, request_seed, split_completion
 from treesearch.prompting import encode_state
 from treesearch.types import SamplingParams, State, Step
 
@@ -44,13 +44,23 @@ CPU_BLOCK_TOKENS = 32
 
 
 @dataclass
+class _Plan:
+    """One state's part of a call: the prompt tokens it prefills (estimated), how many
+    steps it asked for, its params, and the requests drawn for it (one when greedy)."""
+
+    encoded: int
+    count: int
+    params: SamplingParams
+    samples: list["_Sample"]
+
+
+@dataclass
 class _Sample:
     """One request: a prompt, its generation settings and what came back so far."""
 
     prompt: list[int]
     config: Any  # openvino_genai.GenerationConfig
     stops: tuple[str, ...]
-    max_new_tokens: int
     future: concurrent.futures.Future
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -64,10 +74,11 @@ class OpenVINOPolicy(BackendCounters):
 
     `model`: "smollm2", a Hugging Face folder (e.g. a `train_sft` checkpoint) or an IR
     folder; converted once (`treesearch.ir.convert.ir_folder`). `weights`: "fp32"
-    (exact), "fp16" or "int8". `threads`: the inference thread count. `cache_gb`: the KV
-    cache's size in GiB (whole, at least 1). `max_batch_size`: the most sequences decoded at once. `device`: "auto" or
-    "cpu". `dtype`: the CPU's inference precision, "auto"/"float32" (parity with
-    transformers) or "bfloat16" (faster on CPUs that have it). `prefix_caching`: reuse the KV blocks of earlier prompts.
+    (exact), "fp16" or "int8". `threads`: the inference thread count. `cache_gb`: the
+    KV cache's size in GiB (whole, at least 1). `max_batch_size`: the most sequences
+    decoded at once. `device`: "auto" or "cpu". `dtype`: the CPU's inference precision,
+    "auto"/"float32" (parity with transformers) or "bfloat16" (faster on CPUs that have
+    it). `prefix_caching`: reuse the KV blocks of earlier prompts.
 
     Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated, as the pipeline
     does not report it: see `_PrefixEstimate`), `generated_tokens`, `calls`,
@@ -105,7 +116,7 @@ class OpenVINOPolicy(BackendCounters):
             raise ValueError(f"the openvino backend runs on the CPU, not device={device!r}; use policy.backend=hf or vllm there")
         self.folder = ir_folder(model, weights, cache_dir)
         self.tokenizer = load_tokenizer(self.folder)
-        self.eos_ids = _eos_ids(self.folder, self.tokenizer)
+        self.eos_ids = eos_token_ids(_generation_config(self.folder), self.tokenizer)
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = bool(prefix_caching)
         scheduler.cache_size = max(1, int(round(cache_gb)))
@@ -145,13 +156,14 @@ class OpenVINOPolicy(BackendCounters):
         per_state = per_state_params(states, params)
         self.calls += 1
         plans = [self._plan(s, c, p, p.stop) for s, c, p in zip(states, counts, per_state)]
-        samples = await self._run(plans)
+        await self._run(plans)
         out = []
-        for ((_, encoded, count, p), _), drawn in zip(plans, samples):
-            steps = [finished_step(x.text, x.ids, x.logprobs, x.finish, p.stop) for x in drawn]
-            steps = steps * count if p.greedy else steps  # greedy samples are all the same
+        for plan in plans:
+            p = plan.params
+            steps = [finished_step(x.text, x.ids, x.logprobs, x.finish, p.stop) for x in plan.samples]
+            steps = steps * plan.count if p.greedy else steps  # greedy samples are all the same
             self.generated_tokens += sum(x.num_tokens for x in steps)
-            steps[0] = dataclasses.replace(steps[0], prompt_tokens=encoded)
+            steps[0] = dataclasses.replace(steps[0], prompt_tokens=plan.encoded)
             out.append(steps)
         return out
 
@@ -160,12 +172,13 @@ class OpenVINOPolicy(BackendCounters):
         per_state = per_state_params(states, params)
         self.calls += 1
         plans = [self._plan(s, 1, p, ()) for s, p in zip(states, per_state)]
-        samples = await self._run(plans)
+        await self._run(plans)
         out = []
-        for ((_, encoded, _, p), _), [x] in zip(plans, samples):
+        for plan in plans:
+            [x] = plan.samples
             self.generated_tokens += len(x.ids)
-            steps = split_completion(self.tokenizer, x.text, x.ids, x.logprobs, x.finish, p.stop)
-            steps[0] = dataclasses.replace(steps[0], prompt_tokens=encoded)
+            steps = split_completion(self.tokenizer, x.text, x.ids, x.logprobs, x.finish, plan.params.stop)
+            steps[0] = dataclasses.replace(steps[0], prompt_tokens=plan.encoded)
             out.append(steps)
         return out
 
@@ -188,9 +201,9 @@ class OpenVINOPolicy(BackendCounters):
             config.rng_seed = int(seed) % (2**32)
         return config
 
-    def _plan(self, state: State, count: int, params: SamplingParams, stops: Sequence[str]):
-        """One state's requests: (prompt, prompt tokens to prefill, count, params) and the
-        samples to draw (one per sample, seeded by prompt and index; one for greedy)."""
+    def _plan(self, state: State, count: int, params: SamplingParams, stops: Sequence[str]) -> _Plan:
+        """One state's requests: one per sample, seeded by prompt and index (one for
+        greedy); generation stops at `stops`."""
         prompt = self._encode(state)
         draws = 1 if params.greedy else count
         encoded = self._prefix.encode(prompt, draws)
@@ -198,21 +211,18 @@ class OpenVINOPolicy(BackendCounters):
         self.prompt_tokens_encoded += encoded
         base = params.seed if params.seed is not None else random.SystemRandom().getrandbits(62)
         samples = [
-            _Sample(prompt, self._config(params, request_seed(base, prompt, j)), tuple(stops),
-                    int(params.max_new_tokens), concurrent.futures.Future())
+            _Sample(prompt, self._config(params, request_seed(base, prompt, j)), tuple(stops), concurrent.futures.Future())
             for j in range(draws)
         ]
-        return (prompt, encoded, count, params), samples
+        return _Plan(encoded, count, params, samples)
 
-    async def _run(self, plans) -> list[list[_Sample]]:
+    async def _run(self, plans: list[_Plan]) -> None:
         """Hand every request of one call to the engine at once (so they start in the same
-        step) and wait for them."""
-        groups = [samples for _, samples in plans]
-        self._engine.submit([x for g in groups for x in g])
-        for group in groups:
-            for x in group:
-                await asyncio.wrap_future(x.future)
-        return [[x.future.result() for x in g] for g in groups]
+        step) and wait for them (a failed request raises here)."""
+        samples = [x for plan in plans for x in plan.samples]
+        self._engine.submit(samples)
+        for x in samples:
+            await asyncio.wrap_future(x.future)
 
 
 class _Engine:
@@ -223,8 +233,10 @@ class _Engine:
     def __init__(self, pipeline: Any, tokenizer: Any, eos_ids: set[int]):
         import numpy as np
         import openvino as ov
+        import openvino_genai
 
         self._np, self._ov = np, ov
+        self._running = openvino_genai.GenerationStatus.RUNNING
         self.pipeline = pipeline
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
@@ -313,7 +325,7 @@ class _Engine:
                     if sample.finish is None:
                         self._take(sample, int(token), float(logprob))
         if sample.finish is None and self._stopped(genai):
-            sample.finish = "length" if len(sample.ids) >= sample.max_new_tokens else "eos"
+            sample.finish = "length" if len(sample.ids) >= sample.config.max_new_tokens else "eos"
             if not sample.ids:
                 self._fail([sample], RuntimeError(
                     f"OpenVINO dropped a request of {len(sample.prompt)} prompt tokens ({genai.get_status()}); "
@@ -336,7 +348,7 @@ class _Engine:
             sample.finish = "eos"
         elif sample.stops and find_stop(self.tokenizer.decode(sample.ids, skip_special_tokens=True), sample.stops) is not None:
             sample.finish = "stop"
-        elif len(sample.ids) >= sample.max_new_tokens:
+        elif len(sample.ids) >= sample.config.max_new_tokens:
             sample.finish = "length"
 
     def _settle(self, samples, steps: int = 8) -> None:
@@ -358,9 +370,7 @@ class _Engine:
             sample.handle.stop()
 
     def _stopped(self, handle: Any) -> bool:
-        import openvino_genai
-
-        return handle.get_status() != openvino_genai.GenerationStatus.RUNNING
+        return handle.get_status() != self._running
 
     @staticmethod
     def _fail(samples, error: Exception) -> None:
@@ -419,19 +429,14 @@ def _precision(dtype: Any) -> str:
     raise ValueError(f"the openvino backend computes in float32 or bfloat16, not dtype={dtype!r}")
 
 
-def _eos_ids(folder, tokenizer) -> set[int]:
-    import json
-    from pathlib import Path
+def _generation_config(folder):
+    """The folder's generation config, or None when it has none (an IR exported elsewhere)."""
+    from transformers import GenerationConfig
 
-    ids: set[int] = set()
-    for value in (tokenizer.eos_token_id,):
-        if value is not None:
-            ids.add(int(value))
-    path = Path(folder) / "generation_config.json"
-    if path.is_file():
-        value = json.loads(path.read_text()).get("eos_token_id")
-        ids.update([value] if isinstance(value, int) else (value or []))
-    return ids
+    try:
+        return GenerationConfig.from_pretrained(folder)
+    except OSError:
+        return None
 
 
 def _cache_blocks(folder, cache_gb: int) -> int:

@@ -120,3 +120,14 @@ def finished_step(text: str, token_ids: Sequence[int], logprobs: Sequence[float]
         finish_reason=finish,
         token_ids=tuple(int(t) for t in token_ids),
     )
+
+
+def eos_token_ids(*sources: Any) -> set[int]:
+    """The end-of-sequence ids named by `sources` (a generation config, a tokenizer, ...:
+    anything with an `eos_token_id` that is an id, a list of ids or None)."""
+    ids: set[int] = set()
+    for source in sources:
+        value = getattr(source, "eos_token_id", None)
+        if value is not None:
+            ids.update([value] if isinstance(value, int) else value)
+    return {int(i) for i in ids}
