@@ -147,3 +147,23 @@ def test_widening_links_children_added_after_other_nodes():
     assert expansions(policy) == ["root", "a", "a/a2", "a"]
     loaded = treesearch.Tree.from_arrow(tree.to_arrow())
     assert loaded.equals(tree) and loaded.children(a).tolist() == kids
+
+
+def test_a_widening_draws_by_visits_only_at_a_node_without_a_value():
+    # The root (no critic value) may catch up to ceil(k0 * N ** alpha) samples at once; a
+    # valued node widened because its children fell short draws one expansion's worth,
+    # however many visits it has.
+    from treesearch.search import make_algorithm
+    from treesearch.tree import Tree
+
+    algorithm = make_algorithm("mcts", root_expansions=1, expansions=2, widening_alpha=1.0, widening_margin=0.1)
+    tree = Tree("w", "q")
+    (a,) = tree.add_children(0, [A])
+    tree.critic_value[a] = 0.8
+    tree.add_children(a, [A1, A2])
+    tree.samples[0], tree.samples[a] = 1, 2
+    tree.visits[0], tree.visits[a] = 9, 8
+    assert algorithm._samples_wanted(tree, 0) == 8  # ceil(1 * 9) - 1
+    assert algorithm._samples_wanted(tree, a) == 2  # not ceil(2 * 8) - 2 = 14
+    (b,) = tree.add_children(a, [A3], extend=True)
+    assert algorithm._samples_wanted(tree, b) == 2  # a first expansion

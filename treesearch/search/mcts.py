@@ -185,11 +185,12 @@ class MCTSStar(SearchAlgorithm):
 
     def _samples_wanted(self, tree, node: int) -> int:
         """Steps to sample at `node` now: a first expansion's `root_expansions` /
-        `expansions`; for a progressive widening, up to what its visits allow; for any
-        other widening (no child good enough, or none open), one expansion's worth."""
+        `expansions`; for a progressive widening of a node without a critic value (the
+        root), up to what its visits allow; for a node the critic valued (its children
+        fell short of it, or none is open), one expansion's worth."""
         cfg = self.config
         k0 = cfg.root_expansions if node == 0 else cfg.expansions
-        if not tree.expanded[node]:
+        if not tree.expanded[node] or not np.isnan(tree.critic_value[node]):
             return k0
         allowed = cfg.widening_rule().allowed_samples(int(tree.visits[node]), root=node == 0)
         missing = allowed - int(tree.samples[node])
