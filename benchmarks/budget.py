@@ -13,8 +13,8 @@ differs), so it costs no second run and the two are paired exactly; its seconds 
 best-of-N's. Critic calls are not generated tokens; their count, the share of problems
 that got any answer, and the wall time of each point are reported beside accuracy.
 Writes a JSON report and a PNG plot (accuracy vs generated tokens, log x axis), and
-answers "does MCTS* beat best-of-N at equal tokens?" with a paired comparison over the
-same problems and seeds.
+answers "does MCTS* beat best-of-N, beam and self-consistency at equal tokens?" with
+paired comparisons over the same problems and seeds.
 """
 
 from __future__ import annotations
@@ -129,29 +129,32 @@ def summarise(points: list[dict]) -> list[dict]:
     return rows
 
 
-def mcts_vs_best_of_n(points: list[dict]) -> list[dict]:
-    """Paired difference MCTS* - best-of-N per budget over the same (problem, seed) pairs,
+def paired_differences(points: list[dict], baselines=("best_of_n", "beam", "self_consistency")) -> list[dict]:
+    """Paired differences MCTS* - baseline per budget over the same (problem, seed) pairs,
     with the tokens each side actually spent (equal budgets, not always equal spending);
-    one row per MCTS* answer rule (`mcts`: best value, `mcts_vote`: weighted vote)."""
+    one row per MCTS* answer rule (`mcts`: its default rule, `mcts_vote`: weighted vote)
+    and baseline that both ran."""
     index = {(p["algorithm"], p["budget"], p["seed"]): p for p in points}
     rows = []
     for search in ("mcts", "mcts_vote"):
-        for budget in sorted({p["budget"] for p in points}):
-            diffs, tokens = [], {"mcts": [], "best_of_n": []}
-            for seed in sorted({p["seed"] for p in points}):
-                a, b = index.get((search, budget, seed)), index.get(("best_of_n", budget, seed))
-                if a is not None and b is not None:
-                    diffs += [int(x) - int(y) for x, y in zip(a["correct"], b["correct"])]
-                    tokens["mcts"].append(a["mean_generated_tokens"])
-                    tokens["best_of_n"].append(b["mean_generated_tokens"])
-            if not diffs:
-                continue
-            mean = statistics.mean(diffs)
-            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-            rows.append({"search": search, "budget": budget, "pairs": len(diffs), "mcts_minus_best_of_n": mean,
-                         "stderr": se, "mcts_only_correct": diffs.count(1), "best_of_n_only_correct": diffs.count(-1),
-                         "mcts_tokens": statistics.mean(tokens["mcts"]),
-                         "best_of_n_tokens": statistics.mean(tokens["best_of_n"])})
+        for baseline in baselines:
+            for budget in sorted({p["budget"] for p in points}):
+                diffs, tokens = [], {"search": [], "baseline": []}
+                for seed in sorted({p["seed"] for p in points}):
+                    a, b = index.get((search, budget, seed)), index.get((baseline, budget, seed))
+                    if a is not None and b is not None:
+                        diffs += [int(x) - int(y) for x, y in zip(a["correct"], b["correct"])]
+                        tokens["search"].append(a["mean_generated_tokens"])
+                        tokens["baseline"].append(b["mean_generated_tokens"])
+                if not diffs:
+                    continue
+                mean = statistics.mean(diffs)
+                se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+                rows.append({"search": search, "baseline": baseline, "budget": budget, "pairs": len(diffs),
+                             "difference": mean, "stderr": se, "search_only_correct": diffs.count(1),
+                             "baseline_only_correct": diffs.count(-1),
+                             "search_tokens": statistics.mean(tokens["search"]),
+                             "baseline_tokens": statistics.mean(tokens["baseline"])})
     return rows
 
 
@@ -193,6 +196,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default="smollm2", help="policy model (name, HF folder or hub id)")
     parser.add_argument("--critic", default="self_eval", help="critic for best-of-N, beam and MCTS*")
     parser.add_argument("--critic-model", default=None, help="the critic's model (default: --model; for prm: its checkpoint folder)")
+    parser.add_argument("--backend", default="auto", help="policy backend: auto (OpenVINO on a CPU-only machine), hf, openvino, vllm")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="4 problems, budgets 64,128, one seed")
     parser.add_argument("--out", default="benchmarks/results/budget.json")
@@ -214,7 +218,7 @@ def main(argv=None) -> dict:
         task, problems = load_problems(args.data, args.limit, args.offset)
     except ValueError as e:  # the task's own offset/limit checks
         parser.error(f"--offset {args.offset} / --limit {args.limit}: {e}")
-    policy = build_policy({"backend": "hf", "model": args.model, "threads": args.threads, "max_batch_size": 64})
+    policy = build_policy({"backend": args.backend, "model": args.model, "threads": args.threads, "max_batch_size": 64})
     critic = build_critic({"name": args.critic, "model": args.critic_model or args.model, "threads": args.threads}, task)
     sc_from_best_of_n = {"self_consistency", "best_of_n"} <= set(algorithms)
     started = time.perf_counter()
@@ -236,16 +240,16 @@ def main(argv=None) -> dict:
                           f"  answered {100 * p['answered']:5.1f}%  tokens {p['mean_generated_tokens']:6.1f}"
                           f"  critic calls {p['mean_critic_calls']:5.1f}  {p['seconds']:6.1f} s", flush=True)
     rows = summarise(points)
-    comparison = mcts_vs_best_of_n(points)
+    comparison = paired_differences(points)
     print(f"\n{'algorithm':<16} {'budget':>6} {'tokens':>7} {'accuracy':>9} {'± se':>6} {'answered':>9} {'critic':>7}")
     for r in rows:
         print(f"{r['algorithm']:<16} {r['budget']:>6} {r['mean_generated_tokens']:>7.1f} {100 * r['accuracy']:>8.1f}%"
               f" {100 * r['stderr']:>5.1f} {100 * r['answered']:>8.1f}% {r['mean_critic_calls']:>7.1f}")
     for c in comparison:
-        print(f"{c['search']} - best-of-N at {c['budget']} tokens: {100 * c['mcts_minus_best_of_n']:+.1f} points"
-              f" ± {100 * c['stderr']:.1f} ({c['mcts_only_correct']} problems only {c['search']} solved,"
-              f" {c['best_of_n_only_correct']} only best-of-N), {c['pairs']} pairs;"
-              f" tokens spent {c['mcts_tokens']:.0f} vs {c['best_of_n_tokens']:.0f}")
+        print(f"{c['search']} - {c['baseline']} at {c['budget']} tokens: {100 * c['difference']:+.1f} points"
+              f" ± {100 * c['stderr']:.1f} ({c['search_only_correct']} problems only {c['search']} solved,"
+              f" {c['baseline_only_correct']} only {c['baseline']}), {c['pairs']} pairs;"
+              f" tokens spent {c['search_tokens']:.0f} vs {c['baseline_tokens']:.0f}")
     report = {
         "date": str(date.today()),
         "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
@@ -253,13 +257,14 @@ def main(argv=None) -> dict:
         "problems": len(problems),
         "offset": args.offset,
         "model": args.model,
+        "backend": args.backend,
         "critic": args.critic,
         "critic_model": args.critic_model or args.model,
         "options": {a: vars(make_algorithm(a, **OPTIONS[a]).config) for a in algorithms},
         "self_consistency": "majority vote over best-of-N's samples" if sc_from_best_of_n else "own run",
         "seconds": time.perf_counter() - started,
         "summary": rows,
-        "mcts_vs_best_of_n": comparison,
+        "paired": comparison,
         "points": points,
     }
     out = Path(args.out)

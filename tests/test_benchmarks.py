@@ -48,8 +48,11 @@ def test_budget_quick_with_a_tiny_model(tmp_path, tiny_model_dir):
         # 512) for the samplers and greedy, a step (max_step_tokens 128) for the step searches
         one_request = 128 if p["algorithm"] in ("beam", "mcts", "mcts_vote") else 512
         assert p["mean_generated_tokens"] < p["budget"] + one_request
-    assert {(c["search"], c["budget"]) for c in report["mcts_vs_best_of_n"]} == {
-        (s, b) for s in ("mcts", "mcts_vote") for b in (64, 128)}
+    assert {(c["search"], c["baseline"], c["budget"]) for c in report["paired"]} == {
+        (s, o, b) for s in ("mcts", "mcts_vote") for o in ("best_of_n", "beam", "self_consistency") for b in (64, 128)}
+    for c in report["paired"]:  # a difference of paired 0/1 outcomes
+        assert c["pairs"] == 4 and c["difference"] == pytest.approx(
+            (c["search_only_correct"] - c["baseline_only_correct"]) / 4)
     assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["self_consistency"] == "majority vote over best-of-N's samples"
 

@@ -5,6 +5,9 @@ mode), so a widening brings the next candidates of the script. Priors are unifor
 c = 1, Q is the raw mean backup, so PUCT = Q + P * sqrt(N_parent + vl_parent) / (1 + n).
 """
 
+import math
+
+import numpy as np
 import pytest
 
 import treesearch
@@ -15,11 +18,11 @@ A, A1, A2, A3, A4 = "a\n", "a1\n", "a2\n", "a3\n", "a4\n"
 WRONG1, WRONG2, RIGHT = "The answer is 1.\n", "The answer is 2.\n", "The answer is 7.\n"
 
 
-def run(script, values, simulations, default_value=0.05, **options):
+def run(script, values, simulations, default_value=0.05, fallback=None, **options):
     config = dict(root_expansions=1, expansions=2, c_puct=1.0, prior="uniform", parallel_simulations=1,
                   widening_alpha=0.0, widening_margin=None, backup="mean", q_transform="none")
     config.update(options)
-    policy = ScriptedPolicy(script, mode="sequence")
+    policy = ScriptedPolicy(script, mode="sequence", fallback=fallback)
     (result,) = treesearch.search(
         [{"id": "w", "question": "q", "gold": "7"}],
         policy=policy,
@@ -167,3 +170,36 @@ def test_a_widening_draws_by_visits_only_at_a_node_without_a_value():
     assert algorithm._samples_wanted(tree, a) == 2  # not ceil(2 * 8) - 2 = 14
     (b,) = tree.add_children(a, [A3], extend=True)
     assert algorithm._samples_wanted(tree, b) == 2  # a first expansion
+
+
+def endless(prefix):
+    """New non-terminal steps for any prefix not in a script (subtrees that stay open)."""
+    return [(f"{len(prefix)}.{j}\n", 0.0) for j in range(64)]
+
+
+def test_a_saturated_node_with_open_children_is_paced_by_its_visits_not_cut():
+    # a's policy draws a1, a2, a1, a2, ... (8 draws) and only then a3, the right step.
+    # Both a1 and a2 stay open (endless subtrees), both fall short of a's value.
+    # sim 1 root -> a; 2 expand a (a1, a2); 3 the root widens (ceil(2 ** .5) = 2 samples
+    # after 2 visits) and draws a again; 4, 5 widen a by margin (+2 each: 6 samples);
+    # 6 the root widens again (ceil(5 ** .5) = 3); 7 widens a to 8 samples, none seen
+    # once: saturated at its 6th visit, so it is paced from there, widen_k = 8 / 6 ** .5;
+    # 8 its 7th visit allows ceil(widen_k * 7 ** .5) = 9 samples: one more draw, a3.
+    script = {(): [(A, 0.0)], (A,): [(A1, 0.0), (A2, 0.0)] * 4 + [(A3, 0.0)], (A, A3): [(RIGHT, 0.0)]}
+    values = {A: 0.8, A + A1: 0.2, A + A2: 0.3, A + A3: 0.9, A + A3 + RIGHT: 0.95}
+    options = dict(fallback=endless, expansions=2, widening_alpha=0.5, widening_margin=0.1)
+    result, policy = run(script, values, 10, **options)
+    tree = result.tree
+    a = child(tree, 0, A)
+    assert expansions(policy) == ["root", "a", "root", "a", "a", "root", "a", "a", "a/a1", "a/a3"]
+    assert tree.widen_k[a] == pytest.approx(8 / 6 ** 0.5) and tree.can_widen[a]
+    assert [tree.text[k] for k in tree.children(a)] == [A1, A2, A3] and tree.samples[a] == 9
+    assert result.answer == "7" and result.correct
+    # paced, never ahead of its allowance
+    assert tree.samples[a] <= math.ceil(tree.widen_k[a] * tree.visits[a] ** 0.5)
+
+    # widening_alpha 0: no pacing, a saturated node stops for good and the right step is cut
+    result, policy = run(script, values, 30, **dict(options, widening_alpha=0.0))
+    a = child(result.tree, 0, A)
+    assert not result.tree.can_widen[a] and np.isnan(result.tree.widen_k[a]) and result.tree.samples[a] == 8
+    assert A3 not in [result.tree.text[k] for k in result.tree.children(a)] and result.answer != "7"

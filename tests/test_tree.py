@@ -253,14 +253,27 @@ def test_version_1_tables_still_load():
     kids = tree.add_children(0, ["a", "b", "c"], duplicates=[0, 2, 0])
     tree.add_children(int(kids[1]), ["b1", "b2"])
     table = tree.to_arrow()
-    old = table.drop_columns(["next_sibling", "samples", "can_widen"])
+    old = table.drop_columns(["next_sibling", "samples", "can_widen", "widen_k"])
     meta = dict(old.schema.metadata)
     meta[b"treesearch.format"] = b"1"
     loaded = Tree.from_arrow(old.replace_schema_metadata(meta))
     assert loaded.children(0).tolist() == kids.tolist()
     assert loaded.children(int(kids[1])).tolist() == tree.children(int(kids[1])).tolist()
     assert loaded.samples[0] == 5 and loaded.samples[kids[1]] == 2
+    assert np.isnan(loaded.widen_k[: len(loaded)]).all()
     with pytest.raises(ValueError, match="format"):
         bad = dict(meta)
         bad[b"treesearch.format"] = b"9"
         Tree.from_arrow(old.replace_schema_metadata(bad))
+
+
+def test_version_2_tables_load_with_no_node_paced():
+    tree = Tree("p", "prompt")
+    tree.add_children(0, ["a", "b"])
+    tree.widen_k[0] = 1.5
+    assert Tree.from_arrow(tree.to_arrow()).widen_k[0] == pytest.approx(1.5)  # round trip
+    old = tree.to_arrow().drop_columns(["widen_k"])
+    meta = dict(old.schema.metadata)
+    meta[b"treesearch.format"] = b"2"
+    loaded = Tree.from_arrow(old.replace_schema_metadata(meta))
+    assert np.isnan(loaded.widen_k[: len(loaded)]).all() and loaded.children(0).tolist() == [1, 2]

@@ -96,16 +96,25 @@ def allowed_samples(k, visits, alpha):
 
 @njit(cache=True, nogil=True)
 def should_widen(node, parent, first_child, next_sibling, can_widen, samples, visits, value_sum,
-                 value_max, critic_value, max_backup, k0_root, k0, alpha, margin):
+                 value_max, critic_value, widen_k, max_backup, k0_root, k0, alpha, margin):
     """Whether expanded `node` should get more children now, if it may widen at all.
     A node the critic valued widens when its best child's Q is below that value by more
     than `margin` (with `margin` >= 0: no child is as good as the node promised); a node
     without a value (the root) when it has drawn fewer than `ceil(k0 * N ** alpha)`
-    samples after N visits (progressive widening; `k0_root` at the root)."""
+    samples after N visits (progressive widening; `k0_root` at the root). A saturated
+    node (`widen_k` set: its draws stopped bringing unseen steps) is paced by visits
+    alone, `ceil(widen_k * N ** alpha)` samples after N visits, and a valued one only
+    while its children still fall short of its value."""
     if not can_widen[node]:
         return False
     own = np.float64(critic_value[node])
-    if math.isnan(own):
+    paced = np.float64(widen_k[node])
+    if not math.isnan(paced):
+        if samples[node] >= allowed_samples(paced, visits[node], alpha):
+            return False
+        if math.isnan(own):
+            return True
+    elif math.isnan(own):
         k = k0_root if parent[node] < 0 else k0
         return samples[node] < allowed_samples(k, visits[node], alpha)
     if margin < 0:
@@ -122,7 +131,7 @@ def should_widen(node, parent, first_child, next_sibling, can_widen, samples, vi
 
 @njit(cache=True, nogil=True)
 def descend(start, path_out, expanded, parent, first_child, next_sibling, closed, can_widen,
-            samples, visits, virtual_loss, value_sum, value_max, critic_value, prior, c, rule,
+            samples, widen_k, visits, virtual_loss, value_sum, value_max, critic_value, prior, c, rule,
             max_backup, vl_value, q_low, q_high, k0_root, k0, alpha, margin):
     """From `start`, follow best children while the node is expanded, stopping at a node
     that `should_widen` (or that may widen and has no open child). Each chosen child
@@ -136,7 +145,7 @@ def descend(start, path_out, expanded, parent, first_child, next_sibling, closed
         if count == path_out.shape[0]:
             return count, PATH_FULL
         if should_widen(node, parent, first_child, next_sibling, can_widen, samples, visits,
-                        value_sum, value_max, critic_value, max_backup, k0_root, k0, alpha, margin):
+                        value_sum, value_max, critic_value, widen_k, max_backup, k0_root, k0, alpha, margin):
             return count, WIDEN
         fpu = node_q(visits, value_sum, value_max, critic_value, node, max_backup)
         if math.isnan(fpu):

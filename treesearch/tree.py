@@ -19,6 +19,9 @@ samples         int32     steps sampled at this node over all its expansions
                           (duplicates and discarded empty steps included)
 can_widen       bool      the search may add children later (MCTS* widening): the
                           node stays open while its current children are all closed
+widen_k         float32   a saturated node's progressive-widening coefficient: it may
+                          have drawn ceil(widen_k * N ** alpha) samples after N
+                          visits (NaN while it widens by its own rule)
 expanded        bool      the policy was asked for this node's children
 visits          int32     completed simulations through the node
 value_sum       float64   sum of values backed up through the node
@@ -52,7 +55,8 @@ import numpy as np
 from treesearch import kernels
 from treesearch.types import FINISH_REASONS
 
-FORMAT_VERSION = 2  # 2 added next_sibling, samples, can_widen; version 1 tables still load
+# 2 added next_sibling, samples, can_widen; 3 added widen_k. Older tables still load.
+FORMAT_VERSION = 3
 
 # name -> (dtype, fill value for a new node)
 _COLUMNS: dict[str, tuple[Any, Any]] = {
@@ -63,6 +67,7 @@ _COLUMNS: dict[str, tuple[Any, Any]] = {
     "num_children": (np.int32, 0),
     "samples": (np.int32, 0),
     "can_widen": (np.bool_, False),
+    "widen_k": (np.float32, np.nan),
     "expanded": (np.bool_, False),
     "visits": (np.int32, 0),
     "value_sum": (np.float64, 0.0),
@@ -271,7 +276,7 @@ class Tree:
     def from_arrow(cls, table) -> "Tree":
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         version = meta.get("treesearch.format")
-        if version not in ("1", str(FORMAT_VERSION)):
+        if version not in ("1", "2", str(FORMAT_VERSION)):
             raise ValueError(f"not a treesearch tree table (format {version!r})")
         tree = cls.__new__(cls)
         tree.problem_id = meta["treesearch.problem_id"]

@@ -185,16 +185,18 @@ class MCTSStar(SearchAlgorithm):
 
     def _samples_wanted(self, tree, node: int) -> int:
         """Steps to sample at `node` now: a first expansion's `root_expansions` /
-        `expansions`; for a progressive widening of a node without a critic value (the
-        root), up to what its visits allow; for a node the critic valued (its children
-        fell short of it, or none is open), one expansion's worth."""
+        `expansions`; for a progressive widening (a node without a critic value, such as
+        the root, or a saturated one), up to what its visits allow; for a node the critic
+        valued (its children fell short of it, or none is open), one expansion's worth."""
         cfg = self.config
         k0 = cfg.root_expansions if node == 0 else cfg.expansions
-        if not tree.expanded[node] or not np.isnan(tree.critic_value[node]):
+        paced = float(tree.widen_k[node])
+        if not tree.expanded[node] or (np.isnan(paced) and not np.isnan(tree.critic_value[node])):
             return k0
-        allowed = cfg.widening_rule().allowed_samples(int(tree.visits[node]), root=node == 0)
+        rule = cfg.widening_rule()
+        allowed = rule.allowed_samples(int(tree.visits[node]), root=node == 0, k=None if np.isnan(paced) else paced)
         missing = allowed - int(tree.samples[node])
-        return missing if missing > 0 else k0
+        return missing if missing > 0 else (1 if not np.isnan(paced) else k0)
 
     async def _expand(
         self, ctx: SearchContext, descent: Descent, node: int, pending: dict[int, asyncio.Future], path: list[int]
@@ -231,13 +233,18 @@ class MCTSStar(SearchAlgorithm):
         return best, value
 
     def _resampled(self, tree, node: int, kids: np.ndarray, dups_before: np.ndarray, path: list[int]) -> tuple[int, float]:
-        """A widening of `node` that brought only steps it already had: stop widening
-        when few unseen steps are left to expect (`_saturated`), and let the simulation
-        end at the best child that was sampled again, backing up its value, so the
-        node's visits grow and selection moves on instead of widening it again at once.
-        Returns (-1, NaN) when no child was sampled again (the steps were empty)."""
+        """A widening of `node` that brought only steps it already had. When few unseen
+        steps are left to expect (`_saturated`), the node stops widening on its own rule:
+        from then on its visits pace it (`Tree.widen_k`: it may draw
+        `ceil(widen_k * N ** widening_alpha)` samples after N visits, counted from the
+        samples and visits it has now), so a right step with a small probability stays
+        within reach as the search keeps coming back; a node with no open child left (or
+        `widening_alpha` 0) stops widening for good. The simulation ends at the best
+        child that was sampled again, backing up its value, so the node's visits grow
+        and selection moves on instead of widening it again at once. Returns (-1, NaN)
+        when no child was sampled again (the steps were empty)."""
         if tree.can_widen[node] and self._saturated(tree, node):
-            tree.stop_widening(node)
+            self._pace_or_stop(tree, node)
         again = kids[tree.duplicates[kids] > dups_before]
         if again.size == 0:
             return -1, float("nan")
@@ -248,6 +255,17 @@ class MCTSStar(SearchAlgorithm):
         path.append(best)
         tree.virtual_loss[best] += 1
         return best, float(np.nanmax(q))
+
+    def _pace_or_stop(self, tree, node: int) -> None:
+        """A saturated node: paced by its visits from now on (see `_resampled`), or
+        stopped for good when pacing cannot reach it again."""
+        kids = tree.children(node)
+        open_kids = kids.size > 0 and not tree.closed[kids].all()
+        if not open_kids or self.config.widening_alpha <= 0:
+            tree.stop_widening(node)
+        elif np.isnan(tree.widen_k[node]):
+            visits = max(int(tree.visits[node]), 1)
+            tree.widen_k[node] = int(tree.samples[node]) / visits ** self.config.widening_alpha
 
     @staticmethod
     def _saturated(tree, node: int) -> bool:

@@ -97,7 +97,8 @@ class Widening:
     all its children are closed; a node the critic valued, with `margin` set, when its
     best child's Q is below that value by more than `margin`; a node without a value
     (the root), while its samples are fewer than `ceil(k0 * max(N, 1) ** alpha)` after
-    N visits (`k0_root` at the root; alpha 0: never by visit count). See
+    N visits (`k0_root` at the root; alpha 0: never by visit count); a saturated node
+    (`Tree.widen_k` set) by visits alone, `ceil(widen_k * N ** alpha)`. See
     `kernels.should_widen`."""
 
     k0_root: int = 1
@@ -105,9 +106,12 @@ class Widening:
     alpha: float = 0.0
     margin: Optional[float] = None
 
-    def allowed_samples(self, visits: int, root: bool) -> int:
-        """How many samples a node with `visits` may have drawn by now."""
-        return int(kernels.allowed_samples(float(self.k0_root if root else self.k0), visits, float(self.alpha)))
+    def allowed_samples(self, visits: int, root: bool, k: Optional[float] = None) -> int:
+        """How many samples a node with `visits` may have drawn by now (with `k`, a
+        saturated node's own coefficient `Tree.widen_k`)."""
+        if k is None:
+            k = self.k0_root if root else self.k0
+        return int(kernels.allowed_samples(float(k), visits, float(self.alpha)))
 
 
 @dataclass
@@ -159,7 +163,7 @@ class Descent:
         while True:
             count, outcome = kernels.descend(
                 int(node), self._buffer, tree.expanded, tree.parent, tree.first_child,
-                tree.next_sibling, tree.closed, tree.can_widen, tree.samples, tree.visits,
+                tree.next_sibling, tree.closed, tree.can_widen, tree.samples, tree.widen_k, tree.visits,
                 tree.virtual_loss, tree.value_sum, tree.value_max, tree.critic_value, tree.prior,
                 float(self.c), self._code, self.backup == "max", float(self.vl_value),
                 float(q_low), float(q_high), float(w.k0_root), float(w.k0), float(w.alpha), margin,
