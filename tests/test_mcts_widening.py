@@ -183,16 +183,19 @@ def test_a_saturated_node_with_open_children_is_paced_by_its_visits_not_cut():
     # sim 1 root -> a; 2 expand a (a1, a2); 3 the root widens (ceil(2 ** .5) = 2 samples
     # after 2 visits) and draws a again; 4, 5 widen a by margin (+2 each: 6 samples);
     # 6 the root widens again (ceil(5 ** .5) = 3); 7 widens a to 8 samples, none seen
-    # once: saturated at its 6th visit, so it is paced from there, widen_k = 8 / 6 ** .5;
-    # 8 its 7th visit allows ceil(widen_k * 7 ** .5) = 9 samples: one more draw, a3.
+    # once: saturated at its 6th visit. It is paced from there and resumes once its
+    # visits have doubled: widen_k = 8 / 12 ** .5, so its 13th visit (sim 14) allows
+    # ceil(widen_k * 13 ** .5) = 9 samples: one more draw, a3. Meanwhile (sims 8-13) the
+    # search descends into a1 and a2, and the root widens once more.
     script = {(): [(A, 0.0)], (A,): [(A1, 0.0), (A2, 0.0)] * 4 + [(A3, 0.0)], (A, A3): [(RIGHT, 0.0)]}
     values = {A: 0.8, A + A1: 0.2, A + A2: 0.3, A + A3: 0.9, A + A3 + RIGHT: 0.95}
     options = dict(fallback=endless, expansions=2, widening_alpha=0.5, widening_margin=0.1)
-    result, policy = run(script, values, 10, **options)
+    result, policy = run(script, values, 15, **options)
     tree = result.tree
     a = child(tree, 0, A)
-    assert expansions(policy) == ["root", "a", "root", "a", "a", "root", "a", "a", "a/a1", "a/a3"]
-    assert tree.widen_k[a] == pytest.approx(8 / 6 ** 0.5) and tree.can_widen[a]
+    assert expansions(policy) == ["root", "a", "root", "a", "a", "root", "a", "a/a1", "a/a1", "a/a2", "root",
+                                  "a/a1", "a/a2", "a", "a/a3"]
+    assert tree.widen_k[a] == pytest.approx(8 / 12 ** 0.5) and tree.can_widen[a]
     assert [tree.text[k] for k in tree.children(a)] == [A1, A2, A3] and tree.samples[a] == 9
     assert result.answer == "7" and result.correct
     # paced, never ahead of its allowance

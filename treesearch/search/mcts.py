@@ -14,8 +14,10 @@ One simulation:
    `widening_margin` (then `expansions` more steps); and at the root, which has no
    value, when it has drawn fewer than `ceil(root_expansions * N ** widening_alpha)`
    steps after N visits (progressive widening). A widening that brings only steps the
-   node already has ends the simulation at the best child drawn again; the node stops
-   widening when few unseen steps are left to expect (see `_saturated`);
+   node already has ends the simulation at the best child drawn again; when few unseen
+   steps are left to expect (see `_saturated`) the node is paced by its visits from then
+   on (progressive widening resumed once its visits have doubled: `Tree.widen_k`),
+   and stops widening for good only when none of its children is open;
 3. simulate: the best new child is the simulation's leaf; optionally roll it forward
    greedily for `rollforward_steps` steps and mix the critic value of where it lands:
    v = (1 - rollforward_weight) * v_critic + rollforward_weight * v_rollforward;
@@ -48,6 +50,12 @@ from treesearch.search.selection import Q_TRANSFORMS, SELECTION_RULES, Descent, 
 
 BACKUPS = ("mean", "max")
 
+
+# A saturated node widens again once its visits reach this multiple of its visits when it
+# saturated, then progressively (see `MCTSStar._resampled`). Measured on the controlled
+# benchmark (BENCHMARKS.md): resuming at once (1) found most at 16-32 solutions but lost
+# up to 8 points at 4-8 solutions with a noisy critic; 2 kept the small budgets intact.
+PACED_RESUME_FACTOR = 2.0
 
 @dataclass
 class MCTSConfig(SearchConfig):
@@ -236,10 +244,11 @@ class MCTSStar(SearchAlgorithm):
         """A widening of `node` that brought only steps it already had. When few unseen
         steps are left to expect (`_saturated`), the node stops widening on its own rule:
         from then on its visits pace it (`Tree.widen_k`: it may draw
-        `ceil(widen_k * N ** widening_alpha)` samples after N visits, counted from the
-        samples and visits it has now), so a right step with a small probability stays
-        within reach as the search keeps coming back; a node with no open child left (or
-        `widening_alpha` 0) stops widening for good. The simulation ends at the best
+        `ceil(widen_k * N ** widening_alpha)` samples after N visits, the allowance
+        reaching its samples now once its visits have doubled, `PACED_RESUME_FACTOR`),
+        so a right step with a small probability stays within reach as the search keeps
+        coming back; a node with no open child left (or `widening_alpha` 0) stops
+        widening for good. The simulation ends at the best
         child that was sampled again, backing up its value, so the node's visits grow
         and selection moves on instead of widening it again at once. Returns (-1, NaN)
         when no child was sampled again (the steps were empty)."""
@@ -264,8 +273,8 @@ class MCTSStar(SearchAlgorithm):
         if not open_kids or self.config.widening_alpha <= 0:
             tree.stop_widening(node)
         elif np.isnan(tree.widen_k[node]):
-            visits = max(int(tree.visits[node]), 1)
-            tree.widen_k[node] = int(tree.samples[node]) / visits ** self.config.widening_alpha
+            resume_at = PACED_RESUME_FACTOR * max(int(tree.visits[node]), 1)
+            tree.widen_k[node] = int(tree.samples[node]) / resume_at ** self.config.widening_alpha
 
     @staticmethod
     def _saturated(tree, node: int) -> bool:
