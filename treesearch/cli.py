@@ -32,11 +32,15 @@ Config groups (configs/): task, policy, critic, search, cluster, job.
 
 
 def config_dir() -> Path:
-    """The Hydra config folder: `configs/` beside the package (editable installs)."""
-    folder = Path(__file__).resolve().parent.parent / "configs"
-    if not (folder / "search.yaml").is_file():
-        raise FileNotFoundError(f"treesearch configs not found at {folder}; install with `pip install -e .`")
-    return folder
+    """The Hydra config folder: `treesearch/configs` in an installed wheel, else
+    `configs/` at the top of the source tree (a checkout or an editable install)."""
+    package = Path(__file__).resolve().parent
+    candidates = (package / "configs", package.parent / "configs")
+    for folder in candidates:
+        if (folder / "search.yaml").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"treesearch configs not found (looked in {', '.join(map(str, candidates))}); reinstall treesearch")
 
 
 def _hydra_command(config_name: str, body: Callable, args: Sequence[str]) -> None:
