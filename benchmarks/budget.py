@@ -222,25 +222,49 @@ def main(argv=None) -> dict:
     critic = build_critic({"name": args.critic, "model": args.critic_model or args.model, "threads": args.threads}, task)
     sc_from_best_of_n = {"self_consistency", "best_of_n"} <= set(algorithms)
     started = time.perf_counter()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def report_of(points: list[dict]) -> dict:
+        return {
+            "date": str(date.today()),
+            "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
+            "data": args.data,
+            "problems": len(problems),
+            "offset": args.offset,
+            "model": args.model,
+            "backend": args.backend,
+            "critic": args.critic,
+            "critic_model": args.critic_model or args.model,
+            "options": {a: vars(make_algorithm(a, **OPTIONS[a]).config) for a in algorithms},
+            "self_consistency": "majority vote over best-of-N's samples" if sc_from_best_of_n else "own run",
+            "seconds": time.perf_counter() - started,
+            "summary": summarise(points),
+            "paired": paired_differences(points),
+            "points": points,
+        }
+
+    # Budget by budget (greedy once, first), the report rewritten after each point, so a
+    # long run stopped early keeps every finished budget.
+    runs = [("greedy", budgets[-1], seeds[0])] if "greedy" in algorithms else []
+    runs += [(algorithm, budget, seed) for budget in budgets for algorithm in algorithms for seed in seeds
+             if algorithm != "greedy" and not (algorithm == "self_consistency" and sc_from_best_of_n)]
     points = []
-    for algorithm in algorithms:
-        if algorithm == "self_consistency" and sc_from_best_of_n:
-            continue  # scored on best-of-N's samples below
-        for budget in (budgets[-1:] if algorithm == "greedy" else budgets):
-            for seed in (seeds[:1] if algorithm == "greedy" else seeds):
-                point, results = run_point(policy, critic, task, problems, algorithm, budget, seed)
-                measured = [point]
-                if algorithm == "best_of_n" and sc_from_best_of_n:
-                    measured.append(revote_point(point, results, task, "self_consistency", "majority"))
-                if algorithm == "mcts":
-                    measured.append(revote_point(point, results, task, "mcts_vote", "weighted"))
-                for p in measured:
-                    points.append(p)
-                    print(f"  {p['algorithm']:<16} budget {budget:>4} seed {seed}: accuracy {100 * p['accuracy']:5.1f}%"
-                          f"  answered {100 * p['answered']:5.1f}%  tokens {p['mean_generated_tokens']:6.1f}"
-                          f"  critic calls {p['mean_critic_calls']:5.1f}  {p['seconds']:6.1f} s", flush=True)
-    rows = summarise(points)
-    comparison = paired_differences(points)
+    for algorithm, budget, seed in runs:
+        point, results = run_point(policy, critic, task, problems, algorithm, budget, seed)
+        measured = [point]
+        if algorithm == "best_of_n" and sc_from_best_of_n:  # self-consistency: the same samples, by vote
+            measured.append(revote_point(point, results, task, "self_consistency", "majority"))
+        if algorithm == "mcts":
+            measured.append(revote_point(point, results, task, "mcts_vote", "weighted"))
+        for p in measured:
+            points.append(p)
+            print(f"  {p['algorithm']:<16} budget {budget:>4} seed {seed}: accuracy {100 * p['accuracy']:5.1f}%"
+                  f"  answered {100 * p['answered']:5.1f}%  tokens {p['mean_generated_tokens']:6.1f}"
+                  f"  critic calls {p['mean_critic_calls']:5.1f}  {p['seconds']:6.1f} s", flush=True)
+        out.write_text(json.dumps(report_of(points), indent=2))
+    report = report_of(points)
+    rows, comparison = report["summary"], report["paired"]
     print(f"\n{'algorithm':<16} {'budget':>6} {'tokens':>7} {'accuracy':>9} {'± se':>6} {'answered':>9} {'critic':>7}")
     for r in rows:
         print(f"{r['algorithm']:<16} {r['budget']:>6} {r['mean_generated_tokens']:>7.1f} {100 * r['accuracy']:>8.1f}%"
@@ -250,25 +274,6 @@ def main(argv=None) -> dict:
               f" ± {100 * c['stderr']:.1f} ({c['search_only_correct']} problems only {c['search']} solved,"
               f" {c['baseline_only_correct']} only {c['baseline']}), {c['pairs']} pairs;"
               f" tokens spent {c['search_tokens']:.0f} vs {c['baseline_tokens']:.0f}")
-    report = {
-        "date": str(date.today()),
-        "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
-        "data": args.data,
-        "problems": len(problems),
-        "offset": args.offset,
-        "model": args.model,
-        "backend": args.backend,
-        "critic": args.critic,
-        "critic_model": args.critic_model or args.model,
-        "options": {a: vars(make_algorithm(a, **OPTIONS[a]).config) for a in algorithms},
-        "self_consistency": "majority vote over best-of-N's samples" if sc_from_best_of_n else "own run",
-        "seconds": time.perf_counter() - started,
-        "summary": rows,
-        "paired": comparison,
-        "points": points,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
     plot(rows, png, f"{Path(args.data).name}, {len(problems)} problems x {len(seeds)} seeds, {args.model}, critic {args.critic}")

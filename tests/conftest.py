@@ -77,3 +77,15 @@ def ray_cluster():
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+# Tests that load a model (the SmolLM2 tokenizer or a tiny model), start Ray, or build a
+# wheel are marked `slow`; `pytest -m "not slow"` runs the rest in well under a minute.
+SLOW_FIXTURES = {"smollm2_tokenizer", "tiny_model_dir", "ray_cluster"}
+SLOW_MODULES = {"test_packaging"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames) or item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
