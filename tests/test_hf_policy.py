@@ -143,6 +143,7 @@ def test_seeds_reproduce(policy):
     assert [s.token_ids for r in d for s in r] != [s.token_ids for r in e for s in r]
 
 
+@pytest.mark.slow  # loads a model or runs the CLI in a subprocess
 @pytest.mark.parametrize("which", ["policy", "lively"])
 def test_greedy_batch_of_one_equals_batch_of_eight(which, request):
     pol = request.getfixturevalue(which)

@@ -85,6 +85,7 @@ def test_unknown_config_key_is_named_by_hydra(tmp_path):
     assert "c_puctt" in proc.stderr
 
 
+@pytest.mark.slow  # loads a model or runs the CLI in a subprocess
 def test_unknown_algorithm_option_value_is_named(tmp_path):
     proc = run_cli("search", "search.options.selection=ucb9", "policy.model=/nonexistent", cwd=tmp_path)
     assert proc.returncode != 0

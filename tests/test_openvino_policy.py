@@ -295,6 +295,7 @@ def test_bad_options_are_named(lively_dir, tmp_path):
 # -- the real model -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads a model or runs the CLI in a subprocess
 def test_real_smollm2_greedy_steps_equal_hf(tmp_path_factory):
     from treesearch.tasks import GSM8KTask
     from treesearch.types import State

@@ -157,6 +157,7 @@ def test_sft_lora_saves_a_merged_plain_folder(tiny_model_dir, tmp_path):
     policy_generates(out)
 
 
+@pytest.mark.slow  # loads a model or runs the CLI in a subprocess
 def test_smollm2_training_copy_is_plain_and_the_cached_model_untouched(tmp_path):
     """SmolLM2 from GGUF is dequantised but keeps transformers' GGUF quantizer attached,
     which Trainer refuses and save_pretrained cannot write; the training copy drops it."""
