@@ -2,6 +2,7 @@
 the CLI from another directory."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,9 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel built from a copy of the sources (a build in the checkout would leave a
+    `build/` folder whose stale files later wheels would carry)."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("treesearch", "critics", "configs"):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(out), str(ROOT)], check=True, cwd=out)
+                    "-w", str(out), str(source)], check=True, cwd=out)
     (built,) = out.glob("treesearch-*.whl")
     return built
 
