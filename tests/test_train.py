@@ -25,7 +25,8 @@ from treesearch.train.prm import (
     roc_auc,
     split_eval,
 )
-from treesearch.train.sft import build_sft_trainer, load_private_model, sft_example
+from treesearch.train.common import load_private_model
+from treesearch.train.sft import build_sft_trainer, sft_example
 from treesearch.types import Problem, SamplingParams, State
 
 SYSTEM = {"role": "system", "content": "Solve step by step, one step per line."}
@@ -297,7 +298,7 @@ def test_roc_auc_and_eval_split():
 
 
 def test_max_steps_caps_but_never_extends_epochs():
-    from treesearch.train.sft import step_limit
+    from treesearch.train.common import step_limit
 
     assert step_limit(None, rows=100, epochs=1, batch_size=4) == -1
     assert step_limit(30, rows=100, epochs=1, batch_size=4) == 25  # one epoch is 25 steps

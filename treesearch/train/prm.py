@@ -39,10 +39,10 @@ import numpy as np
 
 from critics.prm_model import VALUE_HEAD, PRMFormat, encode_steps
 from treesearch.prompting import render_prompt
-from treesearch.train.sft import (
+from treesearch.train.common import (
     TRAIN_RECORD,
     DataArg,
-    _StepTimer,
+    StepTimer,
     check_messages,
     checkpointing_arg,
     load_private_model,
@@ -374,7 +374,7 @@ def train_prm(
         ],
         weight_decay=0.0,
     )
-    timer = _StepTimer()
+    timer = StepTimer("PRM")
     trainer = _trainer_class()(
         model=model,
         args=args,

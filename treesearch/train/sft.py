@@ -27,80 +27,26 @@ always runs on a private copy of the model, never on the one `load_causal_lm` ca
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
-DataArg = Union[str, os.PathLike, Sequence[Mapping], Any]
-TRAIN_RECORD = "treesearch_train.json"
-
-
-# ----------------------------------------------------------------------------------------
-# Data shared by both trainers
-
-
-def read_rows(data: DataArg, what: str = "data") -> list[dict]:
-    """Rows of `data` as plain dicts: a Parquet file, a folder of Parquet files, a
-    `datasets.Dataset` (anything with `to_list`), or a sequence of dicts."""
-    if isinstance(data, (str, os.PathLike)):
-        import pyarrow.parquet as pq
-
-        path = Path(data).expanduser()
-        if path.is_dir():
-            files = sorted(path.glob("*.parquet"))
-            if not files:
-                raise FileNotFoundError(f"{what}: no .parquet files in folder {path}")
-        elif path.is_file():
-            files = [path]
-        else:
-            raise FileNotFoundError(f"{what}: file not found: {path}")
-        rows: list[dict] = []
-        for file in files:
-            rows.extend(pq.read_table(file).to_pylist())
-    elif hasattr(data, "to_list") and callable(data.to_list):
-        rows = list(data.to_list())
-    elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
-        rows = list(data)
-    else:
-        raise TypeError(
-            f"{what}: expected a Parquet path, a datasets.Dataset or a list of dicts, got {type(data).__name__}"
-        )
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise TypeError(f"{what} row {i}: expected a dict, got {type(row).__name__}")
-    if not rows:
-        raise ValueError(f"{what}: no rows")
-    return [dict(r) for r in rows]
-
-
-def row_name(what: str, i: int, row: Mapping) -> str:
-    """`"<what> row <i>"`, with the row's problem id when it has one (for error messages)."""
-    pid = row.get("problem_id")
-    return f"{what} row {i}" + (f" (problem_id {pid!r})" if pid is not None else "")
-
-
-def check_messages(value: Any, where: str, field: str) -> list[dict]:
-    """Chat messages as `[{role, content}]` (extra keys dropped), or a ValueError naming
-    the row and the field."""
-    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) == 0:
-        raise ValueError(f"{where}: field {field!r} must be a non-empty list of chat messages, got {value!r:.80}")
-    out = []
-    for j, message in enumerate(value):
-        if not isinstance(message, Mapping):
-            raise ValueError(f"{where}: field {field!r} message {j} is not a dict: {message!r:.80}")
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not role:
-            raise ValueError(f"{where}: field {field!r} message {j} has no role")
-        if not isinstance(content, str):
-            raise ValueError(f"{where}: field {field!r} message {j} has no text content")
-        out.append({"role": role, "content": content})
-    return out
-
+from treesearch.train.common import (
+    TRAIN_RECORD,
+    DataArg,
+    StepTimer,
+    check_messages,
+    checkpointing_arg,
+    load_private_model,
+    quiet,
+    read_rows,
+    row_name,
+    step_limit,
+    use_bf16,
+)
 
 # ----------------------------------------------------------------------------------------
 # SFT
@@ -131,74 +77,6 @@ def sft_example(row: Mapping, i: int, what: str = "SFT data") -> dict:
     if not any(m["content"].strip() for m in completion):
         raise ValueError(f"{where}: field 'completion' is empty")
     return {"prompt": prompt, "completion": completion}
-
-
-def load_private_model(model: Union[str, os.PathLike], *, dtype: str = "float32"):
-    """`(causal_lm, tokenizer)` to train: a copy of what `load_causal_lm` loads (so the
-    process-wide cached model stays untouched) and a fresh tokenizer."""
-    from treesearch.models import drop_gguf_marker, load_causal_lm, load_tokenizer
-
-    cached, _ = load_causal_lm(model, device="cpu", dtype=dtype)
-    lm = copy.deepcopy(cached)
-    drop_gguf_marker(lm, model)
-    tokenizer = load_tokenizer(model)
-    return lm, tokenizer
-
-
-class _StepTimer:
-    """A Trainer callback recording each optimizer step's wall time."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class Callback(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                timer.start = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                timer.seconds.append(time.perf_counter() - timer.start)
-
-        self.start = 0.0
-        self.seconds: list[float] = []
-        self.callback = Callback()
-
-
-def quiet(trainer) -> None:
-    """Drop the Trainer's per-step log printing (the log history is still kept)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-
-
-def checkpointing_arg(config_class: Any, enabled: bool) -> dict:
-    """The activation-checkpointing switch under its name in `config_class`
-    (`activation_checkpointing` since transformers 5.2x, `gradient_checkpointing` before;
-    TRL's config defaults the old name to True)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(config_class)}
-    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {key: bool(enabled)}
-
-
-def use_bf16() -> bool:
-    """bf16 mixed precision on CUDA GPUs that support it; fp32 on CPU (CPU autocast is slow)."""
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
-def step_limit(max_steps: Optional[int], rows: int, epochs: float, batch_size: int, accumulation: int = 1) -> int:
-    """Trainer's `max_steps`: -1 (train `epochs`) when no cap is given, else the cap, but
-    never more steps than `epochs` over `rows` would take (a cap must not turn 2 rows
-    into 15 epochs)."""
-    if not max_steps:
-        return -1
-    per_epoch = max(1, math.ceil(math.ceil(rows / max(batch_size, 1)) / max(accumulation, 1)))
-    return max(1, min(int(max_steps), math.ceil(per_epoch * float(epochs))))
 
 
 def build_sft_trainer(
@@ -267,7 +145,7 @@ def build_sft_trainer(
             target_modules="all-linear",
             task_type="CAUSAL_LM",
         )
-    timer = _StepTimer()
+    timer = StepTimer("policy SFT")
     trainer = SFTTrainer(
         model=lm,
         args=config,
