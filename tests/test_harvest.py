@@ -22,7 +22,7 @@ from treesearch.harvest import (
     sft_candidates,
 )
 from treesearch.harvest_cli import main as harvest_main
-from treesearch.jobs import RunFolder
+from treesearch.runfolder import RunFolder
 from treesearch.search.budget import Accounting
 from treesearch.tree import Tree
 from treesearch.types import SearchResult

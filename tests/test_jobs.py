@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from treesearch.jobs import RunFolder, run_job
+from treesearch.jobs import run_job
+from treesearch.runfolder import RunFolder
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -173,7 +174,7 @@ def test_pools_are_reused_and_reloaded_in_place_between_jobs(tiny_model_dir, tmp
 
 
 def test_failed_searches_are_retried_on_resume_but_bad_input_rows_are_not(tmp_path):
-    from treesearch.jobs import BAD_INPUT
+    from treesearch.runfolder import BAD_INPUT
 
     folder = RunFolder(tmp_path)
     folder.write_error("p1", "RayActorError: the actor died")

@@ -59,16 +59,15 @@ def _hydra_command(config_name: str, body: Callable, args: Sequence[str]) -> Non
 
 
 def _search(cfg) -> None:
-    import json
-
     from treesearch.jobs import run_job
     from treesearch.report import print_run
+    from treesearch.runfolder import RunFolder
 
-    folder = run_job(cfg)
-    print_run(folder)
-    metrics = json.loads((folder / "metrics.json").read_text())
+    folder = RunFolder(run_job(cfg))
+    print_run(folder.path)
+    metrics = folder.metrics()
     if metrics["problems"] and metrics["errors"] == metrics["problems"]:
-        raise SystemExit(f"every problem failed; see the error column of {folder / 'results.parquet'}")
+        raise SystemExit(f"every problem failed; see the error column of {folder.path / RunFolder.TABLE}")
 
 
 def _selftrain(cfg) -> None:

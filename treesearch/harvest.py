@@ -388,23 +388,15 @@ class _Run:
     """One run folder's config, task and finished trees."""
 
     def __init__(self, path: PathLike):
-        from omegaconf import OmegaConf
-
         from treesearch.components import build_task, plain
-        from treesearch.jobs import RunFolder
+        from treesearch.runfolder import RunFolder
 
         self.path = Path(path).expanduser().resolve()
-        self.folder = RunFolder(self.path)
-        manifest, config = self.path / "manifest.json", self.path / "config.yaml"
-        if not self.path.is_dir():
-            raise FileNotFoundError(f"run folder not found: {self.path}")
-        for required in (manifest, config):
-            if not required.is_file():
-                raise FileNotFoundError(f"not a run folder: {self.path} has no {required.name}")
-        self.manifest = json.loads(manifest.read_text())
-        cfg = OmegaConf.load(config)
+        self.folder = RunFolder.existing(self.path)
+        cfg = self.folder.config()
+        self.manifest = self.folder.manifest()
         if "task" not in cfg:
-            raise ValueError(f"{config}: no 'task' section")
+            raise ValueError(f"{self.path / RunFolder.CONFIG}: no 'task' section")
         self.task_cfg = plain(cfg["task"])
         self.task = build_task(self.task_cfg)
         self._problems: Optional[dict] = None
@@ -427,31 +419,31 @@ class _Run:
 
     def trees(self) -> Iterable[Tree]:
         for pid in self.manifest.get("problem_ids", []):
-            result = self.folder.result_path(pid)
-            if not result.exists():
+            result = self.folder.result(pid)
+            if result is None:
                 self.skipped["unfinished"] += 1
                 continue
-            if json.loads(result.read_text()).get("error"):
+            if result.get("error"):
                 self.skipped["errors"] += 1
                 continue
-            tree_path = self.folder.tree_path(pid)
-            if not tree_path.exists():
+            if not self.folder.tree_path(pid).exists():
                 self.skipped["missing_trees"] += 1
                 continue
-            yield Tree.load(tree_path)
+            yield self.folder.load_tree(pid)
 
 
 def _write_table(rows: list[dict], feats, path: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from treesearch.runfolder import replaced_atomically
+
     schema = feats.arrow_schema
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if rows:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    else:
-        pq.ParquetWriter(tmp, schema).close()
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        if rows:
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+        else:
+            pq.ParquetWriter(tmp, schema).close()
     return path
 
 
@@ -564,7 +556,7 @@ def harvest(
         "prm": _write_table(prm, feats["prm"], out / FILES["prm"]),
         "preference": _write_table(preference, feats["preference"], out / FILES["preference"]),
     }
-    from treesearch.jobs import write_atomic
+    from treesearch.runfolder import write_atomic
 
     record = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

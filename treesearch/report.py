@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from treesearch.runfolder import RunFolder
 
 
 def _short(text, width: int) -> str:
@@ -13,11 +14,8 @@ def _short(text, width: int) -> str:
 
 def print_run(folder: Path, max_rows: int = 50) -> None:
     """Print one line per problem (answer, gold, correct, tokens, calls, seconds) and totals."""
-    import pyarrow.parquet as pq
-
-    folder = Path(folder)
-    rows = pq.read_table(folder / "results.parquet").to_pylist()
-    metrics = json.loads((folder / "metrics.json").read_text())
+    run = RunFolder(Path(folder))
+    rows, metrics = run.table_rows(), run.metrics()
     header = f"{'id':<18} {'answer':>10} {'gold':>10} {'ok':>3} {'tokens':>7} {'calls':>6} {'sec':>7}  error"
     print(header)
     print("-" * len(header))
@@ -29,7 +27,7 @@ def print_run(folder: Path, max_rows: int = 50) -> None:
             f"{row['seconds'] or 0:>7.1f}  {_short(row['error'], 40)}"
         )
     if len(rows) > max_rows:
-        print(f"... {len(rows) - max_rows} more rows in results.parquet")
+        print(f"... {len(rows) - max_rows} more rows in {RunFolder.TABLE}")
     acc = metrics.get("accuracy")
     acc_text = f"{acc:.1%} ({metrics['correct']}/{metrics['graded']})" if acc is not None else "n/a"
     tokens = metrics["generated_tokens"]["mean"]

@@ -31,7 +31,8 @@ from typing import Any, Callable, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from treesearch.components import plain
-from treesearch.jobs import job_digest, write_atomic
+from treesearch.jobs import job_digest
+from treesearch.runfolder import RunFolder, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,6 @@ class SelfTraining:
     def bstar(self, folder: Path, policy: str, prm: Optional[str]) -> dict:
         """B-STaR figures at each candidate temperature; the chosen one for the next round."""
         from treesearch.bstar import bstar_metrics, samples_from_tree
-        from treesearch.tree import Tree
 
         cfg_b = self.st["bstar"]
         if not cfg_b.get("enabled", True):
@@ -136,7 +136,7 @@ class SelfTraining:
             )
             cfg = self.job_cfg(folder / "bstar" / f"t{t}", policy, task=dev, critic=self.prm_critic(prm), search=search)
             run = self._run_job(cfg)
-            trees = [Tree.load(p) for p in sorted((run / "trees").glob("*.parquet"))]
+            trees = RunFolder(run).saved_trees()
             per_temperature[str(t)] = bstar_metrics(
                 (samples_from_tree(tree) for tree in trees), cfg_b.get("threshold", 0.5), cfg_b.get("n_star", 4)
             )
@@ -252,7 +252,7 @@ def _flat_search(cfg: Mapping, algorithm: str, solutions: int, **options: Any) -
 
 
 def _metrics(run: Path) -> dict:
-    m = json.loads((Path(run) / "metrics.json").read_text())
+    m = RunFolder(Path(run)).metrics()
     return {
         "run": str(run),
         "accuracy": m.get("accuracy"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -83,13 +82,10 @@ def render_tree(tree: Tree, chosen: set[int], title: str, meta: str, backup: str
 
 def write_view(run: Path, problem_id: Optional[str] = None) -> Path:
     """Write `RUN/view/<id>.html` for one problem of a run folder and return its path."""
-    from treesearch.jobs import RunFolder, file_key
+    from treesearch.runfolder import RunFolder, file_key
 
-    folder = RunFolder(Path(run))
-    manifest = folder.path / "manifest.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{folder.path} is not a treesearch run folder (no manifest.json)")
-    ids = json.loads(manifest.read_text())["problem_ids"]
+    folder = RunFolder.existing(Path(run))
+    ids = folder.manifest()["problem_ids"]
     if problem_id is None:
         done = folder.finished()
         candidates = [i for i in ids if i in done and folder.tree_path(i).exists()]
@@ -100,8 +96,8 @@ def write_view(run: Path, problem_id: Optional[str] = None) -> Path:
         raise KeyError(f"problem {problem_id!r} is not in {folder.path} (first ids: {ids[:5]})")
     if not folder.tree_path(problem_id).exists():
         raise FileNotFoundError(f"no tree saved for problem {problem_id!r} in {folder.path}")
-    tree = Tree.load(folder.tree_path(problem_id))
-    row = json.loads(folder.result_path(problem_id).read_text()) if folder.result_path(problem_id).exists() else {}
+    tree = folder.load_tree(problem_id)
+    row = folder.result(problem_id) or {}
     prompt = tree.prompt if isinstance(tree.prompt, str) else "\n".join(m.get("content", "") for m in tree.prompt)
     meta = (
         f"{prompt}\n\nanswer: {row.get('answer')} | gold: {row.get('gold')} | correct: {row.get('correct')} | "

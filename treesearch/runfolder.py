@@ -1,0 +1,238 @@
+"""The run folder of a batch search job: its layout, its atomic writes, and reading it
+back. Jobs write it; the viewer, the report, harvest and self-training read it, all
+through `RunFolder`.
+
+    config.yaml         the resolved job config
+    manifest.json       problem ids in order + a digest of what defines the job's results
+    results/<id>.json   one row per finished problem (written atomically, last)
+    trees/<id>.parquet  the problem's search tree (written before its result row)
+    results.parquet     all rows, in manifest order (rebuilt at the end of every run)
+    metrics.json        accuracy, tokens and calls per problem, batching, time split
+
+A problem is finished exactly when its `results/<id>.json` exists without a search error,
+so a rerun of the same command skips finished problems and redoes the rest from scratch
+(problems whose search failed, e.g. because a model actor stayed down, are retried;
+`job.redo_errors=false` keeps their error rows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+
+from treesearch.types import SearchResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from treesearch.tree import Tree
+
+RESULT_SCHEMA = {
+    "id": "string",
+    "answer": "string",
+    "gold": "string",
+    "correct": "bool",
+    "error": "string",
+    "algorithm": "string",
+    "answer_selection": "string",
+    "value": "float64",
+    "solution": "string",
+    "candidates": "string",
+    "nodes": "int64",
+    "generated_tokens": "int64",
+    "prompt_tokens": "int64",
+    "critic_tokens": "int64",
+    "policy_calls": "int64",
+    "critic_calls": "int64",
+    "simulations": "int64",
+    "seconds": "float64",
+    "seconds_in_model": "float64",
+    "seconds_in_engine": "float64",
+}
+"""Columns of results.parquet (one row per problem)."""
+
+BAD_INPUT = "bad input: "
+
+
+def file_key(problem_id: str) -> str:
+    """A file-name-safe, collision-free key for a problem id."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", problem_id)[:80]
+    if safe == problem_id:
+        return safe
+    return f"{safe}-{zlib.crc32(problem_id.encode()):08x}"
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A scratch path beside `path` to write to; it replaces `path` in one step when the
+    block ends without an error (readers see the old file or the whole new one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    with replaced_atomically(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def result_row(result: SearchResult) -> dict:
+    row = result.summary()
+    row["solution"] = result.solution
+    row["candidates"] = json.dumps(result.candidates)
+    return {k: row.get(k) for k in RESULT_SCHEMA}
+
+
+def error_row(problem_id: str, error: str, gold: Optional[str] = None) -> dict:
+    row = {k: None for k in RESULT_SCHEMA}
+    row.update(id=problem_id, error=error, gold=gold, correct=False if gold is not None else None)
+    return row
+
+
+class RunFolder:
+    """The files of one job's run, and the rules that make resume exact."""
+
+    CONFIG, MANIFEST, METRICS, TABLE = "config.yaml", "manifest.json", "metrics.json", "results.parquet"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.results = self.path / "results"
+        self.trees = self.path / "trees"
+
+    @classmethod
+    def existing(cls, path: Path) -> "RunFolder":
+        """A run folder that a job wrote (it has a manifest), or FileNotFoundError."""
+        folder = cls(Path(path).expanduser())
+        if not folder.path.is_dir():
+            raise FileNotFoundError(f"run folder not found: {folder.path}")
+        if not (folder.path / cls.MANIFEST).is_file():
+            raise FileNotFoundError(f"{folder.path} is not a treesearch run folder (no {cls.MANIFEST})")
+        return folder
+
+    def result_path(self, problem_id: str) -> Path:
+        return self.results / f"{file_key(problem_id)}.json"
+
+    def tree_path(self, problem_id: str) -> Path:
+        return self.trees / f"{file_key(problem_id)}.parquet"
+
+    # ------------------------------------------------------------------ reading
+    def manifest(self) -> dict:
+        return json.loads((self.path / self.MANIFEST).read_text())
+
+    def config(self) -> Any:
+        """The resolved job config (an OmegaConf object), or FileNotFoundError."""
+        from omegaconf import OmegaConf
+
+        path = self.path / self.CONFIG
+        if not path.is_file():
+            raise FileNotFoundError(f"not a run folder: {self.path} has no {self.CONFIG}")
+        return OmegaConf.load(path)
+
+    def metrics(self) -> dict:
+        return json.loads((self.path / self.METRICS).read_text())
+
+    def table_rows(self) -> list[dict]:
+        """The rows of results.parquet (every problem of the last run, in manifest order)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path / self.TABLE).to_pylist()
+
+    def result(self, problem_id: str) -> Optional[dict]:
+        """The problem's result row, or None while it is unfinished."""
+        path = self.result_path(problem_id)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def load_tree(self, problem_id: str) -> "Tree":
+        from treesearch.tree import Tree
+
+        return Tree.load(self.tree_path(problem_id))
+
+    def saved_trees(self) -> list["Tree"]:
+        """Every tree in the folder, in file order."""
+        from treesearch.tree import Tree
+
+        return [Tree.load(p) for p in sorted(self.trees.glob("*.parquet"))]
+
+    # ------------------------------------------------------------------ writing
+    def write_config(self, cfg: Any) -> None:
+        from omegaconf import OmegaConf
+
+        write_atomic(self.path / self.CONFIG, OmegaConf.to_yaml(OmegaConf.create(cfg)).encode())
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_atomic(self.path / self.METRICS, json.dumps(metrics, indent=2, default=str).encode())
+
+    def claim(self, problem_ids: list[str], digest: str) -> None:
+        """Create the manifest, or check that an existing one describes the same job."""
+        manifest = self.path / self.MANIFEST
+        if manifest.exists():
+            old = json.loads(manifest.read_text())
+            if old.get("digest") != digest or old.get("problem_ids") != problem_ids:
+                raise ValueError(
+                    f"run folder {self.path} holds a different job (other config or problems); "
+                    "choose another job.output_dir"
+                )
+            return
+        body = {"digest": digest, "problem_ids": problem_ids, "created": time.time()}
+        write_atomic(manifest, json.dumps(body, indent=1).encode())
+
+    def finished(self, redo_errors: bool = True) -> set[str]:
+        """Ids with a result row. With `redo_errors`, rows of problems whose search failed
+        (e.g. a model actor stayed down) do not count, so a rerun tries them again; rows
+        of bad input data always count."""
+        if not self.results.is_dir():
+            return set()
+        done = set()
+        for path in self.results.glob("*.json"):
+            try:
+                row = json.loads(path.read_text())
+                failed = bool(row.get("error")) and not str(row["error"]).startswith(BAD_INPUT)
+                if not (redo_errors and failed):
+                    done.add(row["id"])
+            except (ValueError, KeyError):
+                continue  # a damaged row counts as unfinished and is redone
+        return done
+
+    def write_result(self, result: SearchResult, save_tree: bool = True) -> dict:
+        if save_tree:
+            with replaced_atomically(self.tree_path(result.problem.id)) as tmp:
+                result.tree.save(tmp)
+        row = result_row(result)
+        write_atomic(self.result_path(result.problem.id), json.dumps(row).encode())
+        return row
+
+    def write_error(self, problem_id: str, error: str) -> None:
+        write_atomic(self.result_path(problem_id), json.dumps(error_row(problem_id, error)).encode())
+
+    def rows(self, problem_ids: Iterable[str]) -> list[dict]:
+        out = []
+        for pid in problem_ids:
+            path = self.result_path(pid)
+            if path.exists():
+                out.append(json.loads(path.read_text()))
+        return out
+
+    def write_table(self, rows: list[dict]) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([(k, pa.type_for_alias(t)) for k, t in RESULT_SCHEMA.items()])
+        table = pa.Table.from_pylist(rows, schema=schema)
+        path = self.path / self.TABLE
+        with replaced_atomically(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
