@@ -1,10 +1,11 @@
-"""The Critic protocol, value checking, and the registry that configs name critics by."""
+"""The Critic protocol, value checking, and `FunctionCritic` (a plain value function as
+a Critic). Names for critics live in `critics.registry`."""
 
 from __future__ import annotations
 
-import importlib
+import asyncio
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -47,57 +48,36 @@ async def score_with_cost(critic: Critic, states: Sequence["State"]) -> tuple[np
     return np.asarray(values, dtype=np.float64), np.asarray(tokens, dtype=np.int64)
 
 
-_REGISTRY: dict[str, Callable[..., Critic]] = {}
-# Built-in critics whose modules import torch/transformers: registered on first use.
-_BUILTIN_MODULES = {
-    "self_eval": "critics.self_eval",
-    "loglik": "critics.loglik",
-    "prm": "critics.prm",
-    "rollout": "critics.rollout",
-    "verifier": "critics.verifier",
-    "weighted": "critics.combine",
-    "python": "critics.function",
-}
+def _is_async(fn: Callable) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
-def register_critic(name: str, factory: Callable[..., Critic] | None = None):
-    """Register a critic factory (a class or function returning a Critic) under `name`.
+class FunctionCritic:
+    """Wraps a value function as a `Critic`; values are checked to lie in [0, 1]."""
 
-    Usable as `register_critic("name", factory)` or as a decorator `@register_critic("name")`.
-    """
+    def __init__(self, fn: Callable, *, batched: bool = False, name: Optional[str] = None):
+        if not callable(fn):
+            raise TypeError(f"value function must be callable, got {fn!r}")
+        self.fn = fn
+        self.batched = batched
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.is_async = _is_async(fn)
 
-    def add(f: Callable[..., Critic]):
-        _REGISTRY[name] = f
-        return f
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
 
-    return add(factory) if factory is not None else add
+    async def score(self, states: Sequence[State]) -> np.ndarray:
+        states = list(states)
+        if self.batched:
+            out = self.fn(states)
+            if inspect.isawaitable(out):
+                out = await out
+        elif self.is_async:
+            out = await asyncio.gather(*(self.fn(s) for s in states))
+        else:
+            out = [self.fn(s) for s in states]
+        return check_values(out, len(states), repr(self.name))
 
-
-def registered_critics() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
-
-
-def make_critic(name: str, **kwargs: Any) -> Critic:
-    """Build a registered critic by name (as configs do)."""
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown critic {name!r}; registered: {registered_critics()}")
-    return as_critic(_REGISTRY[name](**kwargs))
-
-
-def as_critic(obj: Any) -> Critic:
-    """Accept a Critic, a registered critic's name, or a plain Python value function."""
-    if isinstance(obj, str):
-        return make_critic(obj)
-    score = getattr(obj, "score", None)
-    if score is not None and inspect.iscoroutinefunction(score):
-        return obj
-    if callable(obj):
-        from critics.function import FunctionCritic
-
-        return FunctionCritic(obj)
-    raise TypeError(
-        f"cannot use {obj!r} as a critic: pass a Critic (async score(states)), "
-        "a registered critic name, or a function state -> float"
-    )
+    def __repr__(self) -> str:
+        kind = ("async " if self.is_async else "") + ("batched" if self.batched else "per-state")
+        return f"FunctionCritic({self.name}, {kind})"

@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from critics.base import Critic, as_critic, check_values, register_critic, score_with_cost
+from critics.base import Critic, check_values, score_with_cost
+from critics.registry import as_critic, register_critic
 from treesearch.types import State
 
 

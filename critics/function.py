@@ -20,49 +20,11 @@ In a job config, name it by import path (built inside each critic actor)::
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional
 
-import numpy as np
-
-from critics.base import check_values, register_critic
-from treesearch.types import State
-
-
-def _is_async(fn: Callable) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
-
-
-class FunctionCritic:
-    """Wraps a value function as a `Critic`; values are checked to lie in [0, 1]."""
-
-    def __init__(self, fn: Callable, *, batched: bool = False, name: Optional[str] = None):
-        if not callable(fn):
-            raise TypeError(f"value function must be callable, got {fn!r}")
-        self.fn = fn
-        self.batched = batched
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
-        self.is_async = _is_async(fn)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-    async def score(self, states: Sequence[State]) -> np.ndarray:
-        states = list(states)
-        if self.batched:
-            out = self.fn(states)
-            if inspect.isawaitable(out):
-                out = await out
-        elif self.is_async:
-            out = await asyncio.gather(*(self.fn(s) for s in states))
-        else:
-            out = [self.fn(s) for s in states]
-        return check_values(out, len(states), repr(self.name))
-
-    def __repr__(self) -> str:
-        kind = ("async " if self.is_async else "") + ("batched" if self.batched else "per-state")
-        return f"FunctionCritic({self.name}, {kind})"
+from critics.base import FunctionCritic
+from critics.registry import as_critic, register_critic
 
 
 def value_function(
@@ -84,7 +46,6 @@ def import_critic(function: str, options: Optional[dict] = None, batched: bool =
     function (`batched` says its shape; `@value_function` ones know theirs), a Critic,
     or a Critic class; with `options` (even empty), a factory called with them that
     returns one of those."""
-    from critics.base import as_critic
     from treesearch.plugins import import_object
 
     obj = import_object(function, "critic.function")

@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from critics.base import register_critic
+from critics.registry import register_critic
 from critics.lm import LMScorer, ModelArg
 from treesearch.prompting import render_prompt
 from treesearch.types import State

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from critics.base import register_critic
+from critics.registry import register_critic
 from critics.lm import LMScorer
 from critics.prm_model import PRMFormat, ValueHeadModel, encode_steps, read_format
 from treesearch.prompting import render_prompt

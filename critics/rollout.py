@@ -7,7 +7,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from critics.base import Critic, as_critic, register_critic
+from critics.base import Critic
+from critics.registry import as_critic, register_critic
 from treesearch.tasks import Task
 from treesearch.types import SamplingParams, State
 

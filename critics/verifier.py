@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from critics.base import register_critic
+from critics.registry import register_critic
 from treesearch.tasks import Task
 from treesearch.types import State
 

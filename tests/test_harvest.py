@@ -25,7 +25,7 @@ from treesearch.harvest_cli import main as harvest_main
 from treesearch.runfolder import RunFolder
 from treesearch.search.budget import Accounting
 from treesearch.tree import Tree
-from treesearch.types import SearchResult
+from treesearch.result import SearchResult
 from tests.doubles import ScriptedPolicy
 
 NAN = math.nan

@@ -5,7 +5,8 @@ from treesearch.runner import Runner, RunStats
 from treesearch.search import ALGORITHMS, Accounting, Budget, make_algorithm
 from treesearch.tasks import Task
 from treesearch.tree import Tree
-from treesearch.types import Problem, SamplingParams, SearchResult, State, Step
+from treesearch.result import SearchResult
+from treesearch.types import Problem, SamplingParams, State, Step
 
 __all__ = [
     "ALGORITHMS",

@@ -8,7 +8,8 @@ from typing import Any, Iterable, Optional, Union
 from treesearch.runner import Runner
 from treesearch.search.budget import Budget
 from treesearch.tasks import Task
-from treesearch.types import Problem, SearchResult
+from treesearch.result import SearchResult
+from treesearch.types import Problem
 
 ProblemLike = Union[Problem, str, dict]
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from treesearch.components import build_task, load_problems, plain
 from treesearch.runfolder import BAD_INPUT, RunFolder
-from treesearch.types import Problem, SearchResult
+from treesearch.result import SearchResult
+from treesearch.types import Problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from treesearch.cluster import ModelPools

@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
-from treesearch.types import SearchResult
+from treesearch.result import SearchResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from treesearch.tree import Tree

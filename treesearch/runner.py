@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
-from critics.base import Critic, as_critic, check_values, score_with_cost
+from critics.base import Critic, check_values, score_with_cost
+from critics.registry import as_critic
 from treesearch.batching import Batcher, BatchStats, ModelClock, RoutedBatcher
 from treesearch.policy.base import Policy
 from treesearch.search import SearchAlgorithm, SearchContext, make_algorithm
@@ -21,7 +22,8 @@ from treesearch.search.answer import select_answer
 from treesearch.search.base import grade_terminals
 from treesearch.search.budget import DEFAULT_BUDGET, Budget
 from treesearch.tasks import Task
-from treesearch.types import Problem, SearchResult, State
+from treesearch.result import SearchResult
+from treesearch.types import Problem, State
 
 log = logging.getLogger(__name__)
 

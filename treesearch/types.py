@@ -2,17 +2,13 @@
 
 A `Problem` goes in, a search grows a `Tree` of steps, the policy proposes `Step`s for a
 `State` (a problem plus the steps taken so far), critics value `State`s, and a
-`SearchResult` comes out.
+`SearchResult` (`treesearch.result`) comes out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
-
-if TYPE_CHECKING:  # pragma: no cover
-    from treesearch.search.budget import Accounting
-    from treesearch.tree import Tree
+from typing import Optional, Sequence, Union
 
 # A prompt is either plain text or chat messages ({"role": ..., "content": ...}).
 Prompt = Union[str, Sequence[dict]]
@@ -104,35 +100,3 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-@dataclass
-class SearchResult:
-    """What one search returns for one problem."""
-
-    problem: Problem
-    answer: Optional[str]
-    correct: Optional[bool]
-    algorithm: str
-    answer_selection: str
-    value: float
-    solution: str
-    tree: "Tree"
-    accounting: "Accounting"
-    candidates: dict[str, float] = field(default_factory=dict)
-    error: Optional[str] = None
-
-    def summary(self) -> dict[str, Any]:
-        """A flat row for tables and Parquet files."""
-        return {
-            "id": self.problem.id,
-            "answer": self.answer,
-            "gold": self.problem.gold,
-            "correct": self.correct,
-            "algorithm": self.algorithm,
-            "answer_selection": self.answer_selection,
-            "value": self.value,
-            "nodes": len(self.tree),
-            "error": self.error,
-            **self.accounting.as_dict(),
-        }

@@ -377,7 +377,7 @@ class SearchContext:
         """Add `steps` as (more, with `extend`) children of `node`: mark terminals and
         extract their answers, close nodes that end or hit `max_depth` (and `node` if its
         first expansion brought no step)."""
-        task, tree = self.task, self.tree
+        tree = self.tree
         if not steps:
             if not extend:
                 tree.add_children(node, [])
