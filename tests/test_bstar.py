@@ -13,14 +13,27 @@ def test_metrics_on_known_samples():
     assert m["distinct_correct"] == pytest.approx((2 + 1) / 2)
     # critic's pick: a picks 0.9 (correct), b picks 0.95 (wrong)
     assert m["exploitation"] == pytest.approx(0.5)
-    # balance: a selects 3 (>= .5), 2 correct: min(2/2, 1) * 2/3; b selects 1, 0 correct: 0
-    assert m["balance_score"] == pytest.approx((2 / 3 + 0) / 2)
+    # balance over unique responses: a selects "x=1" (twice, counted once) and "y", 1 of
+    # them correct: min(1/2, 1) * 1/2; b selects 1, 0 correct: 0
+    assert m["balance_score"] == pytest.approx((1 / 4 + 0) / 2)
 
 
-def test_balance_score_edges():
-    assert balance_score([Sample("a", 0.1, True)], threshold=0.5, n_star=4) == 0.0
-    assert balance_score([Sample("a", 0.9, True)] * 8, threshold=0.5, n_star=4) == 1.0
-    assert balance_score([Sample("a", 0.9, True)], threshold=0.5, n_star=4) == pytest.approx(0.25)
+def test_balance_score_counts_unique_responses():
+    # hand-computed with the paper's n* = 8 (the default)
+    assert balance_score([Sample("a", 0.1, True)], threshold=0.5) == 0.0
+    # 8 copies of one correct solution: one unique correct response, 1/8 * 1/1
+    assert balance_score([Sample("a", 0.9, True)] * 8, threshold=0.5) == pytest.approx(0.125)
+    # two correct solutions sampled four times each: 2/8 * 2/2
+    two = [Sample("a", 0.9, True)] * 4 + [Sample("b", 0.8, True)] * 4
+    assert balance_score(two, threshold=0.5) == pytest.approx(0.25)
+    # plus a wrong one selected three times: 2/8 * 2/3
+    assert balance_score(two + [Sample("c", 0.7, False)] * 3, threshold=0.5) == pytest.approx(0.25 * 2 / 3)
+    # eight distinct correct ones reach 1; n* = 4 caps exploration at 4
+    eight = [Sample(f"s{i}", 0.9, True) for i in range(8)]
+    assert balance_score(eight, threshold=0.5) == 1.0
+    assert balance_score(eight[:2], threshold=0.5, n_star=4) == pytest.approx(0.5)
+    # the same text from two nodes: selected by its best value
+    assert balance_score([Sample("a", 0.2, True), Sample("a ", 0.9, True)], threshold=0.5, n_star=1) == 1.0
     with pytest.raises(ValueError, match="n_star"):
         bstar_metrics([], n_star=0)
 

@@ -5,11 +5,13 @@ From k sampled solutions per problem, each with a critic value and a correctness
 - exploration: pass@k (some sample is correct) and the number of distinct correct
   solutions among the k (by solution text);
 - exploitation: how often the critic's pick (the highest-valued sample) is correct;
-- balance score (B-STaR, Zeng et al. 2024): per problem, with n the samples the critic
-  selects (value >= threshold) and n' the correct ones among them,
+- balance score (B-STaR, Zeng et al. 2024): per problem, over *unique* responses (the
+  same solution text sampled twice counts once, as the authors' code deduplicates
+  (query, response) pairs first), with n the responses the critic selects (value >=
+  threshold) and n' the correct ones among them,
   ``bs = min(n' / n_star, 1) * (n' / n)`` (0 when nothing is selected), averaged over
-  problems. It rewards having enough correct samples (exploration) that the critic can
-  tell apart (exploitation).
+  problems. It rewards having enough distinct correct samples (exploration) that the
+  critic can tell apart (exploitation). `n_star` defaults to 8, the paper's value.
 """
 
 from __future__ import annotations
@@ -46,15 +48,27 @@ def samples_from_tree(tree: Tree) -> list[Sample]:
     return out
 
 
-def balance_score(samples: Sequence[Sample], threshold: float, n_star: int) -> float:
-    selected = [s for s in samples if s.value >= threshold]
+def unique_responses(samples: Sequence[Sample]) -> list[Sample]:
+    """One sample per distinct solution text (stripped), keeping the highest value seen
+    for it (copies of one node share a value; the same text from two nodes may not)."""
+    best: dict[str, Sample] = {}
+    for s in samples:
+        key = s.solution.strip()
+        if key not in best or s.value > best[key].value:
+            best[key] = s
+    return list(best.values())
+
+
+def balance_score(samples: Sequence[Sample], threshold: float, n_star: int = 8) -> float:
+    """B-STaR's balance score of one problem's samples, over unique responses."""
+    selected = [s for s in unique_responses(samples) if s.value >= threshold]
     if not selected:
         return 0.0
     correct = sum(s.correct for s in selected)
     return min(correct / n_star, 1.0) * correct / len(selected)
 
 
-def bstar_metrics(per_problem: Iterable[Sequence[Sample]], threshold: float = 0.5, n_star: int = 4) -> dict:
+def bstar_metrics(per_problem: Iterable[Sequence[Sample]], threshold: float = 0.5, n_star: int = 8) -> dict:
     """Exploration, exploitation and balance over problems (each a list of k samples)."""
     if n_star < 1:
         raise ValueError(f"n_star must be >= 1, got {n_star}")

@@ -138,7 +138,7 @@ class SelfTraining:
             run = self._run_job(cfg)
             trees = RunFolder(run).saved_trees()
             per_temperature[str(t)] = bstar_metrics(
-                (samples_from_tree(tree) for tree in trees), cfg_b.get("threshold", 0.5), cfg_b.get("n_star", 4)
+                (samples_from_tree(tree) for tree in trees), cfg_b.get("threshold", 0.5), cfg_b.get("n_star", 8)
             )
         best = max(per_temperature, key=lambda k: per_temperature[k].get("balance_score", 0.0))
         return {"by_temperature": per_temperature, "chosen_temperature": float(best)}
