@@ -24,7 +24,9 @@ class PRMCritic:
     from a treesearch folder's `treesearch_prm.json`, else "math_shepherd".
     `aggregate`: how step values become the state's value: the latest step's ("last",
     the default), or the min / mean / product over all steps. A state with no steps
-    scores `empty_value`.
+    scores `empty_value`. `trust_remote_code`: let a folder's own Python code run (a
+    `qwen_prm` checkpoint whose config.json maps to code in the folder); off by default,
+    because a PRM folder is data people pass around.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class PRMCritic:
         threads: Optional[int] = None,
         max_batch_size: int = 16,
         empty_value: float = 0.5,
+        trust_remote_code: bool = False,
     ):
         if aggregate not in AGGREGATES:
             raise ValueError(f"unknown PRM aggregate {aggregate!r}; choose from {AGGREGATES}")
@@ -54,7 +57,7 @@ class PRMCritic:
             fmt = read_format(folder) or PRMFormat(style or "math_shepherd", separator)
             if style is not None and style != fmt.style:
                 fmt = PRMFormat(style, separator)
-            network, tokenizer = self._load(folder, fmt, device, dtype)
+            network, tokenizer = self._load(folder, fmt, device, dtype, trust_remote_code)
         self.format = fmt
         self.lm = LMScorer((network, tokenizer), threads=threads, max_batch_size=max_batch_size)
         if fmt.style == "math_shepherd":
@@ -62,7 +65,7 @@ class PRMCritic:
             self.bad_id = self._single_token(fmt.bad_token)
 
     @staticmethod
-    def _load(folder: Path, fmt: PRMFormat, device: str, dtype: Any):
+    def _load(folder: Path, fmt: PRMFormat, device: str, dtype: Any, trust_remote_code: bool = False):
         from treesearch.models import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 
         if fmt.style == "value_head":
@@ -71,8 +74,16 @@ class PRMCritic:
             return load_causal_lm(str(folder), device=device, dtype=dtype)
         from transformers import AutoModel
 
+        if not trust_remote_code and _needs_remote_code(folder):
+            raise ValueError(
+                f"PRM folder {folder}: its config.json maps the model to Python code in the folder (auto_map); "
+                "treesearch does not run a folder's code unless you allow it: critic.trust_remote_code=true "
+                "(PRMCritic(..., trust_remote_code=True)), for a folder you trust"
+            )
         device = resolve_device(device)
-        net = AutoModel.from_pretrained(str(folder), dtype=resolve_dtype(dtype, device), trust_remote_code=True)
+        net = AutoModel.from_pretrained(
+            str(folder), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
+        )
         return net.to(device).eval(), load_tokenizer(str(folder))
 
     def _single_token(self, text: str) -> int:
@@ -122,6 +133,17 @@ class PRMCritic:
             v = np.asarray(values, dtype=np.float64)
             out[i] = {"last": v[-1], "min": v.min(), "mean": v.mean(), "prod": v.prod()}[self.aggregate]
         return np.clip(out, 0.0, 1.0)
+
+
+def _needs_remote_code(folder: Path) -> bool:
+    """The folder's config.json points a model class at code (`auto_map`)."""
+    import json
+
+    config = folder / "config.json"
+    try:
+        return bool(json.loads(config.read_text()).get("auto_map")) if config.is_file() else False
+    except ValueError:
+        return False
 
 
 register_critic("prm", PRMCritic)

@@ -4,7 +4,8 @@ Three styles, chosen by config (`style`):
 
 - ``value_head`` (treesearch's own, what `treesearch.train` writes): a causal-LM backbone
   with a scalar head; a step's value is sigmoid(head(h)) at the step's last token. Folder:
-  a Hugging Face causal-LM folder plus `value_head.pt` and `treesearch_prm.json`.
+  a Hugging Face causal-LM folder plus `value_head.safetensors` and `treesearch_prm.json`
+  (heads saved before as `value_head.pt` still load, as tensors only).
 - ``math_shepherd``: a causal LM; each step is followed by a tag (" ки"), and a step's
   value is P(good) / (P(good) + P(bad)) for the tokens "+"/"-" predicted at the tag.
 - ``qwen_prm`` (Qwen2.5-Math-PRM convention): each step is followed by "<extra_0>"; the
@@ -22,7 +23,26 @@ import torch
 
 PRM_STYLES = ("value_head", "math_shepherd", "qwen_prm")
 PRM_CONFIG = "treesearch_prm.json"
-VALUE_HEAD = "value_head.pt"
+VALUE_HEAD = "value_head.safetensors"
+LEGACY_VALUE_HEAD = "value_head.pt"  # torch.save'd by earlier versions
+
+
+def value_head_file(folder: Path) -> Optional[Path]:
+    """The value head's weights in `folder` (safetensors, else a legacy .pt), or None."""
+    for name in (VALUE_HEAD, LEGACY_VALUE_HEAD):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def load_value_head(path: Path, device: Any = "cpu") -> dict:
+    """A value head's state dict: safetensors, or a legacy .pt read as tensors only
+    (`weights_only=True`: a pickled object in the file is refused, never run)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device=str(device))
+    return torch.load(path, map_location=device, weights_only=True)
 
 
 @dataclass
@@ -84,7 +104,9 @@ class ValueHeadModel(torch.nn.Module):
         self.causal_lm.save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
-        torch.save(self.head.state_dict(), folder / VALUE_HEAD)
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, str(folder / VALUE_HEAD))
         (folder / PRM_CONFIG).write_text(json.dumps(asdict(fmt or PRMFormat()), indent=2))
         return folder
 
@@ -94,11 +116,12 @@ class ValueHeadModel(torch.nn.Module):
         from treesearch.models import load_causal_lm
 
         folder = Path(folder)
-        if not (folder / VALUE_HEAD).is_file():
+        head = value_head_file(folder)
+        if head is None:
             raise FileNotFoundError(f"{folder} has no {VALUE_HEAD}: not a value-head PRM checkpoint")
         causal_lm, _ = load_causal_lm(str(folder), device=device, dtype=dtype)
         model = cls(causal_lm)
-        model.head.load_state_dict(torch.load(folder / VALUE_HEAD, map_location=next(causal_lm.parameters()).device))
+        model.head.load_state_dict(load_value_head(head, next(causal_lm.parameters()).device))
         model.eval()
         return model
 

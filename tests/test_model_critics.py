@@ -1,7 +1,9 @@
 """Model-based critics on tiny random models built from a real config (and SmolLM2's tokenizer)."""
 
 import asyncio
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +80,7 @@ def test_value_head_prm_scores_every_step_and_round_trips(tiny, tmp_path):
     assert per_step[2][:2] == pytest.approx(per_step[1], abs=1e-5)
     # the checkpoint folder loads back with identical values, style read from the folder
     folder = prm.save_pretrained(tmp_path / "prm", tok)
+    assert (folder / "value_head.safetensors").is_file() and not (folder / "value_head.pt").exists()
     loaded = PRMCritic(str(folder), device="cpu")
     assert loaded.format.style == "value_head"
     assert run(loaded.score(STATES)) == pytest.approx(values, abs=1e-5)
@@ -119,6 +122,43 @@ def test_qwen_style_reads_the_positive_class_at_separators(tiny_model_dir, smoll
     logits = net(input_ids=torch.tensor([ids])).logits[0]
     expected = torch.softmax(logits[positions], -1)[:, 1].tolist()
     assert run(critic.step_values(STATES[2:3]))[0] == pytest.approx(expected, abs=1e-5)
+
+
+class _Touch:
+    """Pickles to a call that creates `path` when unpickled (a stand-in for hostile code)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_legacy_pt_head_loads_as_tensors_only(tiny, tmp_path):
+    model, tok = tiny
+    folder = ValueHeadModel(model).save_pretrained(tmp_path / "prm", tok)
+    head = folder / "value_head.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(head)), folder / "value_head.pt")  # as earlier versions wrote it
+    head.unlink()
+    assert PRMCritic(str(folder), device="cpu").format.style == "value_head"
+    marker = tmp_path / "ran"
+    torch.save({"weight": _Touch(marker)}, folder / "value_head.pt")
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|global"):
+        ValueHeadModel.from_pretrained(folder, device="cpu")
+    assert not marker.exists()
+
+
+def test_a_prm_folder_that_maps_to_its_own_code_is_refused_unless_trusted(tmp_path):
+    folder = tmp_path / "prm"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "auto_map": {"AutoModel": "evil.Model"}}))
+    with pytest.raises(ValueError, match="critic.trust_remote_code=true"):
+        PRMCritic(str(folder), style="qwen_prm", device="cpu")
+    assert not marker.exists()
 
 
 def test_bad_prm_inputs(tmp_path):

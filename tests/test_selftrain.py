@@ -102,7 +102,7 @@ def test_a_round_writes_every_stage_and_its_models_load(answering_model_dir, tmp
     (record,) = summary["rounds"]
     folder = out / "round-0"
     for stage in ("search/results.parquet", "data/harvest.json", "data/sft.parquet", "data/prm.parquet",
-                  "policy/config.json", "prm/value_head.pt", "eval_greedy/metrics.json",
+                  "policy/config.json", "prm/value_head.safetensors", "eval_greedy/metrics.json",
                   "eval_search/metrics.json", "round.json"):
         assert (folder / stage).exists(), stage
     assert record["data_counts"]["sft"] > 0 and record["data_counts"]["prm"] > 0

@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from critics.prm_model import VALUE_HEAD, PRMFormat, encode_steps
+from critics.prm_model import PRMFormat, encode_steps, load_value_head, value_head_file
 from treesearch.prompting import render_prompt
 from treesearch.train.common import (
     TRAIN_RECORD,
@@ -334,9 +334,9 @@ def train_prm(
 
     set_seed(int(seed))
     model = ValueHeadModel(lm)
-    head_file = Path(os.fspath(base_model)).expanduser() / VALUE_HEAD
-    if head_file.is_file():  # continue from a treesearch PRM folder
-        model.head.load_state_dict(torch.load(head_file, map_location="cpu"))
+    head_file = value_head_file(Path(os.fspath(base_model)).expanduser())
+    if head_file is not None:  # continue from a treesearch PRM folder
+        model.head.load_state_dict(load_value_head(head_file))
     model.train()
     collator = PRMCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
