@@ -107,3 +107,13 @@ def test_sweep_runs_one_job_per_value_and_the_viewer_renders(tmp_path, tiny_mode
     page = Path(view.stdout.strip().splitlines()[-1])
     assert page.is_file() and page.parent == runs[0] / "view"
     assert "chosen path" in page.read_text()
+
+
+def test_a_problem_id_that_a_skipped_bad_row_would_take_is_refused(tmp_path):
+    data = tmp_path / "problems.jsonl"
+    data.write_text('{"id": "bad-line-2", "input": "Tom has 2 apples and buys 3. How many?", "target": 5}\n'
+                    '{"input": "x", "target": 1\n')
+    overrides = mawps_job(data, tmp_path / "run", "+task.id_field=id", "task.skip_bad_rows=true")
+    with pytest.raises(ValueError, match=r"\['bad-line-2'\] are also the ids given to skipped bad rows"):
+        run_job(compose(overrides))
+    assert not (tmp_path / "run" / "manifest.json").exists()

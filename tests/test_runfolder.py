@@ -1,10 +1,11 @@
 """The run folder: atomic replacement, and reading back what a job wrote."""
 
 import json
+import re
 
 import pytest
 
-from treesearch.runfolder import RunFolder, replaced_atomically, write_atomic
+from treesearch.runfolder import RunFolder, file_key, legacy_file_key, replaced_atomically, write_atomic
 from treesearch.tree import Tree
 
 
@@ -49,3 +50,30 @@ def test_reads_back_what_was_written(tmp_path):
     assert again.load_tree("a").text == ["", "x", "y"] and [t.problem_id for t in again.saved_trees()] == ["a"]
     assert again.finished() == {"b/c"}  # a bad-input row counts as finished
     assert json.loads(again.result_path("b/c").read_text())["id"] == "b/c"
+
+
+def test_file_keys_are_one_to_one():
+    ids = ["a", "a b", "a_b", "a_b-806c5cd3", "x" * 100, "x" * 99 + "y", "../../etc", "a/b", "a~b", "é", "bad-line-2"]
+    keys = [file_key(i) for i in ids]
+    assert len(set(keys)) == len(ids)
+    assert file_key("a_b-806c5cd3") == "a_b-806c5cd3" and file_key("gsm8k-17") == "gsm8k-17"
+    assert all(re.fullmatch(r"[A-Za-z0-9._~-]{1,80}", k) for k in keys)
+    # the old scheme merged two of them
+    assert legacy_file_key("a b") == legacy_file_key("a_b-806c5cd3")
+
+
+def test_a_folder_from_before_layout_2_keeps_its_file_names(tmp_path):
+    write_atomic(tmp_path / "manifest.json", json.dumps({"digest": "d", "problem_ids": ["a b"]}).encode())
+    old = RunFolder(tmp_path)
+    assert old.result_path("a b").name == legacy_file_key("a b") + ".json"
+    new = RunFolder(tmp_path / "new")
+    new.claim(["a b"], "d")
+    assert new.result_path("a b").name == file_key("a b") + ".json" and new.manifest()["layout"] == 2
+
+
+def test_a_result_file_that_is_not_a_row_counts_as_unfinished(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.claim(["a", "b"], "d")
+    write_atomic(folder.result_path("a"), b"[]")
+    write_atomic(folder.result_path("b"), b"{not json")
+    assert folder.finished() == set() and folder.result("a") is None and folder.result("b") is None

@@ -138,9 +138,15 @@ def run_job(cfg: Mapping, pools: Optional["ModelPools"] = None) -> Path:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"duplicate problem ids in the task data: {duplicates[:5]}")
+    bad_ids = [bad_row_id(b) for b in bad_rows]
+    shadowed = sorted(set(bad_ids) & set(ids))
+    if shadowed:
+        raise ValueError(
+            f"problem ids {shadowed[:5]} are also the ids given to skipped bad rows (bad-line-<line>): "
+            "rename those problems or fix the bad rows"
+        )
     folder = RunFolder(Path(job["output_dir"]) if job.get("output_dir") else default_output_dir(cfg))
     folder.path.mkdir(parents=True, exist_ok=True)
-    bad_ids = [bad_row_id(b) for b in bad_rows]
     folder.claim(ids + bad_ids, job_digest(cfg))
     folder.write_config(plain(cfg))
     if not job.get("resume", True) and folder.finished(redo_errors=False):

@@ -18,6 +18,7 @@ so a rerun of the same command skips finished problems and redoes the rest from 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -58,8 +59,23 @@ RESULT_SCHEMA = {
 BAD_INPUT = "bad input: "
 
 
+LAYOUT = 2  # 2: collision-free file keys (`file_key`); folders without it use `legacy_file_key`
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._-]{1,80}")
+
+
 def file_key(problem_id: str) -> str:
-    """A file-name-safe, collision-free key for a problem id."""
+    """The file name (without extension) for a problem id, one-to-one: an id of at most
+    80 letters, digits, `.`, `_` or `-` is its own key; any other id becomes a readable
+    prefix, `~` (which no plain id contains) and 16 hex digits of the id's SHA-256."""
+    if _PLAIN_ID.fullmatch(problem_id):
+        return problem_id
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", problem_id)[:60]
+    return f"{readable}~{hashlib.sha256(problem_id.encode()).hexdigest()[:16]}"
+
+
+def legacy_file_key(problem_id: str) -> str:
+    """The keys of run folders written before `LAYOUT` 2 (not collision-free: `a b` and
+    `a_b-806c5cd3` share one), kept so those folders still resume."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", problem_id)[:80]
     if safe == problem_id:
         return safe
@@ -112,6 +128,7 @@ class RunFolder:
         self.path = Path(path)
         self.results = self.path / "results"
         self.trees = self.path / "trees"
+        self._legacy: Optional[bool] = None  # read from the manifest on first use
 
     @classmethod
     def existing(cls, path: Path) -> "RunFolder":
@@ -123,11 +140,19 @@ class RunFolder:
             raise FileNotFoundError(f"{folder.path} is not a treesearch run folder (no {cls.MANIFEST})")
         return folder
 
+    def key(self, problem_id: str) -> str:
+        """The problem's file name in this folder (legacy keys for a folder whose manifest
+        predates `LAYOUT` 2)."""
+        if self._legacy is None:
+            manifest = self.path / self.MANIFEST
+            self._legacy = manifest.is_file() and "layout" not in json.loads(manifest.read_text())
+        return legacy_file_key(problem_id) if self._legacy else file_key(problem_id)
+
     def result_path(self, problem_id: str) -> Path:
-        return self.results / f"{file_key(problem_id)}.json"
+        return self.results / f"{self.key(problem_id)}.json"
 
     def tree_path(self, problem_id: str) -> Path:
-        return self.trees / f"{file_key(problem_id)}.parquet"
+        return self.trees / f"{self.key(problem_id)}.parquet"
 
     # ------------------------------------------------------------------ reading
     def manifest(self) -> dict:
@@ -152,9 +177,14 @@ class RunFolder:
         return pq.read_table(self.path / self.TABLE).to_pylist()
 
     def result(self, problem_id: str) -> Optional[dict]:
-        """The problem's result row, or None while it is unfinished."""
+        """The problem's result row, or None while it is unfinished (or its file is
+        damaged: it is then redone)."""
         path = self.result_path(problem_id)
-        return json.loads(path.read_text()) if path.exists() else None
+        try:
+            row = json.loads(path.read_text()) if path.exists() else None
+        except ValueError:
+            return None
+        return row if isinstance(row, dict) else None
 
     def load_tree(self, problem_id: str) -> "Tree":
         from treesearch.tree import Tree
@@ -187,7 +217,7 @@ class RunFolder:
                     "choose another job.output_dir"
                 )
             return
-        body = {"digest": digest, "problem_ids": problem_ids, "created": time.time()}
+        body = {"digest": digest, "problem_ids": problem_ids, "layout": LAYOUT, "created": time.time()}
         write_atomic(manifest, json.dumps(body, indent=1).encode())
 
     def finished(self, redo_errors: bool = True) -> set[str]:
@@ -200,11 +230,13 @@ class RunFolder:
         for path in self.results.glob("*.json"):
             try:
                 row = json.loads(path.read_text())
-                failed = bool(row.get("error")) and not str(row["error"]).startswith(BAD_INPUT)
-                if not (redo_errors and failed):
-                    done.add(row["id"])
-            except (ValueError, KeyError):
+            except ValueError:
                 continue  # a damaged row counts as unfinished and is redone
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                continue  # so does a row that is not a result object
+            failed = bool(row.get("error")) and not str(row["error"]).startswith(BAD_INPUT)
+            if not (redo_errors and failed):
+                done.add(row["id"])
         return done
 
     def write_result(self, result: SearchResult, save_tree: bool = True) -> dict:

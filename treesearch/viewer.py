@@ -82,7 +82,7 @@ def render_tree(tree: Tree, chosen: set[int], title: str, meta: str, backup: str
 
 def write_view(run: Path, problem_id: Optional[str] = None) -> Path:
     """Write `RUN/view/<id>.html` for one problem of a run folder and return its path."""
-    from treesearch.runfolder import RunFolder, file_key
+    from treesearch.runfolder import RunFolder
 
     folder = RunFolder.existing(Path(run))
     ids = folder.manifest()["problem_ids"]
@@ -105,7 +105,7 @@ def write_view(run: Path, problem_id: Optional[str] = None) -> Path:
         f"generated tokens: {row.get('generated_tokens')}"
     )
     page = render_tree(tree, chosen_path(tree, row.get("solution")), f"Problem {problem_id}", meta)
-    out = folder.path / "view" / f"{file_key(problem_id)}.html"
+    out = folder.path / "view" / f"{folder.key(problem_id)}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
