@@ -77,3 +77,20 @@ def test_a_result_file_that_is_not_a_row_counts_as_unfinished(tmp_path):
     write_atomic(folder.result_path("a"), b"[]")
     write_atomic(folder.result_path("b"), b"{not json")
     assert folder.finished() == set() and folder.result("a") is None and folder.result("b") is None
+
+
+def test_one_job_at_a_time_holds_a_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = RunFolder(tmp_path)
+    with folder.lock():
+        with pytest.raises(RuntimeError, match=rf"in use by another job \(pid {os.getpid()}\)"):
+            with RunFolder(tmp_path).lock():
+                pass
+        code = f"from treesearch.runfolder import RunFolder\nwith RunFolder({str(tmp_path)!r}).lock(): pass"
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert other.returncode != 0 and "in use by another job" in other.stderr
+    with RunFolder(tmp_path).lock():  # released: the next job may run
+        pass

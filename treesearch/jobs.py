@@ -147,38 +147,39 @@ def run_job(cfg: Mapping, pools: Optional["ModelPools"] = None) -> Path:
         )
     folder = RunFolder(Path(job["output_dir"]) if job.get("output_dir") else default_output_dir(cfg))
     folder.path.mkdir(parents=True, exist_ok=True)
-    folder.claim(ids + bad_ids, job_digest(cfg))
-    folder.write_config(plain(cfg))
-    if not job.get("resume", True) and folder.finished(redo_errors=False):
-        raise ValueError(f"run folder {folder.path} already has results and job.resume=false")
-    for bad, pid in zip(bad_rows, bad_ids):
-        if not folder.result_path(pid).exists():
-            folder.write_error(pid, f"{BAD_INPUT}{bad}")
+    with folder.lock():  # one job at a time per run folder
+        folder.claim(ids + bad_ids, job_digest(cfg))
+        folder.write_config(plain(cfg))
+        if not job.get("resume", True) and folder.finished(redo_errors=False):
+            raise ValueError(f"run folder {folder.path} already has results and job.resume=false")
+        for bad, pid in zip(bad_rows, bad_ids):
+            if not folder.result_path(pid).exists():
+                folder.write_error(pid, f"{BAD_INPUT}{bad}")
 
-    done = folder.finished(redo_errors=job.get("redo_errors", True))
-    todo = [p for p in problems if p.id not in done]
-    stats: dict = {}
-    if todo:
-        from treesearch.cluster import ModelPools
+        done = folder.finished(redo_errors=job.get("redo_errors", True))
+        todo = [p for p in problems if p.id not in done]
+        stats: dict = {}
+        if todo:
+            from treesearch.cluster import ModelPools
 
-        own = pools is None
-        if own:
-            pools = ModelPools(cfg)
-        else:
-            pools.configure(cfg)
-        progress = Progress(len(todo), job.get("progress", True))
-        try:
-            stats = asyncio.run(_search(cfg, task, todo, folder, progress, pools))
-        finally:
-            progress.close()
+            own = pools is None
             if own:
-                pools.shutdown()
-    rows = folder.rows(ids + bad_ids)
-    folder.write_table(rows)
-    metrics = compute_metrics(rows, stats)
-    metrics["resumed_skipped"] = len(problems) - len(todo)
-    folder.write_metrics(metrics)
-    return folder.path
+                pools = ModelPools(cfg)
+            else:
+                pools.configure(cfg)
+            progress = Progress(len(todo), job.get("progress", True))
+            try:
+                stats = asyncio.run(_search(cfg, task, todo, folder, progress, pools))
+            finally:
+                progress.close()
+                if own:
+                    pools.shutdown()
+        rows = folder.rows(ids + bad_ids)
+        folder.write_table(rows)
+        metrics = compute_metrics(rows, stats)
+        metrics["resumed_skipped"] = len(problems) - len(todo)
+        folder.write_metrics(metrics)
+        return folder.path
 
 
 def bad_row_id(bad: Any) -> str:

@@ -206,6 +206,37 @@ class RunFolder:
     def write_metrics(self, metrics: dict) -> None:
         write_atomic(self.path / self.METRICS, json.dumps(metrics, indent=2, default=str).encode())
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator["RunFolder"]:
+        """Hold the folder for one job: a second job on it (in this or another process)
+        fails at once, naming the folder and the holder's pid, instead of computing and
+        writing the same results twice. The lock (`flock` on `.lock`) goes with the
+        process, so a crashed job leaves none behind."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on Linux/macOS: no locking
+            yield self
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / ".lock", "a+")
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise RuntimeError(
+                    f"run folder {self.path} is in use by another job (pid {holder}); wait for it to finish, "
+                    "or give this job another job.output_dir"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield self
+        finally:
+            handle.close()
+
     def claim(self, problem_ids: list[str], digest: str) -> None:
         """Create the manifest, or check that an existing one describes the same job."""
         manifest = self.path / self.MANIFEST
