@@ -117,3 +117,20 @@ def test_a_problem_id_that_a_skipped_bad_row_would_take_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\['bad-line-2'\] are also the ids given to skipped bad rows"):
         run_job(compose(overrides))
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("value, reason", [("abc", "must be a number"), ("-5", "must be positive"), ("0", "must be positive")])
+def test_a_bad_budget_is_named_before_any_model_loads(tmp_path, value, reason):
+    data = tmp_path / "problems.jsonl"
+    data.write_text(GOOD)
+    with pytest.raises(ValueError, match=rf"search\.budget: Budget\.generated_tokens {reason}"):
+        run_job(compose(mawps_job(data, tmp_path / "run", f"search.budget.generated_tokens={value}")))
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_an_empty_data_file_is_an_error_not_an_empty_job(tmp_path):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("")
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no problems to search"):
+        run_job(compose(mawps_job(data, tmp_path / "run")))
+    assert not (tmp_path / "run").exists()

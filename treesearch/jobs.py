@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from treesearch.components import build_task, load_problems, plain
 from treesearch.runfolder import BAD_INPUT, RunFolder
+from treesearch.search.budget import Budget
 from treesearch.result import SearchResult
 from treesearch.types import Problem
 
@@ -64,13 +65,21 @@ def compute_metrics(rows: list[dict], stats: Optional[dict] = None) -> dict:
     }
 
 
+def job_budget(search: Mapping) -> Budget:
+    """The search's per-problem budget from its config, checked before any model loads
+    (the error names `search.budget`)."""
+    try:
+        return Budget.from_dict({k: v for k, v in (search.get("budget") or {}).items() if v is not None})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"search.budget: {err}") from None
+
+
 async def _search(
-    cfg: Mapping, task, problems: list[Problem], folder: RunFolder, progress, pools: "ModelPools"
+    cfg: Mapping, task, problems: list[Problem], folder: RunFolder, progress, pools: "ModelPools", budget: Budget
 ) -> dict:
     """Run the searches against the actor pools; write each result as it finishes."""
     from treesearch.cluster import RemoteCritic, RemotePolicy
     from treesearch.runner import Runner
-    from treesearch.search.budget import Budget
 
     job, search = plain(cfg["job"]), plain(cfg["search"])
     await asyncio.to_thread(pools.ready)
@@ -85,7 +94,6 @@ async def _search(
         policy_concurrency=pools.policy.replicas,
         critic_concurrency=pools.critic.replicas if critic is not None else 1,
     )
-    budget = Budget.from_dict({k: v for k, v in search["budget"].items() if v is not None})
 
     def on_result(result: SearchResult) -> None:
         progress.update(folder.write_result(result, job.get("save_trees", True)))
@@ -134,6 +142,10 @@ def run_job(cfg: Mapping, pools: Optional["ModelPools"] = None) -> Path:
     task = build_task(cfg["task"])
     problems = load_problems(task, cfg["task"])  # bad input fails here, before any model loads
     bad_rows = list(getattr(task, "bad_rows", []))
+    if not problems and not bad_rows:
+        where = cfg["task"].get("path") or cfg["task"].get("name")
+        raise ValueError(f"task {where}: no problems to search (an empty data file, or task.offset/limit select none)")
+    budget = job_budget(plain(cfg["search"]))  # bad values fail here, before any model loads
     ids = [p.id for p in problems]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -169,7 +181,7 @@ def run_job(cfg: Mapping, pools: Optional["ModelPools"] = None) -> Path:
                 pools.configure(cfg)
             progress = Progress(len(todo), job.get("progress", True))
             try:
-                stats = asyncio.run(_search(cfg, task, todo, folder, progress, pools))
+                stats = asyncio.run(_search(cfg, task, todo, folder, progress, pools, budget))
             finally:
                 progress.close()
                 if own:
