@@ -134,3 +134,19 @@ def test_an_empty_data_file_is_an_error_not_an_empty_job(tmp_path):
     with pytest.raises(ValueError, match=r"empty\.jsonl: no problems to search"):
         run_job(compose(mawps_job(data, tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_budget_that_is_not_a_mapping_is_named(tmp_path):
+    data = tmp_path / "problems.jsonl"
+    data.write_text(GOOD)
+    with pytest.raises(ValueError, match=r"search\.budget must be a mapping"):
+        run_job(compose(mawps_job(data, tmp_path / "run", "search.budget=abc")))
+
+
+def test_trust_remote_code_at_its_default_leaves_the_job_digest_as_before(tmp_path):
+    from treesearch.jobs import job_digest
+
+    cfg = {"task": {"name": "gsm8k"}, "policy": {"model": "m"}, "critic": {"name": "prm", "model": "p"}, "search": {}}
+    with_default = {**cfg, "critic": {**cfg["critic"], "trust_remote_code": False}}
+    trusting = {**cfg, "critic": {**cfg["critic"], "trust_remote_code": True}}
+    assert job_digest(with_default) == job_digest(cfg) != job_digest(trusting)

@@ -170,6 +170,12 @@ def test_a_widening_draws_by_visits_only_at_a_node_without_a_value():
     assert algorithm._samples_wanted(tree, a) == 2  # not ceil(2 * 8) - 2 = 14
     (b,) = tree.add_children(a, [A3], extend=True)
     assert algorithm._samples_wanted(tree, b) == 2  # a first expansion
+    # a saturated (paced) valued node draws at most one expansion's worth, however far
+    # its visits have run ahead: here its allowance is ceil(1.0 * 400) = 400 samples
+    tree.widen_k[a], tree.visits[a], tree.samples[a] = 1.0, 400, 8
+    assert algorithm._samples_wanted(tree, a) == 2
+    tree.samples[a] = 399  # one short of the allowance: one step
+    assert algorithm._samples_wanted(tree, a) == 1
 
 
 def endless(prefix):

@@ -25,9 +25,17 @@ if TYPE_CHECKING:  # pragma: no cover
 DIGEST_SECTIONS = ("task", "policy", "critic", "search")
 
 
+# Keys added to a config section later that do not change results: left out of the digest
+# at their default, so run folders written before they existed still resume.
+NEUTRAL_DEFAULTS = {("critic", "trust_remote_code"): False, ("policy", "trust_remote_code"): False}
+
+
 def job_digest(cfg: Mapping) -> str:
     """A digest of the config sections that determine results (not where they go)."""
     spec = {k: plain(cfg.get(k)) for k in DIGEST_SECTIONS}
+    for (section, key), default in NEUTRAL_DEFAULTS.items():
+        if isinstance(spec.get(section), dict) and spec[section].get(key, default) == default:
+            spec[section].pop(key, None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -68,8 +76,11 @@ def compute_metrics(rows: list[dict], stats: Optional[dict] = None) -> dict:
 def job_budget(search: Mapping) -> Budget:
     """The search's per-problem budget from its config, checked before any model loads
     (the error names `search.budget`)."""
+    budget = search.get("budget") or {}
+    if not isinstance(budget, Mapping):
+        raise ValueError(f"search.budget must be a mapping such as {{generated_tokens: 768}}, got {budget!r}")
     try:
-        return Budget.from_dict({k: v for k, v in (search.get("budget") or {}).items() if v is not None})
+        return Budget.from_dict({k: v for k, v in budget.items() if v is not None})
     except (TypeError, ValueError) as err:
         raise ValueError(f"search.budget: {err}") from None
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -31,6 +32,8 @@ from treesearch.result import SearchResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from treesearch.tree import Tree
+
+logger = logging.getLogger(__name__)
 
 RESULT_SCHEMA = {
     "id": "string",
@@ -222,13 +225,15 @@ class RunFolder:
         try:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
                 raise RuntimeError(
                     f"run folder {self.path} is in use by another job (pid {holder}); wait for it to finish, "
                     "or give this job another job.output_dir"
                 ) from None
+            except OSError as err:  # a file system without flock (some network mounts)
+                logger.warning("run folder %s: cannot lock it (%s); not guarding against a second job", self.path, err)
             handle.seek(0)
             handle.truncate()
             handle.write(str(os.getpid()))

@@ -193,17 +193,21 @@ class MCTSStar(SearchAlgorithm):
 
     def _samples_wanted(self, tree, node: int) -> int:
         """Steps to sample at `node` now: a first expansion's `root_expansions` /
-        `expansions`; for a progressive widening (a node without a critic value, such as
-        the root, or a saturated one), up to what its visits allow; for a node the critic
-        valued (its children fell short of it, or none is open), one expansion's worth."""
+        `expansions`; for a progressive widening of a node without a critic value (the
+        root), up to what its visits allow; for a node the critic valued (its children fell
+        short of it, or none is open), one expansion's worth, and for a saturated one at
+        most that (however far its visits have run ahead of its samples)."""
         cfg = self.config
         k0 = cfg.root_expansions if node == 0 else cfg.expansions
         paced = float(tree.widen_k[node])
-        if not tree.expanded[node] or (np.isnan(paced) and not np.isnan(tree.critic_value[node])):
+        valued = not np.isnan(tree.critic_value[node])
+        if not tree.expanded[node] or (valued and np.isnan(paced)):
             return k0
         rule = cfg.widening_rule()
         allowed = rule.allowed_samples(int(tree.visits[node]), root=node == 0, k=None if np.isnan(paced) else paced)
         missing = allowed - int(tree.samples[node])
+        if valued:
+            return min(max(missing, 1), k0)
         return missing if missing > 0 else (1 if not np.isnan(paced) else k0)
 
     async def _expand(
