@@ -78,7 +78,7 @@ def bstar_metrics(per_problem: Iterable[Sequence[Sample]], threshold: float = 0.
             continue
         ks.append(len(samples))
         pass_k.append(any(s.correct for s in samples))
-        distinct.append(len({s.solution.strip() for s in samples if s.correct}))
+        distinct.append(sum(s.correct for s in unique_responses(samples)))
         pick.append(max(samples, key=lambda s: s.value).correct)
         balance.append(balance_score(samples, threshold, n_star))
     if not ks:

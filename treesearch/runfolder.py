@@ -122,6 +122,16 @@ def error_row(problem_id: str, error: str, gold: Optional[str] = None) -> dict:
     return row
 
 
+def _read_row(path: Path) -> Optional[dict]:
+    """The result row in `path`, or None when there is none or it is not a JSON object
+    (a damaged file: its problem counts as unfinished)."""
+    try:
+        row = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
 class RunFolder:
     """The files of one job's run, and the rules that make resume exact."""
 
@@ -147,8 +157,7 @@ class RunFolder:
         """The problem's file name in this folder (legacy keys for a folder whose manifest
         predates `LAYOUT` 2)."""
         if self._legacy is None:
-            manifest = self.path / self.MANIFEST
-            self._legacy = manifest.is_file() and "layout" not in json.loads(manifest.read_text())
+            self._legacy = (self.path / self.MANIFEST).is_file() and "layout" not in self.manifest()
         return legacy_file_key(problem_id) if self._legacy else file_key(problem_id)
 
     def result_path(self, problem_id: str) -> Path:
@@ -182,12 +191,7 @@ class RunFolder:
     def result(self, problem_id: str) -> Optional[dict]:
         """The problem's result row, or None while it is unfinished (or its file is
         damaged: it is then redone)."""
-        path = self.result_path(problem_id)
-        try:
-            row = json.loads(path.read_text()) if path.exists() else None
-        except ValueError:
-            return None
-        return row if isinstance(row, dict) else None
+        return _read_row(self.result_path(problem_id))
 
     def load_tree(self, problem_id: str) -> "Tree":
         from treesearch.tree import Tree
@@ -246,7 +250,7 @@ class RunFolder:
         """Create the manifest, or check that an existing one describes the same job."""
         manifest = self.path / self.MANIFEST
         if manifest.exists():
-            old = json.loads(manifest.read_text())
+            old = self.manifest()
             if old.get("digest") != digest or old.get("problem_ids") != problem_ids:
                 raise ValueError(
                     f"run folder {self.path} holds a different job (other config or problems); "
@@ -264,12 +268,9 @@ class RunFolder:
             return set()
         done = set()
         for path in self.results.glob("*.json"):
-            try:
-                row = json.loads(path.read_text())
-            except ValueError:
+            row = _read_row(path)
+            if row is None or not isinstance(row.get("id"), str):
                 continue  # a damaged row counts as unfinished and is redone
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                continue  # so does a row that is not a result object
             failed = bool(row.get("error")) and not str(row["error"]).startswith(BAD_INPUT)
             if not (redo_errors and failed):
                 done.add(row["id"])
@@ -287,12 +288,8 @@ class RunFolder:
         write_atomic(self.result_path(problem_id), json.dumps(error_row(problem_id, error)).encode())
 
     def rows(self, problem_ids: Iterable[str]) -> list[dict]:
-        out = []
-        for pid in problem_ids:
-            path = self.result_path(pid)
-            if path.exists():
-                out.append(json.loads(path.read_text()))
-        return out
+        """The result rows of `problem_ids` that have one, in that order."""
+        return [row for row in map(self.result, problem_ids) if row is not None]
 
     def write_table(self, rows: list[dict]) -> Path:
         import pyarrow as pa

@@ -57,6 +57,7 @@ BACKUPS = ("mean", "max")
 # up to 8 points at 4-8 solutions with a noisy critic; 2 kept the small budgets intact.
 PACED_RESUME_FACTOR = 2.0
 
+
 @dataclass
 class MCTSConfig(SearchConfig):
     """MCTS* options. The defaults were chosen on the controlled benchmark
@@ -199,16 +200,18 @@ class MCTSStar(SearchAlgorithm):
         most that (however far its visits have run ahead of its samples)."""
         cfg = self.config
         k0 = cfg.root_expansions if node == 0 else cfg.expansions
-        paced = float(tree.widen_k[node])
+        paced = not np.isnan(tree.widen_k[node])
         valued = not np.isnan(tree.critic_value[node])
-        if not tree.expanded[node] or (valued and np.isnan(paced)):
+        if not tree.expanded[node] or (valued and not paced):
             return k0
-        rule = cfg.widening_rule()
-        allowed = rule.allowed_samples(int(tree.visits[node]), root=node == 0, k=None if np.isnan(paced) else paced)
+        k = float(tree.widen_k[node]) if paced else None
+        allowed = cfg.widening_rule().allowed_samples(int(tree.visits[node]), root=node == 0, k=k)
         missing = allowed - int(tree.samples[node])
         if valued:
             return min(max(missing, 1), k0)
-        return missing if missing > 0 else (1 if not np.isnan(paced) else k0)
+        if missing > 0:
+            return missing
+        return 1 if paced else k0
 
     async def _expand(
         self, ctx: SearchContext, descent: Descent, node: int, pending: dict[int, asyncio.Future], path: list[int]
@@ -252,10 +255,10 @@ class MCTSStar(SearchAlgorithm):
         reaching its samples now once its visits have doubled, `PACED_RESUME_FACTOR`),
         so a right step with a small probability stays within reach as the search keeps
         coming back; a node with no open child left (or `widening_alpha` 0) stops
-        widening for good. The simulation ends at the best
-        child that was sampled again, backing up its value, so the node's visits grow
-        and selection moves on instead of widening it again at once. Returns (-1, NaN)
-        when no child was sampled again (the steps were empty)."""
+        widening for good. The simulation ends at the best child that was sampled again,
+        backing up its value, so the node's visits grow and selection moves on instead of
+        widening it again at once. Returns (-1, NaN) when no child was sampled again (the
+        steps were empty)."""
         if tree.can_widen[node] and self._saturated(tree, node):
             self._pace_or_stop(tree, node)
         again = kids[tree.duplicates[kids] > dups_before]
