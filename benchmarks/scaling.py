@@ -33,14 +33,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from treesearch.cli import config_dir
-
     from omegaconf import open_dict
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose("search", overrides=overrides)
+    from treesearch.config import compose as compose_config
+
+    cfg = compose_config("search", overrides)
     with open_dict(cfg):  # the actors import simulated_engine from this folder
         for pool in ("policy", "critic"):
             path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))

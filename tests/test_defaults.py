@@ -1,35 +1,67 @@
-"""One set of defaults: the CLI's search configs equal the Python API's dataclasses."""
+"""One set of defaults: the config `treesearch search` composes equals what the Python API
+runs with, for every algorithm, and the YAML files cannot drift from the dataclasses."""
 
 import dataclasses
+import inspect
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
-from treesearch.cli import config_dir
-from treesearch.search import ALGORITHMS
-from treesearch.search.budget import DEFAULT_BUDGET
+from treesearch import api
+from treesearch.config import compose, config_dir
+from treesearch.runner import Runner, Scheduling
+from treesearch.search import ALGORITHMS, make_algorithm
+from treesearch.search.budget import DEFAULT_BUDGET, Budget
 
 
-def composed(algorithm: str) -> dict:
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="search", overrides=[f"search={algorithm}"])
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg.search, resolve=True)
+def composed(*overrides: str) -> dict:
+    return OmegaConf.to_container(compose("search", overrides), resolve=True)
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
-def test_cli_search_config_lists_every_option_at_the_api_default(algorithm):
-    search = composed(algorithm)
+def test_cli_and_api_compose_the_same_search_for_every_algorithm(algorithm):
+    search = composed(f"search={algorithm}")["search"]
     assert search["algorithm"] == algorithm
-    config = ALGORITHMS[algorithm].Config
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    assert sorted(search["options"]) == sorted(defaults), "the YAML should list every option, no more"
-    for name, value in search["options"].items():
-        assert value == defaults[name], f"configs/search/{algorithm}.yaml: {name}={value!r}, API default {defaults[name]!r}"
+    api_algorithm = make_algorithm(algorithm)  # what treesearch.search(algorithm=...) builds
+    assert search["options"] == dataclasses.asdict(api_algorithm.config)
+    # and the CLI's options build that same algorithm
+    assert make_algorithm(algorithm, **search["options"]).config == api_algorithm.config
+    budget = Budget.from_dict({k: v for k, v in search["budget"].items() if v is not None})
+    assert budget == DEFAULT_BUDGET
 
 
-def test_cli_budget_is_the_api_default_budget():
-    budget = {k: v for k, v in composed("mcts")["budget"].items() if v is not None}
-    assert budget == {k: v for k, v in dataclasses.asdict(DEFAULT_BUDGET).items() if v is not None}
+def test_the_job_schedules_like_the_python_api():
+    job = composed()["job"]
+    defaults = dataclasses.asdict(Scheduling())
+    assert {k: job[k] for k in defaults} == defaults
+    for fn in (api.asearch, Runner.__init__):
+        params = inspect.signature(fn).parameters
+        assert {k: params[k].default for k in defaults} == defaults, fn.__qualname__
 
+
+def test_the_yaml_files_select_schemas_and_override_nothing():
+    """Defaults are defined once: a value written in a search, job or cluster YAML would be
+    a second definition (cluster files only set `kind`)."""
+    for group in ("search", "job", "cluster"):
+        for path in sorted((config_dir() / group).glob("*.yaml")):
+            body = OmegaConf.load(path)
+            keys = set(body) - {"defaults"}
+            assert keys <= ({"kind"} if group == "cluster" else set()), f"{path}: sets {sorted(keys)}"
+            assert any(str(d).startswith(f"/schema/{group}/") for d in body.defaults), path
+
+
+def test_a_misspelt_option_or_a_wrong_type_is_refused_naming_the_key():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("search", ["search.options.c_pct=2"])
+    assert "c_pct" in str(err.value.__cause__)
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("search", ["search=beam", "search.options.beam_width=wide"])
+    assert "beam_width" in str(err.value.__cause__)
+    with pytest.raises(ConfigCompositionException):
+        compose("search", ["job.trees_in_flight=many"])
+
+
+def test_cluster_inprocess_is_selectable():
+    assert composed("cluster=inprocess")["cluster"]["kind"] == "inprocess"
+    assert composed()["cluster"]["kind"] == "ray"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,13 +120,21 @@ def test_a_problem_id_that_a_skipped_bad_row_would_take_is_refused(tmp_path):
     assert not (tmp_path / "run" / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("value, reason", [("abc", "must be a number"), ("-5", "must be positive"), ("0", "must be positive")])
+@pytest.mark.parametrize("value, reason", [("-5", "must be positive"), ("0", "must be positive")])
 def test_a_bad_budget_is_named_before_any_model_loads(tmp_path, value, reason):
     data = tmp_path / "problems.jsonl"
     data.write_text(GOOD)
     with pytest.raises(ValueError, match=rf"search\.budget: Budget\.generated_tokens {reason}"):
         run_job(compose(mawps_job(data, tmp_path / "run", f"search.budget.generated_tokens={value}")))
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("override", ["search.budget.generated_tokens=abc", "search.budget=abc"])
+def test_a_budget_of_the_wrong_type_is_refused_when_the_config_is_composed(tmp_path, override):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=re.escape(override)):
+        compose(mawps_job(tmp_path / "problems.jsonl", tmp_path / "run", override))
 
 
 def test_an_empty_data_file_is_an_error_not_an_empty_job(tmp_path):
@@ -136,11 +145,11 @@ def test_an_empty_data_file_is_an_error_not_an_empty_job(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_budget_that_is_not_a_mapping_is_named(tmp_path):
-    data = tmp_path / "problems.jsonl"
-    data.write_text(GOOD)
+def test_a_hand_built_budget_that_is_not_a_mapping_is_named():
+    from treesearch.jobs import job_budget
+
     with pytest.raises(ValueError, match=r"search\.budget must be a mapping"):
-        run_job(compose(mawps_job(data, tmp_path / "run", "search.budget=abc")))
+        job_budget({"budget": "abc"})
 
 
 def test_trust_remote_code_at_its_default_leaves_the_job_digest_as_before(tmp_path):
@@ -150,3 +159,10 @@ def test_trust_remote_code_at_its_default_leaves_the_job_digest_as_before(tmp_pa
     with_default = {**cfg, "critic": {**cfg["critic"], "trust_remote_code": False}}
     trusting = {**cfg, "critic": {**cfg["critic"], "trust_remote_code": True}}
     assert job_digest(with_default) == job_digest(cfg) != job_digest(trusting)
+
+
+def test_an_unknown_cluster_kind_is_named_before_any_model_loads(tmp_path):
+    overrides = ["policy.model=/nonexistent/model", f"job.output_dir={tmp_path / 'run'}", "cluster.kind=slurm"]
+    with pytest.raises(ValueError, match=r"cluster\.kind must be one of \('ray', 'inprocess'\), got 'slurm'"):
+        run_job(compose(overrides))
+    assert not (tmp_path / "run").exists()

@@ -19,12 +19,9 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from treesearch.config import compose as compose_config
 
-    from treesearch.cli import config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose("search", overrides=list(overrides))
+    return compose_config("search", overrides)
 
 
 def tiny_job(tiny_model_dir, out, *extra):
@@ -171,6 +168,29 @@ def test_pools_are_reused_and_reloaded_in_place_between_jobs(tiny_model_dir, tmp
         assert len(results(folder)) == 2
     finally:
         pools.shutdown()
+
+
+def test_an_inprocess_job_finds_what_the_ray_job_finds_and_reuses_its_models(tiny_model_dir, tmp_path):
+    """cluster=inprocess is the same job without Ray: the same answers, tokens and trees,
+    and the models are reconfigured in place between jobs like actor pools."""
+    from treesearch.hosting import LocalModels
+
+    on_ray = results(run_job(compose(tiny_job(tiny_model_dir, tmp_path / "ray", "task.limit=3"))))
+    first = compose(tiny_job(tiny_model_dir, tmp_path / "inprocess", "task.limit=3", "cluster=inprocess"))
+    models = LocalModels(first)
+    try:
+        in_process = results(run_job(first, models))
+        policy = models.policy
+        assert models.critic is not None
+        second = compose(tiny_job(tiny_model_dir, tmp_path / "greedy", "task.limit=3", "cluster=inprocess",
+                                  "search=greedy", "critic=none"))
+        assert len(results(run_job(second, models))) == 3
+        assert models.policy is policy, "an unchanged policy config must keep its model"
+        assert models.critic is None
+    finally:
+        models.shutdown()
+    keys = ("id", "answer", "correct", "generated_tokens", "simulations", "solution")
+    assert [{k: r[k] for k in keys} for r in in_process] == [{k: r[k] for k in keys} for r in on_ray]
 
 
 def test_failed_searches_are_retried_on_resume_but_bad_input_rows_are_not(tmp_path):

@@ -21,12 +21,9 @@ QUESTIONS = [
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from treesearch.config import compose as compose_config
 
-    from treesearch.cli import config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose("selftrain", overrides=list(overrides))
+    return compose_config("selftrain", overrides)
 
 
 @pytest.fixture(scope="module")

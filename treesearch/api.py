@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Iterable, Optional, Union
 
-from treesearch.runner import Runner
+from treesearch.runner import Runner, Scheduling
 from treesearch.search.budget import Budget
 from treesearch.tasks import Task
 from treesearch.result import SearchResult
@@ -51,9 +51,9 @@ async def asearch(
     budget: Union[Budget, dict, None] = None,
     task: Optional[Task] = None,
     *,
-    max_batch_size: int = 64,
-    max_wait_ms: float = 2.0,
-    trees_in_flight: int = 64,
+    max_batch_size: int = Scheduling.max_batch_size,
+    max_wait_ms: float = Scheduling.max_wait_ms,
+    trees_in_flight: int = Scheduling.trees_in_flight,
     **config: Any,
 ) -> list[SearchResult]:
     """Search each problem with `algorithm` ("mcts", "beam", "best_of_n",

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from treesearch.config import config_dir, register_schemas
+
 USAGE = """usage: treesearch <command> [options]
 
 commands:
@@ -31,20 +33,10 @@ Config groups (configs/): task, policy, critic, search, cluster, job.
 """
 
 
-def config_dir() -> Path:
-    """The Hydra config folder: `treesearch/configs` in an installed wheel, else
-    `configs/` at the top of the source tree (a checkout or an editable install)."""
-    package = Path(__file__).resolve().parent
-    candidates = (package / "configs", package.parent / "configs")
-    for folder in candidates:
-        if (folder / "search.yaml").is_file():
-            return folder
-    raise FileNotFoundError(
-        f"treesearch configs not found (looked in {', '.join(map(str, candidates))}); reinstall treesearch")
-
-
 def _hydra_command(config_name: str, body: Callable, args: Sequence[str]) -> None:
     import hydra
+
+    register_schemas()
 
     @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
     def entry(cfg):

@@ -19,6 +19,8 @@ import numpy as np
 
 from critics.base import score_with_cost
 from treesearch.components import build_critic, build_policy, build_task, plain
+from treesearch.config import ClusterConfig, PoolConfig, with_defaults
+from treesearch.hosting import Clients, prepare_process, release
 from treesearch.policy.base import per_state_counts, per_state_params
 from treesearch.types import State
 
@@ -38,54 +40,18 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
-def _prepare_process(threads: Optional[int]) -> None:
-    """Per-actor process set-up: torch's thread count, and no download progress bars."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def _release(backend: Any) -> None:
-    """Free a backend's memory before loading another: engines are shut down, cached
-    models dropped, and CUDA memory returned."""
-    import gc
-
-    from treesearch.models import clear_model_cache
-
-    shutdown = getattr(backend, "shutdown", None)
-    if callable(shutdown):
-        shutdown()
-    del backend
-    clear_model_cache()
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
-
-
 class _PolicyHost:
     """Body of `PolicyActor`: a policy backend built from its config."""
 
     def __init__(self, spec: dict):
-        _prepare_process(spec.get("threads"))
+        prepare_process(spec.get("threads"))
         self.spec = spec
         self.policy = build_policy(spec)
 
     def reload(self, spec: dict) -> bool:
         """Swap in another policy (e.g. the next self-training round's weights); the old
         one's memory is freed first."""
-        _release(self.policy)
+        release(self.policy)
         self.policy = None
         self.__init__(spec)
         return True
@@ -108,7 +74,7 @@ class _CriticHost:
     """Body of `CriticActor`: a critic built from its config (and the task's)."""
 
     def __init__(self, spec: dict, task_spec: Optional[dict]):
-        _prepare_process(spec.get("threads"))
+        prepare_process(spec.get("threads"))
         self.spec = spec
         task = build_task(task_spec) if task_spec else None
         self.critic = build_critic(spec, task)
@@ -116,7 +82,7 @@ class _CriticHost:
     def reload(self, spec: dict, task_spec: Optional[dict]) -> bool:
         """Swap in another critic (e.g. a newly trained PRM); the old one's memory is
         freed first."""
-        _release(self.critic)
+        release(self.critic)
         self.critic = None
         self.__init__(spec, task_spec)
         return True
@@ -138,6 +104,9 @@ def _actor_classes():
     return ray.remote(_PolicyHost), ray.remote(_CriticHost)
 
 
+RAY_ACTOR_OPTIONS = ("num_cpus", "num_gpus", "max_restarts", "max_task_retries", "max_concurrency")
+
+
 class ActorPool:
     """Replicas of one model as Ray actors, with affinity routing and replacement of dead
     replicas. `resources`: replicas, num_cpus, num_gpus (fractions allowed),
@@ -145,21 +114,15 @@ class ActorPool:
     e.g. `{py_modules: [...]}` or `{env_vars: {PYTHONPATH: ...}}` to reach user code)."""
 
     def __init__(self, actor_class: Any, args: tuple, resources: Mapping, name: str, retries: int = 3):
-        res = plain(resources)
-        self.replicas = int(res.get("replicas", 1))
+        res = with_defaults(PoolConfig, resources)
+        self.replicas = int(res["replicas"])
         if self.replicas < 1:
             raise ValueError(f"{name}: replicas must be >= 1, got {self.replicas}")
         self.actor_class = actor_class
         self.args = args
         self.name = name
         self.retries = retries
-        self.options = {
-            "num_cpus": res.get("num_cpus", 1),
-            "num_gpus": res.get("num_gpus", 0),
-            "max_restarts": res.get("max_restarts", 3),
-            "max_task_retries": res.get("max_task_retries", 3),
-            "max_concurrency": res.get("max_concurrency", 4),
-        }
+        self.options = {key: res[key] for key in RAY_ACTOR_OPTIONS}
         if res.get("runtime_env"):
             self.options["runtime_env"] = res["runtime_env"]
         self.actors = [self._start() for _ in range(self.replicas)]
@@ -296,7 +259,7 @@ class ModelPools:
     when its config changed, and starts or stops the critic pool as needed."""
 
     def __init__(self, cfg: Mapping):
-        cluster = plain(cfg["cluster"])
+        cluster = with_defaults(ClusterConfig, cfg.get("cluster"))
         init_ray(cluster.get("address"), cluster.get("num_cpus"))
         self.resources = cluster
         self.policy_spec = plain(cfg["policy"])
@@ -324,6 +287,14 @@ class ModelPools:
     def ready(self) -> None:
         for pool in self.pools():
             pool.ready()
+
+    def clients(self) -> Clients:
+        critic = RemoteCritic(self.critic) if self.critic is not None else None
+        return Clients(RemotePolicy(self.policy), critic, self.policy.replicas,
+                       self.critic.replicas if self.critic is not None else 1)
+
+    def replacements(self) -> dict:
+        return {pool.name: pool.replacements for pool in self.pools()}
 
     def pools(self) -> list[ActorPool]:
         return [self.policy] + ([self.critic] if self.critic is not None else [])

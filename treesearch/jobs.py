@@ -11,16 +11,15 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from treesearch.components import build_task, load_problems, plain
+from treesearch.config import JobConfig, with_defaults
+from treesearch.hosting import LocalModels, ModelHosts, cluster_kind
 from treesearch.runfolder import BAD_INPUT, RunFolder
 from treesearch.search.budget import Budget
 from treesearch.result import SearchResult
 from treesearch.types import Problem
-
-if TYPE_CHECKING:  # pragma: no cover
-    from treesearch.cluster import ModelPools
 
 DIGEST_SECTIONS = ("task", "policy", "critic", "search")
 
@@ -42,9 +41,9 @@ def job_digest(cfg: Mapping) -> str:
 def default_output_dir(cfg: Mapping) -> Path:
     """`<output_root>/<task>-<algorithm>-<digest>`: the same command maps to the same folder,
     so rerunning it resumes."""
-    job = plain(cfg["job"])
+    job = with_defaults(JobConfig, cfg["job"])
     name = f"{cfg['task']['name']}-{cfg['search']['algorithm']}-{job_digest(cfg)[:10]}"
-    return Path(job.get("output_root", "runs")) / name
+    return Path(job["output_root"]) / name
 
 
 def compute_metrics(rows: list[dict], stats: Optional[dict] = None) -> dict:
@@ -73,6 +72,15 @@ def compute_metrics(rows: list[dict], stats: Optional[dict] = None) -> dict:
     }
 
 
+def start_models(cfg: Mapping) -> ModelHosts:
+    """The models of job config `cfg`, where `cluster.kind` says."""
+    if cluster_kind(cfg) == "inprocess":
+        return LocalModels(cfg)
+    from treesearch.cluster import ModelPools
+
+    return ModelPools(cfg)
+
+
 def job_budget(search: Mapping) -> Budget:
     """The search's per-problem budget from its config, checked before any model loads
     (the error names `search.budget`)."""
@@ -86,32 +94,31 @@ def job_budget(search: Mapping) -> Budget:
 
 
 async def _search(
-    cfg: Mapping, task, problems: list[Problem], folder: RunFolder, progress, pools: "ModelPools", budget: Budget
+    cfg: Mapping, task, problems: list[Problem], folder: RunFolder, progress, models: ModelHosts, budget: Budget
 ) -> dict:
-    """Run the searches against the actor pools; write each result as it finishes."""
-    from treesearch.cluster import RemoteCritic, RemotePolicy
+    """Run the searches against the job's models; write each result as it finishes."""
     from treesearch.runner import Runner
 
-    job, search = plain(cfg["job"]), plain(cfg["search"])
-    await asyncio.to_thread(pools.ready)
-    critic = RemoteCritic(pools.critic) if pools.critic is not None else None
+    job, search = with_defaults(JobConfig, cfg["job"]), plain(cfg["search"])
+    await asyncio.to_thread(models.ready)
+    clients = models.clients()
     runner = Runner(
-        RemotePolicy(pools.policy),
-        critic,
+        clients.policy,
+        clients.critic,
         task,
-        max_batch_size=job.get("max_batch_size", 32),
-        max_wait_ms=job.get("max_wait_ms", 5),
-        trees_in_flight=job.get("trees_in_flight", 16),
-        policy_concurrency=pools.policy.replicas,
-        critic_concurrency=pools.critic.replicas if critic is not None else 1,
+        max_batch_size=job["max_batch_size"],
+        max_wait_ms=job["max_wait_ms"],
+        trees_in_flight=job["trees_in_flight"],
+        policy_concurrency=clients.policy_concurrency,
+        critic_concurrency=clients.critic_concurrency,
     )
 
     def on_result(result: SearchResult) -> None:
-        progress.update(folder.write_result(result, job.get("save_trees", True)))
+        progress.update(folder.write_result(result, job["save_trees"]))
 
     await runner.run(problems, search["algorithm"], budget, on_result=on_result, **search.get("options", {}))
     stats = runner.stats.as_dict()
-    stats["replacements"] = {p.name: p.replacements for p in pools.pools()}
+    stats["replacements"] = models.replacements()
     return stats
 
 
@@ -145,11 +152,13 @@ class Progress:
             self.bar.close()
 
 
-def run_job(cfg: Mapping, pools: Optional["ModelPools"] = None) -> Path:
-    """Run (or resume) a batch search job; return its run folder. Pass `pools` to reuse
-    running actors (they are reconfigured for this job and left running); otherwise the
-    job starts its own and stops them at the end."""
-    job = plain(cfg["job"])
+def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
+    """Run (or resume) a batch search job; return its run folder. The models live where
+    `cluster.kind` says (Ray actor pools, or this process). Pass `models` to reuse running
+    ones (they are reconfigured for this job and left running); otherwise the job starts
+    its own and stops them at the end."""
+    job = with_defaults(JobConfig, cfg["job"])
+    cluster_kind(cfg)  # a bad kind fails here, before any model loads
     task = build_task(cfg["task"])
     problems = load_problems(task, cfg["task"])  # bad input fails here, before any model loads
     bad_rows = list(getattr(task, "bad_rows", []))
@@ -173,30 +182,28 @@ def run_job(cfg: Mapping, pools: Optional["ModelPools"] = None) -> Path:
     with folder.lock():  # one job at a time per run folder
         folder.claim(ids + bad_ids, job_digest(cfg))
         folder.write_config(plain(cfg))
-        if not job.get("resume", True) and folder.finished(redo_errors=False):
+        if not job["resume"] and folder.finished(redo_errors=False):
             raise ValueError(f"run folder {folder.path} already has results and job.resume=false")
         for bad, pid in zip(bad_rows, bad_ids):
             if not folder.result_path(pid).exists():
                 folder.write_error(pid, f"{BAD_INPUT}{bad}")
 
-        done = folder.finished(redo_errors=job.get("redo_errors", True))
+        done = folder.finished(redo_errors=job["redo_errors"])
         todo = [p for p in problems if p.id not in done]
         stats: dict = {}
         if todo:
-            from treesearch.cluster import ModelPools
-
-            own = pools is None
+            own = models is None
             if own:
-                pools = ModelPools(cfg)
+                models = start_models(cfg)
             else:
-                pools.configure(cfg)
-            progress = Progress(len(todo), job.get("progress", True))
+                models.configure(cfg)
+            progress = Progress(len(todo), job["progress"])
             try:
-                stats = asyncio.run(_search(cfg, task, todo, folder, progress, pools, budget))
+                stats = asyncio.run(_search(cfg, task, todo, folder, progress, models, budget))
             finally:
                 progress.close()
                 if own:
-                    pools.shutdown()
+                    models.shutdown()
         rows = folder.rows(ids + bad_ids)
         folder.write_table(rows)
         metrics = compute_metrics(rows, stats)

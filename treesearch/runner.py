@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Scheduling:
+    """How a run shares the models: `trees_in_flight` searches at once; requests batched
+    up to `max_batch_size` per model replica, waiting at most `max_wait_ms` for a batch to
+    fill. The defaults of the Python API and of a job (`job` config) alike."""
+
+    trees_in_flight: int = 32
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+
+
+@dataclass
 class RunStats:
     """Batching and time split of a runner's work (accumulated over its runs)."""
 
@@ -66,9 +77,9 @@ class Runner:
         critic: Any = None,
         task: Optional[Task] = None,
         *,
-        max_batch_size: int = 64,
-        max_wait_ms: float = 2.0,
-        trees_in_flight: int = 64,
+        max_batch_size: int = Scheduling.max_batch_size,
+        max_wait_ms: float = Scheduling.max_wait_ms,
+        trees_in_flight: int = Scheduling.trees_in_flight,
         policy_concurrency: int = 1,
         critic_concurrency: int = 1,
     ):
@@ -176,8 +187,7 @@ class Runner:
         except Exception as exc:  # one failing problem must not sink the others
             error = f"{type(exc).__name__}: {exc}"
         ctx.accounting.stop()
-        backup = getattr(algo.config, "backup", "mean")
-        choice = select_answer(ctx.tree, self.task, algo.config.answer_selection, backup)
+        choice = select_answer(ctx.tree, self.task, algo.config.answer_selection, algo.config.path_backup)
         correct = None
         if problem.gold is not None:
             def grade() -> bool:

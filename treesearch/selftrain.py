@@ -58,7 +58,7 @@ def _json(path: Path) -> Optional[dict]:
 
 
 class SelfTraining:
-    """Runs the rounds of one self-training config. `pools` are the running actors."""
+    """Runs the rounds of one self-training config. `models` are the running models (`treesearch.hosting`)."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -67,7 +67,7 @@ class SelfTraining:
         if not root:
             root = Path(plain(cfg["job"]).get("output_root", "runs")) / f"selftrain-{selftrain_digest(cfg)[:10]}"
         self.root = Path(root)
-        self.pools = None
+        self.models = None
 
     # ---------------------------------------------------------------- configs
     def dev_task(self) -> dict:
@@ -92,12 +92,11 @@ class SelfTraining:
 
     # ----------------------------------------------------------------- stages
     def _run_job(self, cfg: DictConfig) -> Path:
-        from treesearch.cluster import ModelPools
-        from treesearch.jobs import run_job
+        from treesearch.jobs import run_job, start_models
 
-        if self.pools is None:
-            self.pools = ModelPools(cfg)
-        return run_job(cfg, self.pools)
+        if self.models is None:
+            self.models = start_models(cfg)
+        return run_job(cfg, self.models)
 
     def evaluate(self, folder: Path, policy: str, prm: Optional[str]) -> dict:
         """Greedy (and, with a PRM, search) accuracy on the dev split."""
@@ -179,9 +178,9 @@ class SelfTraining:
                     on_round(record)
                 write_atomic(self.root / "summary.json", json.dumps(summary, indent=2, default=str).encode())
         finally:
-            if self.pools is not None:
-                self.pools.shutdown()
-                self.pools = None
+            if self.models is not None:
+                self.models.shutdown()
+                self.models = None
         return summary
 
     def _round(self, folder, r, policy, prm, temperature, harvest, train_sft, train_prm) -> dict:

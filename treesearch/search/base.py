@@ -31,10 +31,11 @@ class SearchConfig:
     - answer_selection: "value", "path_mean", "majority" or "weighted" (see `select_answer`)
     - seed: base seed; each request derives its own from it (None: nondeterministic)
 
-    These dataclasses hold the one set of defaults: the CLI's `configs/search/*.yaml`
-    repeat them (a test keeps the two equal).
     - prior: how sibling priors come from step log-probabilities (see `step_priors`)
     - merge_duplicates: merge identical sibling steps into one node
+
+    These dataclasses hold the one set of defaults: the CLI's search configs are built
+    from them (`treesearch/config.py`).
     """
 
     temperature: float = 0.7
@@ -46,6 +47,12 @@ class SearchConfig:
     seed: Optional[int] = 0
     prior: str = "mean_logprob"
     merge_duplicates: bool = True
+
+    @property
+    def path_backup(self) -> str:
+        """How a path's values combine when answers are chosen: "mean" unless the
+        algorithm backs values up its own way (MCTS* `backup`)."""
+        return "mean"
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""

@@ -82,6 +82,10 @@ class MCTSConfig(SearchConfig):
     widening_alpha: float = 0.5
     widening_margin: Optional[float] = 0.1
 
+    @property
+    def path_backup(self) -> str:
+        return self.backup
+
     def validate(self) -> None:
         super().validate()
         name = type(self).__name__

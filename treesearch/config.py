@@ -1,0 +1,136 @@
+"""The Hydra configs' schemas: every default of the search, job and cluster groups is
+defined once, here or in the dataclass it comes from, and the YAML files under
+`configs/` only select a schema and override what differs.
+
+The search schemas are built from the algorithms' own config dataclasses
+(`MCTSConfig`, `BeamConfig`, ...) and `DEFAULT_BUDGET`, so `treesearch.search()` and
+`treesearch search` run the same search. `compose()` gives the config the CLI would
+build from a list of overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from treesearch.runner import Scheduling
+from treesearch.search import ALGORITHMS
+from treesearch.search.budget import DEFAULT_BUDGET, Budget
+
+CLUSTER_KINDS = ("ray", "inprocess")
+
+
+@dataclass
+class JobConfig(Scheduling):
+    """`job`: where results go and how the job runs (the scheduling fields are the
+    Python API's too). `output_dir` None: `<output_root>/<task>-<algorithm>-<digest>`."""
+
+    output_root: str = "runs"
+    output_dir: Optional[str] = None
+    resume: bool = True
+    redo_errors: bool = True
+    progress: bool = True
+    save_trees: bool = True
+
+
+@dataclass
+class PoolConfig:
+    """Ray resources of one model's actor pool (`cluster.policy`, `cluster.critic`).
+    `runtime_env`: Ray's, e.g. `{env_vars: {PYTHONPATH: ...}}` to reach user code."""
+
+    replicas: int = 1
+    num_cpus: float = 1
+    num_gpus: float = 0
+    max_restarts: int = 3
+    max_task_retries: int = 3
+    max_concurrency: int = 4
+    runtime_env: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class ClusterConfig:
+    """`cluster`: `kind` "ray" hosts the models in Ray actor pools (`address` None starts a
+    local cluster; "auto" or "ray://host:10001" joins one); "inprocess" builds them in
+    this process (a notebook, a debugger, a machine without Ray); pools are then unused."""
+
+    kind: str = "ray"
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    policy: PoolConfig = field(default_factory=PoolConfig)
+    critic: PoolConfig = field(default_factory=PoolConfig)
+
+
+def _editable(cls: type, name: str, defaults: Any = None) -> type:
+    """A mutable copy of dataclass `cls` (resolved field types) for OmegaConf, with the
+    defaults of instance `defaults` when given."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name) if defaults is not None else f.default
+        fields.append((f.name, hints[f.name], field(default=value)))
+    return dataclasses.make_dataclass(name, fields)
+
+
+BudgetConfig = _editable(Budget, "BudgetConfig", DEFAULT_BUDGET)
+
+
+def search_schema(algorithm: str) -> type:
+    """The `search` group's schema for `algorithm`: its name, the budget and its options."""
+    options = ALGORITHMS[algorithm].Config
+    return dataclasses.make_dataclass(
+        f"{options.__name__}Search",
+        [
+            ("algorithm", str, field(default=algorithm)),
+            ("budget", BudgetConfig, field(default_factory=BudgetConfig)),
+            ("options", options, field(default_factory=options)),
+        ],
+    )
+
+
+_registered = False
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore under `schema/<group>/<name>` (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name in ALGORITHMS:
+        store.store(group="schema/search", name=name, node=search_schema(name))
+    store.store(group="schema/job", name="default", node=JobConfig)
+    store.store(group="schema/cluster", name="default", node=ClusterConfig)
+    _registered = True
+
+
+def config_dir() -> Path:
+    """The Hydra config folder: `treesearch/configs` in an installed wheel, else
+    `configs/` at the top of the source tree (a checkout or an editable install)."""
+    package = Path(__file__).resolve().parent
+    candidates = (package / "configs", package.parent / "configs")
+    for folder in candidates:
+        if (folder / "search.yaml").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"treesearch configs not found (looked in {', '.join(map(str, candidates))}); reinstall treesearch")
+
+
+def compose(config_name: str = "search", overrides: Sequence[str] = ()):
+    """The config `treesearch <config_name> <overrides>` would run (an OmegaConf DictConfig)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
+def with_defaults(schema: type, section: Optional[Mapping]) -> dict:
+    """`section` (a plain mapping, e.g. built by hand) over the defaults of `schema`."""
+    from treesearch.components import plain
+
+    return {**dataclasses.asdict(schema()), **plain(section)}

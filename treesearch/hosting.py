@@ -1,0 +1,135 @@
+"""Where a job's models live: Ray actor pools (`cluster.kind=ray`:
+`treesearch.cluster.ModelPools`) or this process (`cluster.kind=inprocess`: `LocalModels`,
+for a notebook, a debugger or a machine without Ray). Both are `ModelHosts` and hand the
+runner a policy and a critic behind the ordinary protocols, so the searches and their
+results are the same (`treesearch.jobs.start_models` picks one).
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Protocol, runtime_checkable
+
+from treesearch.components import build_critic, build_policy, build_task, plain
+from treesearch.config import CLUSTER_KINDS, ClusterConfig, with_defaults
+
+
+@dataclass
+class Clients:
+    """What the runner talks to: the policy, the critic (None without one), and how many
+    calls each may have in flight (a Ray pool's replicas)."""
+
+    policy: Any
+    critic: Any = None
+    policy_concurrency: int = 1
+    critic_concurrency: int = 1
+
+
+@runtime_checkable
+class ModelHosts(Protocol):
+    """A job's models, kept across jobs (self-training) and reconfigured in place."""
+
+    def configure(self, cfg: Mapping) -> None:
+        """Load the models `cfg` names, reusing those whose config is unchanged."""
+
+    def ready(self) -> None:
+        """Block until every model is loaded."""
+
+    def clients(self) -> Clients: ...
+
+    def replacements(self) -> dict:
+        """Replicas replaced after a crash, per model."""
+
+    def shutdown(self) -> None: ...
+
+
+def cluster_kind(cfg: Mapping) -> str:
+    """`cluster.kind`, checked (the error names the field)."""
+    kind = with_defaults(ClusterConfig, cfg.get("cluster"))["kind"]
+    if kind not in CLUSTER_KINDS:
+        raise ValueError(f"cluster.kind must be one of {CLUSTER_KINDS}, got {kind!r}")
+    return kind
+
+
+def prepare_process(threads: Optional[int]) -> None:
+    """Set-up of a process that hosts a model: torch's thread count, and no download
+    progress bars."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def release(backend: Any) -> None:
+    """Free a backend's memory before loading another: engines are shut down, cached
+    models dropped, and CUDA memory returned."""
+    from treesearch.models import clear_model_cache
+
+    shutdown = getattr(backend, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    del backend
+    clear_model_cache()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class LocalModels:
+    """The policy and the critic built in this process from the job config. A crash here
+    is the job's crash (no replacement, unlike Ray pools); results are the same."""
+
+    def __init__(self, cfg: Mapping):
+        self.policy: Any = None
+        self.critic: Any = None
+        self._policy_spec: Optional[dict] = None
+        self._critic_specs: Optional[tuple] = None
+        self.configure(cfg)
+
+    def configure(self, cfg: Mapping) -> None:
+        policy_spec = plain(cfg["policy"])
+        if policy_spec != self._policy_spec:
+            self._drop("policy")
+            prepare_process(policy_spec.get("threads"))
+            self.policy = build_policy(policy_spec)
+            self._policy_spec = policy_spec
+        critic_spec, task_spec = plain(cfg.get("critic")), plain(cfg["task"])
+        wanted = (critic_spec, task_spec) if critic_spec.get("name") is not None else None
+        if wanted != self._critic_specs:
+            self._drop("critic")
+            if wanted is not None:
+                prepare_process(critic_spec.get("threads"))
+                self.critic = build_critic(critic_spec, build_task(task_spec))
+            self._critic_specs = wanted
+
+    def _drop(self, which: str) -> None:
+        model = getattr(self, which)
+        if model is not None:
+            setattr(self, which, None)
+            release(model)
+
+    def ready(self) -> None:
+        return None
+
+    def clients(self) -> Clients:
+        return Clients(self.policy, self.critic)
+
+    def replacements(self) -> dict:
+        return {}
+
+    def shutdown(self) -> None:
+        self._drop("policy")
+        self._drop("critic")
+        self._policy_spec = self._critic_specs = None
