@@ -125,3 +125,9 @@ def hashed_value(seed: int) -> Callable[[State], float]:
         return random.Random(seed + zlib.crc32(state.solution.encode())).random()
 
     return value
+
+
+def scripted_policy(seed: int, mode: str = "sample") -> ScriptedPolicy:
+    """A ScriptedPolicy on `random_script(seed)`, buildable from a config mapping
+    (`{"backend": "python", "factory": "tests.doubles:scripted_policy", "seed": 3}`)."""
+    return ScriptedPolicy(random_script(seed), mode=mode)

@@ -111,7 +111,7 @@ class LocalModels:
             self._drop("critic")
             if wanted is not None:
                 prepare_process(critic_spec.get("threads"))
-                self.critic = build_critic(critic_spec, build_task(task_spec))
+                self.critic = build_critic(critic_spec, build_task(task_spec) if task_spec else None)
             self._critic_specs = wanted
 
     def _drop(self, which: str) -> None:

@@ -1,0 +1,48 @@
+"""`treesearch.search` with config mappings: the models are built where `cluster` says
+(this process, or Ray actor pools) and give the same results as objects passed in."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+import treesearch
+from tests.doubles import hashed_value, scripted_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = {"backend": "python", "factory": "tests.doubles:scripted_policy", "seed": 3}
+CRITIC = {"name": "python", "function": "tests.doubles:hashed_value", "options": {"seed": 1}}
+PROBLEMS = [{"id": str(i), "question": f"q{i}", "gold": str(i % 4)} for i in range(6)]
+BUDGET = {"generated_tokens": 60}
+
+
+def outcome(results):
+    return [(r.problem.id, r.answer, r.correct, r.accounting.generated_tokens, r.solution) for r in results]
+
+
+def with_objects():
+    return treesearch.search(PROBLEMS, policy=scripted_policy(3), critic=hashed_value(1), budget=BUDGET, c_puct=2.0)
+
+
+def test_config_mappings_build_in_process_the_models_objects_would_be():
+    built = treesearch.search(PROBLEMS, policy=POLICY, critic=CRITIC, budget=BUDGET, c_puct=2.0)
+    assert outcome(built) == outcome(with_objects())
+    assert {r.answer for r in built} != {None}
+
+
+def test_mappings_that_cannot_be_hosted_are_refused_with_the_reason():
+    with pytest.raises(TypeError, match="policy must be a config mapping"):
+        treesearch.search(PROBLEMS, policy=scripted_policy(3), cluster="ray")
+    with pytest.raises(TypeError, match="critic must be a config mapping"):
+        treesearch.search(PROBLEMS, policy=POLICY, critic=hashed_value(1))
+    with pytest.raises(ValueError, match="pass task as a config mapping"):
+        treesearch.search(PROBLEMS, policy=POLICY, critic="verifier")
+    with pytest.raises(ValueError, match="cluster.kind must be one of"):
+        treesearch.search(PROBLEMS, policy=POLICY, cluster="slurm")
+
+
+def test_the_same_arguments_run_on_ray_actor_pools(ray_cluster):
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}}
+    cluster = {"kind": "ray", "policy": {"runtime_env": env}, "critic": {"runtime_env": env}}
+    on_ray = treesearch.search(PROBLEMS, policy=POLICY, critic=CRITIC, budget=BUDGET, cluster=cluster, c_puct=2.0)
+    assert outcome(on_ray) == outcome(with_objects())
