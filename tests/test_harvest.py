@@ -14,13 +14,12 @@ from treesearch import Budget, Problem
 from treesearch.harvest import (
     best_continuation,
     harvest,
-    inferred_values,
-    mc_values,
     preference_pairs,
     prm_rows,
     rank_sft,
     sft_candidates,
 )
+from treesearch.value_targets import inferred_values, mc_values
 from treesearch.harvest_cli import main as harvest_main
 from treesearch.runfolder import RunFolder
 from treesearch.search.budget import Accounting

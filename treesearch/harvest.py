@@ -11,59 +11,8 @@ Every file loads with `datasets.load_dataset("parquet", data_files=...)` and kee
 features (list-of-message columns, float labels). A table with no rows is still written
 (zero row groups: pyarrow reads it; `datasets` refuses empty splits, a limit of datasets).
 
-Per-node value targets
-----------------------
-`mc_values(tree)`: Monte Carlo estimates. For each node, the fraction of graded terminal
-nodes in its subtree (itself included) that are correct, each terminal weighted by the
-samples it stands for (`1 + duplicates`); NaN where no graded terminal lies below.
-
-`inferred_values(tree)`: ReST-MCTS* inferred process values (Zhang et al. 2024,
-"ReST-MCTS*: LLM Self-Training via Process Reward Guided Tree Search", arXiv 2406.03816,
-section 3 "weighted reward" / "quality value", and its training-data inference). What is
-implemented, for a step node k with parent value v_{k-1} (the root is v_0 = 0):
-
-    v_k = max(v_{k-1} + (1 - v_{k-1}) * r_k / (m_k + 1), 0)
-
-- r_k = +1 when the subtree of k holds a correct terminal, -1 otherwise;
-- m_k = the fewest further steps from k to a correct terminal seen in the tree (0 for a
-  correct terminal itself). For a step with no correct terminal below, m_k is that of its
-  nearest ancestor that has one: the distance at the point where the path left every
-  correct continuation;
-- nodes whose subtree holds no decided end (only open frontier leaves or ungraded
-  terminals) are NaN; decided ends are graded terminals (reward 1/0) and closed
-  non-terminal leaves (dead ends, depth limit), which count as failures.
-
-Why "m_k + 1" and not "m_k" (as `DESIGN.md` wrote it): the paper's weighted reward (its
-section 3.1, as recalled: the paper's body could not be opened with the tools used here,
-only its abstract) is w_{s_k} = (1 - v_{k-1}) / (m_k + 1) * (1 - 2 r_{s_k}), with
-v_k = max(v_{k-1} + w_{s_k}, 0) and m_k the reasoning distance (the fewest steps still
-needed from s_k to the correct answer), so a correct final step (m_k = 0) gets exactly
-v_k = 1, where the bare m_k would divide by zero. The sign factor (1 - 2 r_{s_k}) with "r_{s_k}
-the PRM's output sigmoid score" reads inverted (THUDM/ReST-MCTS issue #12, "Formula 2 &
-Observation 2", quotes that sentence and asks about the contradiction); for training
-targets from gold answers the authors' code settles it: +1 on steps with a correct
-continuation, -1 otherwise. That code, THUDM/ReST-MCTS `MCTS/base.py` (`treeNode`), was
-read and agrees with the formula above:
-
-    # a verified-correct end leaf (MCTS/task.py, verify_end_nodes):
-    leaf.min_steps_to_correct = 1
-    # ancestors (get_full_value_samples_vm):
-    cur_node.min_steps_to_correct = min([n.min_steps_to_correct for n in cur_node.children.values()]) + 1
-    # a wrong leaf: walk up to the first ancestor with a finite distance, m = its distance,
-    # and give that m to every node between them:
-    while cur_node.min_steps_to_correct == 1024: cur_node.min_steps_to_correct = m
-    # values (get_all_value_samples_vm), r = 1 on correct routes (he == 1) else -1:
-    self.V = max(0, (1 - self.parent.V) * r / self.min_steps_to_correct + self.parent.V)
-
-Their `min_steps_to_correct` counts the node itself (1 at a correct leaf), i.e. it is our
-m_k + 1; wrong nodes inherit the nearest correct-bearing ancestor's value, as above.
-Differences from that code, on purpose: (1) it emits no value samples for a tree without
-a correct end (`if flag:`); here the formula is applied as written, which gives 0 to every
-decided node of such a tree (v_0 = 0 and r = -1 keep it at 0 for any m); (2) it considers
-only the end leaves the search verified, so subtrees ending in unexpanded leaves are
-skipped; here closed dead ends count as failed ends and open leaves leave a node NaN.
-Values stay in [0, 1]: a correct step moves v toward 1 by a fraction <= 1, a wrong one
-toward 0, clipped at 0.
+Value targets come from `treesearch.value_targets` (ReST-MCTS* inferred values or Monte
+Carlo estimates).
 
 Rows
 ----
@@ -108,8 +57,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from treesearch.tree import Tree
+from treesearch.value_targets import VALUE_SOURCES, value_targets
 
-VALUE_SOURCES = ("inferred", "mc")
 FILES = {"sft": "sft.parquet", "prm": "prm.parquet", "preference": "preference.parquet"}
 MANIFEST = "harvest.json"
 
@@ -165,76 +114,6 @@ def _features():
 def features() -> dict:
     """The `datasets.Features` of each table: {"sft": ..., "prm": ..., "preference": ...}."""
     return _features()
-
-
-# ------------------------------------------------------------------------ value targets
-def _ends(tree: Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(correct terminal, decided failed end, leaf) masks over the tree's nodes."""
-    terminal = tree.column("terminal")
-    reward = tree.column("reward")
-    leaf = tree.column("num_children") == 0
-    correct = terminal & (reward == 1)
-    failed = (terminal & (reward == 0)) | (~terminal & tree.column("closed") & leaf)
-    return correct, failed, leaf
-
-
-def inferred_values(tree: Tree) -> np.ndarray:
-    """ReST-MCTS* inferred process values of every node (float64, `[len(tree)]`, in [0, 1]
-    or NaN); the root holds v_0 = 0. See the module docstring for the formula."""
-    n = len(tree)
-    parent = tree.column("parent")
-    correct, failed, _ = _ends(tree)
-    # children always have larger ids than their parent: reverse id order is a post-order
-    dist = np.where(correct, 0.0, np.inf)
-    decided = correct | failed
-    for i in range(n - 1, 0, -1):
-        p = parent[i]
-        dist[p] = min(dist[p], dist[i] + 1.0)
-        decided[p] |= decided[i]
-    values = np.full(n, np.nan)
-    values[0] = 0.0
-    anchor = np.empty(n)  # m of the nearest node on the root path with a correct terminal below
-    anchor[0] = dist[0]
-    for i in range(1, n):
-        p = parent[i]
-        anchor[i] = dist[i] if np.isfinite(dist[i]) else anchor[p]
-        v = values[p]
-        if math.isnan(v) or not decided[i]:
-            continue
-        if np.isfinite(dist[i]):
-            values[i] = v + (1.0 - v) / (dist[i] + 1.0)
-        elif np.isfinite(anchor[p]):
-            values[i] = max(v - (1.0 - v) / (anchor[p] + 1.0), 0.0)
-        else:
-            values[i] = 0.0  # no correct end anywhere above: v stays at v_0 = 0 for any m
-    return values
-
-
-def mc_values(tree: Tree) -> np.ndarray:
-    """Monte Carlo value estimates (float64, `[len(tree)]`): per node, the sample-weighted
-    fraction of graded terminals in its subtree that are correct; NaN where none is."""
-    n = len(tree)
-    parent = tree.column("parent")
-    terminal = tree.column("terminal")
-    reward = tree.column("reward").astype(np.float64)
-    graded = terminal & ~np.isnan(reward)
-    weight = np.where(graded, 1.0 + tree.column("duplicates"), 0.0)
-    total = weight.copy()
-    good = np.where(graded, weight * np.nan_to_num(reward), 0.0)
-    for i in range(n - 1, 0, -1):
-        total[parent[i]] += total[i]
-        good[parent[i]] += good[i]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, good / np.where(total > 0, total, 1.0), np.nan)
-
-
-def value_targets(tree: Tree, values: str = "inferred") -> np.ndarray:
-    """`inferred_values(tree)` or `mc_values(tree)` by name."""
-    if values == "inferred":
-        return inferred_values(tree)
-    if values == "mc":
-        return mc_values(tree)
-    raise ValueError(f"unknown value source {values!r}; choose from {VALUE_SOURCES}")
 
 
 # --------------------------------------------------------------------------- prompts
@@ -308,7 +187,7 @@ def rank_sft(candidates: Sequence[dict], top_k: int) -> list[dict]:
 
 def prm_rows(tree: Tree, targets: np.ndarray) -> list[dict]:
     """Stepwise rows `{completions, labels}` of one tree (see the module docstring)."""
-    _, _, leaf = _ends(tree)
+    leaf = tree.column("num_children") == 0
     ends = np.flatnonzero(leaf & (tree.column("terminal") | tree.column("closed")))
     paths: dict[int, list[int]] = {}
     for end in ends:
@@ -466,16 +345,7 @@ def harvest(
     """
     if isinstance(runs, (str, os.PathLike)):
         runs = [runs]
-    if not runs:
-        raise ValueError("harvest: no run folders given")
-    if values not in VALUE_SOURCES:
-        raise ValueError(f"harvest: values must be one of {VALUE_SOURCES}, got {values!r}")
-    if int(top_k) < 1:
-        raise ValueError(f"harvest: top_k must be >= 1, got {top_k}")
-    if not 0 <= margin <= 1:
-        raise ValueError(f"harvest: margin must be in [0, 1], got {margin}")
-    if int(min_visits) < 0:
-        raise ValueError(f"harvest: min_visits must be >= 0, got {min_visits}")
+    parameters = _checked_parameters(runs, top_k, values, margin, min_visits)
     feats = _features()
     folders = [_Run(r) for r in runs]  # fail on a bad folder before writing anything
     seen = [f.path for f in folders]
@@ -485,8 +355,7 @@ def harvest(
     out.mkdir(parents=True, exist_ok=True)
 
     sft_pool: dict[str, list[dict]] = {}
-    prm: list[dict] = []
-    preference: list[dict] = []
+    rows: dict[str, list[dict]] = {"prm": [], "preference": []}
     lineage = []
     problems: set[str] = set()
     for run in folders:
@@ -494,36 +363,13 @@ def harvest(
         for tree in run.trees():
             counts["trees"] += 1
             problems.add(tree.problem_id)
-            prompt = run.prompt(tree)
-            messages, text = chat_messages(prompt), prompt_text(prompt)
-            targets = value_targets(tree, values)
-            base = {"problem_id": tree.problem_id, "run": str(run.path)}
-            for cand in sft_candidates(tree, targets):
-                sft_pool.setdefault(tree.problem_id, []).append({**cand, **base, "messages": messages})
-                counts["sft_candidates"] += 1
-            for row in prm_rows(tree, targets):
-                # a plain-text prompt stays plain (prompt_messages null), so the PRM trainer
-                # renders it exactly as the PRM critic will at scoring time
-                chat = None if isinstance(prompt, str) else messages
-                prm.append({**base, "source": values, "prompt": text, "prompt_messages": chat, **row})
-                counts["prm"] += 1
-            for pair in preference_pairs(tree, targets, margin, min_visits):
-                preference.append(
-                    {
-                        "problem_id": tree.problem_id,
-                        "source": values,
-                        "prompt": messages,
-                        "chosen": _assistant(pair["chosen_text"].rstrip()),
-                        "rejected": _assistant(pair["rejected_text"].rstrip()),
-                        "prefix": pair["prefix"],
-                        "chosen_step": pair["chosen_step"],
-                        "rejected_step": pair["rejected_step"],
-                        "chosen_value": pair["chosen_value"],
-                        "rejected_value": pair["rejected_value"],
-                        "run": str(run.path),
-                    }
-                )
-                counts["preference"] += 1
+            candidates, prm, pairs = _tree_rows(run, tree, values, margin, min_visits)
+            sft_pool.setdefault(tree.problem_id, []).extend(candidates)
+            rows["prm"] += prm
+            rows["preference"] += pairs
+            counts["sft_candidates"] += len(candidates)
+            counts["prm"] += len(prm)
+            counts["preference"] += len(pairs)
         lineage.append(
             {
                 "path": str(run.path),
@@ -534,10 +380,74 @@ def harvest(
                 "skipped": run.skipped,
             }
         )
+    rows["sft"] = _sft_rows(sft_pool, int(top_k))
 
+    paths = {name: _write_table(rows[name], feats[name], out / FILES[name]) for name in FILES}
+    from treesearch.runfolder import write_atomic
+
+    counts = {
+        "runs": len(folders),
+        "trees": sum(r["trees"] for r in lineage),
+        "problems": len(problems),
+        "problems_with_sft": len({row["problem_id"] for row in rows["sft"]}),
+        **{name: len(rows[name]) for name in FILES},
+    }
+    record = _manifest_record(parameters, counts, feats, lineage)
+    manifest = out / MANIFEST
+    write_atomic(manifest, json.dumps(record, indent=2).encode())
+    paths["manifest"] = manifest
+    return paths
+
+
+def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, min_visits: int) -> dict:
+    if not runs:
+        raise ValueError("harvest: no run folders given")
+    if values not in VALUE_SOURCES:
+        raise ValueError(f"harvest: values must be one of {VALUE_SOURCES}, got {values!r}")
+    if int(top_k) < 1:
+        raise ValueError(f"harvest: top_k must be >= 1, got {top_k}")
+    if not 0 <= margin <= 1:
+        raise ValueError(f"harvest: margin must be in [0, 1], got {margin}")
+    if int(min_visits) < 0:
+        raise ValueError(f"harvest: min_visits must be >= 0, got {min_visits}")
+    return {"top_k": int(top_k), "values": values, "margin": float(margin), "min_visits": int(min_visits)}
+
+
+def _tree_rows(run: _Run, tree: Tree, values: str, margin: float, min_visits: int) -> tuple[list, list, list]:
+    """One tree's SFT candidates, PRM rows and preference pairs."""
+    prompt = run.prompt(tree)
+    messages, text = chat_messages(prompt), prompt_text(prompt)
+    targets = value_targets(tree, values)
+    base = {"problem_id": tree.problem_id, "run": str(run.path)}
+    candidates = [{**cand, **base, "messages": messages} for cand in sft_candidates(tree, targets)]
+    # a plain-text prompt stays plain (prompt_messages null), so the PRM trainer renders
+    # it exactly as the PRM critic will at scoring time
+    chat = None if isinstance(prompt, str) else messages
+    prm = [{**base, "source": values, "prompt": text, "prompt_messages": chat, **row} for row in prm_rows(tree, targets)]
+    pairs = [
+        {
+            "problem_id": tree.problem_id,
+            "source": values,
+            "prompt": messages,
+            "chosen": _assistant(pair["chosen_text"].rstrip()),
+            "rejected": _assistant(pair["rejected_text"].rstrip()),
+            "prefix": pair["prefix"],
+            "chosen_step": pair["chosen_step"],
+            "rejected_step": pair["rejected_step"],
+            "chosen_value": pair["chosen_value"],
+            "rejected_value": pair["rejected_value"],
+            "run": str(run.path),
+        }
+        for pair in preference_pairs(tree, targets, margin, min_visits)
+    ]
+    return candidates, prm, pairs
+
+
+def _sft_rows(pool: dict[str, list[dict]], top_k: int) -> list[dict]:
+    """The best `top_k` SFT traces per problem, in conversational form."""
     sft = []
-    for pid, cands in sft_pool.items():
-        for cand in rank_sft(cands, int(top_k)):
+    for pid, cands in pool.items():
+        for cand in rank_sft(cands, top_k):
             completion = _assistant(cand["solution"].rstrip())
             sft.append(
                 {
@@ -550,17 +460,15 @@ def harvest(
                     "node": cand["node"],
                 }
             )
+    return sft
 
-    paths = {
-        "sft": _write_table(sft, feats["sft"], out / FILES["sft"]),
-        "prm": _write_table(prm, feats["prm"], out / FILES["prm"]),
-        "preference": _write_table(preference, feats["preference"], out / FILES["preference"]),
-    }
-    from treesearch.runfolder import write_atomic
 
-    record = {
+def _manifest_record(parameters: dict, counts: dict, feats: dict, lineage: list) -> dict:
+    """harvest.json: parameters, value source, counts, features and lineage."""
+    values = parameters["values"]
+    return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "parameters": {"top_k": int(top_k), "values": values, "margin": float(margin), "min_visits": int(min_visits)},
+        "parameters": parameters,
         "sources": {
             "values": values,
             "description": (
@@ -570,20 +478,8 @@ def harvest(
             ),
             "sft_ranking": "terminal search value (tree.value), else mean of the path's value targets",
         },
-        "counts": {
-            "runs": len(folders),
-            "trees": sum(r["trees"] for r in lineage),
-            "problems": len(problems),
-            "problems_with_sft": len({row["problem_id"] for row in sft}),
-            "sft": len(sft),
-            "prm": len(prm),
-            "preference": len(preference),
-        },
-        "files": {name: FILES[name] for name in FILES},
+        "counts": counts,
+        "files": dict(FILES),
         "features": {name: feats[name].to_dict() for name in FILES},
         "runs": lineage,
     }
-    manifest = out / MANIFEST
-    write_atomic(manifest, json.dumps(record, indent=2).encode())
-    paths["manifest"] = manifest
-    return paths

@@ -1,0 +1,134 @@
+"""Per-node value targets of a search tree, the labels of harvested PRM rows and
+preference pairs (`treesearch.harvest`).
+
+`mc_values(tree)`: Monte Carlo estimates. For each node, the fraction of graded terminal
+nodes in its subtree (itself included) that are correct, each terminal weighted by the
+samples it stands for (`1 + duplicates`); NaN where no graded terminal lies below.
+
+`inferred_values(tree)`: ReST-MCTS* inferred process values (Zhang et al. 2024,
+"ReST-MCTS*: LLM Self-Training via Process Reward Guided Tree Search", arXiv 2406.03816,
+section 3 "weighted reward" / "quality value", and its training-data inference). What is
+implemented, for a step node k with parent value v_{k-1} (the root is v_0 = 0):
+
+    v_k = max(v_{k-1} + (1 - v_{k-1}) * r_k / (m_k + 1), 0)
+
+- r_k = +1 when the subtree of k holds a correct terminal, -1 otherwise;
+- m_k = the fewest further steps from k to a correct terminal seen in the tree (0 for a
+  correct terminal itself). For a step with no correct terminal below, m_k is that of its
+  nearest ancestor that has one: the distance at the point where the path left every
+  correct continuation;
+- nodes whose subtree holds no decided end (only open frontier leaves or ungraded
+  terminals) are NaN; decided ends are graded terminals (reward 1/0) and closed
+  non-terminal leaves (dead ends, depth limit), which count as failures.
+
+Why "m_k + 1" and not "m_k" (as `DESIGN.md` wrote it): the paper's weighted reward (its
+section 3.1, as recalled: the paper's body could not be opened with the tools used here,
+only its abstract) is w_{s_k} = (1 - v_{k-1}) / (m_k + 1) * (1 - 2 r_{s_k}), with
+v_k = max(v_{k-1} + w_{s_k}, 0) and m_k the reasoning distance (the fewest steps still
+needed from s_k to the correct answer), so a correct final step (m_k = 0) gets exactly
+v_k = 1, where the bare m_k would divide by zero. The sign factor (1 - 2 r_{s_k}) with "r_{s_k}
+the PRM's output sigmoid score" reads inverted (THUDM/ReST-MCTS issue #12, "Formula 2 &
+Observation 2", quotes that sentence and asks about the contradiction); for training
+targets from gold answers the authors' code settles it: +1 on steps with a correct
+continuation, -1 otherwise. That code, THUDM/ReST-MCTS `MCTS/base.py` (`treeNode`), was
+read and agrees with the formula above:
+
+    # a verified-correct end leaf (MCTS/task.py, verify_end_nodes):
+    leaf.min_steps_to_correct = 1
+    # ancestors (get_full_value_samples_vm):
+    cur_node.min_steps_to_correct = min([n.min_steps_to_correct for n in cur_node.children.values()]) + 1
+    # a wrong leaf: walk up to the first ancestor with a finite distance, m = its distance,
+    # and give that m to every node between them:
+    while cur_node.min_steps_to_correct == 1024: cur_node.min_steps_to_correct = m
+    # values (get_all_value_samples_vm), r = 1 on correct routes (he == 1) else -1:
+    self.V = max(0, (1 - self.parent.V) * r / self.min_steps_to_correct + self.parent.V)
+
+Their `min_steps_to_correct` counts the node itself (1 at a correct leaf), i.e. it is our
+m_k + 1; wrong nodes inherit the nearest correct-bearing ancestor's value, as above.
+Differences from that code, on purpose: (1) it emits no value samples for a tree without
+a correct end (`if flag:`); here the formula is applied as written, which gives 0 to every
+decided node of such a tree (v_0 = 0 and r = -1 keep it at 0 for any m); (2) it considers
+only the end leaves the search verified, so subtrees ending in unexpanded leaves are
+skipped; here closed dead ends count as failed ends and open leaves leave a node NaN.
+Values stay in [0, 1]: a correct step moves v toward 1 by a fraction <= 1, a wrong one
+toward 0, clipped at 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from treesearch.tree import Tree
+
+VALUE_SOURCES = ("inferred", "mc")
+
+
+def _ends(tree: Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(correct terminal, decided failed end, leaf) masks over the tree's nodes."""
+    terminal = tree.column("terminal")
+    reward = tree.column("reward")
+    leaf = tree.column("num_children") == 0
+    correct = terminal & (reward == 1)
+    failed = (terminal & (reward == 0)) | (~terminal & tree.column("closed") & leaf)
+    return correct, failed, leaf
+
+
+def inferred_values(tree: Tree) -> np.ndarray:
+    """ReST-MCTS* inferred process values of every node (float64, `[len(tree)]`, in [0, 1]
+    or NaN); the root holds v_0 = 0. See the module docstring for the formula."""
+    n = len(tree)
+    parent = tree.column("parent")
+    correct, failed, _ = _ends(tree)
+    # children always have larger ids than their parent: reverse id order is a post-order
+    dist = np.where(correct, 0.0, np.inf)
+    decided = correct | failed
+    for i in range(n - 1, 0, -1):
+        p = parent[i]
+        dist[p] = min(dist[p], dist[i] + 1.0)
+        decided[p] |= decided[i]
+    values = np.full(n, np.nan)
+    values[0] = 0.0
+    anchor = np.empty(n)  # m of the nearest node on the root path with a correct terminal below
+    anchor[0] = dist[0]
+    for i in range(1, n):
+        p = parent[i]
+        anchor[i] = dist[i] if np.isfinite(dist[i]) else anchor[p]
+        v = values[p]
+        if math.isnan(v) or not decided[i]:
+            continue
+        if np.isfinite(dist[i]):
+            values[i] = v + (1.0 - v) / (dist[i] + 1.0)
+        elif np.isfinite(anchor[p]):
+            values[i] = max(v - (1.0 - v) / (anchor[p] + 1.0), 0.0)
+        else:
+            values[i] = 0.0  # no correct end anywhere above: v stays at v_0 = 0 for any m
+    return values
+
+
+def mc_values(tree: Tree) -> np.ndarray:
+    """Monte Carlo value estimates (float64, `[len(tree)]`): per node, the sample-weighted
+    fraction of graded terminals in its subtree that are correct; NaN where none is."""
+    n = len(tree)
+    parent = tree.column("parent")
+    terminal = tree.column("terminal")
+    reward = tree.column("reward").astype(np.float64)
+    graded = terminal & ~np.isnan(reward)
+    weight = np.where(graded, 1.0 + tree.column("duplicates"), 0.0)
+    total = weight.copy()
+    good = np.where(graded, weight * np.nan_to_num(reward), 0.0)
+    for i in range(n - 1, 0, -1):
+        total[parent[i]] += total[i]
+        good[parent[i]] += good[i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, good / np.where(total > 0, total, 1.0), np.nan)
+
+
+def value_targets(tree: Tree, values: str = "inferred") -> np.ndarray:
+    """`inferred_values(tree)` or `mc_values(tree)` by name."""
+    if values == "inferred":
+        return inferred_values(tree)
+    if values == "mc":
+        return mc_values(tree)
+    raise ValueError(f"unknown value source {values!r}; choose from {VALUE_SOURCES}")
