@@ -20,6 +20,15 @@ class Critic(Protocol):
     async def score(self, states: Sequence[State]) -> np.ndarray: ...
 
 
+@runtime_checkable
+class CostedCritic(Critic, Protocol):
+    """A critic that generates text to value states (rollouts) and reports the tokens."""
+
+    async def score_with_cost(self, states: Sequence[State]) -> tuple[np.ndarray, np.ndarray]:
+        """`(values, tokens generated per state)`."""
+        ...
+
+
 def check_values(values: Any, count: int, source: str) -> np.ndarray:
     """Validate a critic's output: `count` finite floats in [0, 1]; else a clear error."""
     try:
@@ -40,9 +49,8 @@ def check_values(values: Any, count: int, source: str) -> np.ndarray:
 async def score_with_cost(critic: Critic, states: Sequence["State"]) -> tuple[np.ndarray, np.ndarray]:
     """`(values, tokens generated per state)`: critics that generate text (rollouts) report
     their tokens through their own `score_with_cost`; for the others the cost is zero."""
-    own = getattr(critic, "score_with_cost", None)
-    if own is not None:
-        values, tokens = await own(states)
+    if isinstance(critic, CostedCritic):
+        values, tokens = await critic.score_with_cost(states)
     else:
         values, tokens = await critic.score(states), np.zeros(len(states), dtype=np.int64)
     return np.asarray(values, dtype=np.float64), np.asarray(tokens, dtype=np.int64)

@@ -9,8 +9,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from treesearch import api
-from treesearch.config import compose, config_dir
-from treesearch.runner import Runner, Scheduling
+from treesearch.config import Scheduling, compose, config_dir
+from treesearch.runner import Runner
 from treesearch.search import ALGORITHMS, make_algorithm
 from treesearch.search.budget import DEFAULT_BUDGET, Budget
 

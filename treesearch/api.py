@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from treesearch.runner import Runner, Scheduling
+from treesearch.config import Scheduling
+from treesearch.runner import Runner
 from treesearch.search.budget import Budget
 from treesearch.tasks import Task
 from treesearch.result import SearchResult

@@ -16,11 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from treesearch.runner import Scheduling
 from treesearch.search import ALGORITHMS
 from treesearch.search.budget import DEFAULT_BUDGET, Budget
 
 CLUSTER_KINDS = ("ray", "inprocess")
+
+
+@dataclass
+class Scheduling:
+    """How a run shares the models: `trees_in_flight` searches at once; requests batched
+    up to `max_batch_size` per model replica, waiting at most `max_wait_ms` for a batch to
+    fill. The defaults of the Python API and of a job (`job` config) alike."""
+
+    trees_in_flight: int = 32
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
 
 
 @dataclass

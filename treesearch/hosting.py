@@ -13,6 +13,25 @@ from typing import Any, Mapping, Optional, Protocol, runtime_checkable
 
 from treesearch.components import build_critic, build_policy, build_task, plain
 from treesearch.config import CLUSTER_KINDS, ClusterConfig, with_defaults
+from treesearch.types import State
+
+
+@runtime_checkable
+class Replicated(Protocol):
+    """A model served by several replicas (a Ray pool): the runner keeps one batcher per
+    replica and sends each state to `replica_of(state)` (prefix-cache affinity)."""
+
+    @property
+    def replicas(self) -> int: ...
+
+    def replica_of(self, state: State) -> int: ...
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """A backend holding resources beyond its memory (an engine thread, a worker pool)."""
+
+    def shutdown(self) -> None: ...
 
 
 @dataclass
@@ -72,9 +91,8 @@ def release(backend: Any) -> None:
     models dropped, and CUDA memory returned."""
     from treesearch.models import clear_model_cache
 
-    shutdown = getattr(backend, "shutdown", None)
-    if callable(shutdown):
-        shutdown()
+    if isinstance(backend, Closeable):
+        backend.shutdown()
     del backend
     clear_model_cache()
     gc.collect()

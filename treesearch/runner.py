@@ -16,6 +16,8 @@ from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 from critics.base import Critic, check_values, score_with_cost
 from critics.registry import as_critic
 from treesearch.batching import Batcher, BatchStats, ModelClock, RoutedBatcher
+from treesearch.config import Scheduling
+from treesearch.hosting import Replicated
 from treesearch.policy.base import Policy
 from treesearch.search import SearchAlgorithm, SearchContext, make_algorithm
 from treesearch.search.answer import select_answer
@@ -26,17 +28,6 @@ from treesearch.result import SearchResult
 from treesearch.types import Problem, State
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scheduling:
-    """How a run shares the models: `trees_in_flight` searches at once; requests batched
-    up to `max_batch_size` per model replica, waiting at most `max_wait_ms` for a batch to
-    fill. The defaults of the Python API and of a job (`job` config) alike."""
-
-    trees_in_flight: int = 32
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
 
 
 @dataclass
@@ -85,7 +76,7 @@ class Runner:
     ):
         if trees_in_flight < 1:
             raise ValueError(f"trees_in_flight must be >= 1, got {trees_in_flight}")
-        if not hasattr(policy, "expand") or not hasattr(policy, "complete"):
+        if not isinstance(policy, Policy):
             raise TypeError(f"policy {policy!r} lacks expand()/complete(): see treesearch.policy.Policy")
         self.policy = policy
         self.critic: Optional[Critic] = as_critic(critic) if critic is not None else None
@@ -126,11 +117,9 @@ class Runner:
             return Batcher(fn, max_batch_size=self._max_batch_size * concurrency, max_wait_s=self._max_wait_s,
                            max_concurrency=concurrency, clock=self.stats.clock, name=label)
 
-        replicas = getattr(model, "replicas", 1)
-        replica_of = getattr(model, "replica_of", None)
-        if replicas > 1 and replica_of is not None:
-            parts = [make(1, f"{name}[{i}]") for i in range(replicas)]
-            return RoutedBatcher(parts, lambda item: replica_of(state_of(item)))
+        if isinstance(model, Replicated) and model.replicas > 1:
+            parts = [make(1, f"{name}[{i}]") for i in range(model.replicas)]
+            return RoutedBatcher(parts, lambda item: model.replica_of(state_of(item)))
         return make(concurrency, name)
 
     async def run(

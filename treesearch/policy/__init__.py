@@ -64,7 +64,7 @@ def make_policy(backend: str = "hf", **kwargs) -> Policy:
                 f"policy.factory {path!r} rejected the policy options {sorted(kwargs)} ({exc}); "
                 "it is called with every policy key except backend and factory"
             ) from exc
-        if not hasattr(policy, "expand") or not hasattr(policy, "complete"):
+        if not isinstance(policy, Policy):
             raise TypeError(f"policy.factory built {policy!r}, which lacks expand()/complete() (the Policy protocol)")
         return policy
     raise ValueError(f"unknown policy backend {backend!r}; choose one of {BACKENDS}")
