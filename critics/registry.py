@@ -4,15 +4,14 @@ value function) into a Critic."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable
 
 from critics.base import Critic, FunctionCritic
+from treesearch.registry import Registry
 
-_REGISTRY: dict[str, Callable[..., Critic]] = {}
-# Built-in critics whose modules import torch/transformers: registered on first use.
-_BUILTIN_MODULES = {
+# Built-in critics' modules import torch/transformers: each registers itself on first use.
+CRITICS: Registry[Critic] = Registry("critic", lazy={
     "self_eval": "critics.self_eval",
     "loglik": "critics.loglik",
     "prm": "critics.prm",
@@ -20,7 +19,7 @@ _BUILTIN_MODULES = {
     "verifier": "critics.verifier",
     "weighted": "critics.combine",
     "python": "critics.function",
-}
+})
 
 
 def register_critic(name: str, factory: Callable[..., Critic] | None = None):
@@ -29,24 +28,16 @@ def register_critic(name: str, factory: Callable[..., Critic] | None = None):
     Usable as `register_critic("name", factory)` or as a decorator `@register_critic("name")`.
     """
 
-    def add(f: Callable[..., Critic]):
-        _REGISTRY[name] = f
-        return f
-
-    return add(factory) if factory is not None else add
+    return CRITICS.register(name, factory)
 
 
 def registered_critics() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+    return CRITICS.names()
 
 
 def make_critic(name: str, **kwargs: Any) -> Critic:
     """Build a registered critic by name (as configs do)."""
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown critic {name!r}; registered: {registered_critics()}")
-    return as_critic(_REGISTRY[name](**kwargs))
+    return as_critic(CRITICS.make(name, **kwargs))
 
 
 def as_critic(obj: Any) -> Critic:

@@ -109,7 +109,7 @@ def test_batched_critic_returning_wrong_count_is_an_error():
 def test_not_a_critic():
     with pytest.raises(TypeError, match="cannot use"):
         as_critic(42)
-    with pytest.raises(KeyError, match="unknown critic 'nope'"):
+    with pytest.raises(ValueError, match="unknown critic 'nope'"):
         make_critic("nope")
 
 

@@ -10,8 +10,8 @@ the vLLM one (`VLLMPolicy`, CUDA only); each is imported only when asked for.
 """
 
 from treesearch.policy.base import ParamsArg, Policy, per_state_counts, per_state_params
+from treesearch.registry import Registry
 
-BACKENDS = ("auto", "hf", "openvino", "vllm", "python")
 # options a backend chosen by "auto" accepts besides those the two share
 _ONLY = {"openvino": ("weights", "cache_gb", "prefix_caching", "cache_dir")}
 
@@ -30,6 +30,39 @@ def resolve_backend(backend: str) -> str:
     return "openvino"
 
 
+def python_backend(factory: str = "", **options) -> Policy:
+    """The "python" backend: a user's own policy built by `factory` (an import path)
+    from the other options."""
+    from treesearch.plugins import import_object
+
+    if not factory:
+        raise ValueError("policy.factory: the python backend needs an import path, e.g. 'mypkg.engine:MyPolicy'")
+    build = import_object(factory, "policy.factory")
+    try:
+        policy = build(**options)
+    except TypeError as exc:
+        raise TypeError(
+            f"policy.factory {factory!r} rejected the policy options {sorted(options)} ({exc}); "
+            "it is called with every policy key except backend and factory"
+        ) from exc
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy.factory built {policy!r}, which lacks expand()/complete() (the Policy protocol)")
+    return policy
+
+
+# The engines' modules import heavy packages: each is imported when first asked for.
+POLICY_BACKENDS: Registry[Policy] = Registry(
+    "policy backend",
+    {"python": python_backend},
+    lazy={
+        "hf": "treesearch.policy.hf:HFPolicy",
+        "openvino": "treesearch.policy.openvino:OpenVINOPolicy",
+        "vllm": "treesearch.policy.vllm:VLLMPolicy",
+    },
+)
+BACKENDS = ("auto", *POLICY_BACKENDS.names())
+
+
 def make_policy(backend: str = "hf", **kwargs) -> Policy:
     """Build a policy backend by name ("auto", "hf", "openvino", "vllm" or "python"); `kwargs` go to its
     constructor (for "python": `factory`, an import path, and the factory's options)."""
@@ -38,36 +71,7 @@ def make_policy(backend: str = "hf", **kwargs) -> Policy:
         stray = [k for k in kwargs if any(k in keys for b, keys in _ONLY.items() if b != backend)]
         if stray:
             raise ValueError(f"policy options {stray} belong to another backend; policy.backend=auto chose {backend!r} here")
-    if backend == "hf":
-        from treesearch.policy.hf import HFPolicy
-
-        return HFPolicy(**kwargs)
-    if backend == "openvino":
-        from treesearch.policy.openvino import OpenVINOPolicy
-
-        return OpenVINOPolicy(**kwargs)
-    if backend == "vllm":
-        from treesearch.policy.vllm import VLLMPolicy
-
-        return VLLMPolicy(**kwargs)
-    if backend == "python":
-        from treesearch.plugins import import_object
-
-        if "factory" not in kwargs:
-            raise ValueError("policy.factory: the python backend needs an import path, e.g. 'mypkg.engine:MyPolicy'")
-        path = kwargs.pop("factory")
-        factory = import_object(path, "policy.factory")
-        try:
-            policy = factory(**kwargs)
-        except TypeError as exc:
-            raise TypeError(
-                f"policy.factory {path!r} rejected the policy options {sorted(kwargs)} ({exc}); "
-                "it is called with every policy key except backend and factory"
-            ) from exc
-        if not isinstance(policy, Policy):
-            raise TypeError(f"policy.factory built {policy!r}, which lacks expand()/complete() (the Policy protocol)")
-        return policy
-    raise ValueError(f"unknown policy backend {backend!r}; choose one of {BACKENDS}")
+    return POLICY_BACKENDS.make(backend, **kwargs)
 
 
-__all__ = ["BACKENDS", "ParamsArg", "Policy", "make_policy", "per_state_counts", "per_state_params", "resolve_backend"]
+__all__ = ["BACKENDS", "POLICY_BACKENDS", "ParamsArg", "Policy", "make_policy", "per_state_counts", "per_state_params", "resolve_backend"]

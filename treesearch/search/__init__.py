@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from treesearch.registry import Registry
 from treesearch.search.base import SearchAlgorithm, SearchConfig, SearchContext
 from treesearch.search.beam import BeamSearch
 from treesearch.search.best_of_n import BestOfN
@@ -12,9 +13,9 @@ from treesearch.search.greedy import Greedy
 from treesearch.search.mcts import MCTSStar
 from treesearch.search.self_consistency import SelfConsistency
 
-ALGORITHMS: dict[str, type[SearchAlgorithm]] = {
-    cls.name: cls for cls in (Greedy, SelfConsistency, BestOfN, BeamSearch, MCTSStar)
-}
+ALGORITHMS: Registry[SearchAlgorithm] = Registry(
+    "algorithm", {cls.name: cls for cls in (Greedy, SelfConsistency, BestOfN, BeamSearch, MCTSStar)}
+)
 
 
 def make_algorithm(algorithm: Any, **options: Any) -> SearchAlgorithm:
@@ -25,9 +26,7 @@ def make_algorithm(algorithm: Any, **options: Any) -> SearchAlgorithm:
         return algorithm
     if isinstance(algorithm, type) and issubclass(algorithm, SearchAlgorithm):
         return algorithm(**options)
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(ALGORITHMS)}")
-    return ALGORITHMS[algorithm](**options)
+    return ALGORITHMS.make(algorithm, **options)
 
 
 __all__ = [

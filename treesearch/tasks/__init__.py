@@ -9,26 +9,21 @@ from __future__ import annotations
 
 from typing import Callable
 
+from treesearch.registry import Registry
 from treesearch.tasks.base import Task
 from treesearch.tasks.gsm8k import GSM8KTask
 from treesearch.tasks.hub import HubTask
 from treesearch.tasks.jsonl import BadRow, DataError, JSONLTask
 from treesearch.tasks.math import MATHTask
 
-TASKS: dict[str, Callable[..., Task]] = {
-    "numeric": Task,
-    "gsm8k": GSM8KTask,
-    "math": MATHTask,
-    "jsonl": JSONLTask,
-    "hub": HubTask,
-}
+TASKS: Registry[Task] = Registry(
+    "task", {"numeric": Task, "gsm8k": GSM8KTask, "math": MATHTask, "jsonl": JSONLTask, "hub": HubTask}
+)
 
 
 def register_task(name: str, factory: Callable[..., Task]) -> None:
     """Makes `make_task(name, ...)` build tasks with `factory(...)`."""
-    if not name:
-        raise ValueError("a task needs a name")
-    TASKS[name] = factory
+    TASKS.register(name, factory)
 
 
 def make_task(name: str, **kwargs) -> Task:
@@ -36,11 +31,7 @@ def make_task(name: str, **kwargs) -> Task:
 
     Example: `make_task("jsonl", question_field="input", answer_field="target")`.
     """
-    try:
-        factory = TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None
-    return factory(**kwargs)
+    return TASKS.make(name, **kwargs)
 
 
 __all__ = [
