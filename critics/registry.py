@@ -5,13 +5,15 @@ value function) into a Critic."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from critics.base import Critic, FunctionCritic
-from treesearch.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from treesearch.registry import Registry
 
 # Built-in critics' modules import torch/transformers: each registers itself on first use.
-CRITICS: Registry[Critic] = Registry("critic", lazy={
+BUILTIN_CRITICS = {
     "self_eval": "critics.self_eval",
     "loglik": "critics.loglik",
     "prm": "critics.prm",
@@ -19,7 +21,19 @@ CRITICS: Registry[Critic] = Registry("critic", lazy={
     "verifier": "critics.verifier",
     "weighted": "critics.combine",
     "python": "critics.function",
-})
+}
+_critics = None
+
+
+def critic_registry() -> "Registry[Critic]":
+    """The critics' `treesearch.registry.Registry` (made on first use: importing
+    `treesearch` here at import time would be circular, as the engine imports this module)."""
+    global _critics
+    if _critics is None:
+        from treesearch.registry import Registry
+
+        _critics = Registry("critic", lazy=BUILTIN_CRITICS)
+    return _critics
 
 
 def register_critic(name: str, factory: Callable[..., Critic] | None = None):
@@ -28,16 +42,16 @@ def register_critic(name: str, factory: Callable[..., Critic] | None = None):
     Usable as `register_critic("name", factory)` or as a decorator `@register_critic("name")`.
     """
 
-    return CRITICS.register(name, factory)
+    return critic_registry().register(name, factory)
 
 
 def registered_critics() -> list[str]:
-    return CRITICS.names()
+    return critic_registry().names()
 
 
 def make_critic(name: str, **kwargs: Any) -> Critic:
     """Build a registered critic by name (as configs do)."""
-    return as_critic(CRITICS.make(name, **kwargs))
+    return as_critic(critic_registry().make(name, **kwargs))
 
 
 def as_critic(obj: Any) -> Critic:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from critics.registry import CRITICS
+from critics.registry import critic_registry
 from treesearch.policy import POLICY_BACKENDS
 from treesearch.registry import Registry
 from treesearch.search import ALGORITHMS
@@ -13,7 +13,7 @@ from treesearch.tasks import TASKS
 
 
 def test_every_named_kind_uses_the_one_registry():
-    for registry, name in ((ALGORITHMS, "mcts"), (TASKS, "gsm8k"), (CRITICS, "verifier"), (POLICY_BACKENDS, "hf")):
+    for registry, name in ((ALGORITHMS, "mcts"), (TASKS, "gsm8k"), (critic_registry(), "verifier"), (POLICY_BACKENDS, "hf")):
         assert isinstance(registry, Registry) and name in registry and name in registry.names()
     with pytest.raises(ValueError, match=r"unknown task 'nope'; choose from \[.*'gsm8k'"):
         TASKS.make("nope")
