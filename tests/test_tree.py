@@ -277,3 +277,14 @@ def test_version_2_tables_load_with_no_node_paced():
     meta[b"treesearch.format"] = b"2"
     loaded = Tree.from_arrow(old.replace_schema_metadata(meta))
     assert np.isnan(loaded.widen_k[: len(loaded)]).all() and loaded.children(0).tolist() == [1, 2]
+
+
+def test_every_column_is_declared_on_the_class_with_its_dtype():
+    """Editors and type checkers see the columns: `Tree` declares each one COLUMNS lists."""
+    from treesearch.tree import COLUMNS
+
+    declared = {k for k, v in Tree.__annotations__.items() if v == "np.ndarray"}
+    assert declared == set(COLUMNS)
+    tree = Tree("p")
+    for name, (dtype, _) in COLUMNS.items():
+        assert getattr(tree, name).dtype == np.dtype(dtype), name

@@ -58,8 +58,9 @@ from treesearch.types import FINISH_REASONS
 # 2 added next_sibling, samples, can_widen; 3 added widen_k. Older tables still load.
 FORMAT_VERSION = 3
 
-# name -> (dtype, fill value for a new node)
-_COLUMNS: dict[str, tuple[Any, Any]] = {
+# The per-node columns, read by the tree's growth, Parquet I/O and `column()`:
+# name -> (dtype, fill value for a new node). `Tree` declares each one (a test keeps them equal).
+COLUMNS: dict[str, tuple[Any, Any]] = {
     "parent": (np.int32, -1),
     "depth": (np.int32, 0),
     "first_child": (np.int32, -1),
@@ -90,13 +91,40 @@ class Tree:
     """A search tree for one problem. Array columns are exposed as attributes
     (views of the first `len(tree)` entries are returned by `column(name)`)."""
 
+    # the columns of COLUMNS (arrays of `capacity` entries; the first len(tree) are nodes)
+    parent: np.ndarray  # int32
+    depth: np.ndarray  # int32
+    first_child: np.ndarray  # int32
+    next_sibling: np.ndarray  # int32
+    num_children: np.ndarray  # int32
+    samples: np.ndarray  # int32
+    can_widen: np.ndarray  # bool
+    widen_k: np.ndarray  # float32
+    expanded: np.ndarray  # bool
+    visits: np.ndarray  # int32
+    value_sum: np.ndarray  # float64
+    value_max: np.ndarray  # float64
+    prior: np.ndarray  # float32
+    critic_value: np.ndarray  # float32
+    rollout_value: np.ndarray  # float32
+    virtual_loss: np.ndarray  # int32
+    terminal: np.ndarray  # bool
+    closed: np.ndarray  # bool
+    reward: np.ndarray  # float32
+    num_tokens: np.ndarray  # int32
+    logprob: np.ndarray  # float32
+    finish_reason: np.ndarray  # int8
+    duplicates: np.ndarray  # int32
+    text: list[str]
+    answer: list[Optional[str]]
+
     def __init__(self, problem_id: str = "", prompt: Any = "", capacity: int = 64):
         self.problem_id = problem_id
         self.prompt = prompt
         self.meta: dict[str, Any] = {}
         self._size = 0
         capacity = max(int(capacity), 1)
-        for name, (dtype, fill) in _COLUMNS.items():
+        for name, (dtype, fill) in COLUMNS.items():
             setattr(self, name, np.full(capacity, fill, dtype=dtype))
         self.text: list[str] = []
         self.answer: list[Optional[str]] = []
@@ -116,7 +144,7 @@ class Tree:
         start, end = self._size, self._size + count
         if end > self.capacity:
             new_capacity = max(end, 2 * self.capacity)
-            for name, (dtype, fill) in _COLUMNS.items():
+            for name, (dtype, fill) in COLUMNS.items():
                 old = getattr(self, name)
                 grown = np.full(new_capacity, fill, dtype=dtype)
                 grown[: self._size] = old[: self._size]
@@ -183,8 +211,8 @@ class Tree:
     # ---------------------------------------------------------------- queries
     def column(self, name: str) -> np.ndarray:
         """The live values of one array column (a view)."""
-        if name not in _COLUMNS:
-            raise KeyError(f"unknown column {name!r}; columns: {list(_COLUMNS)}")
+        if name not in COLUMNS:
+            raise KeyError(f"unknown column {name!r}; columns: {list(COLUMNS)}")
         return getattr(self, name)[: self._size]
 
     def children(self, node: int) -> np.ndarray:
@@ -260,7 +288,7 @@ class Tree:
         """The node table as a `pyarrow.Table` (tree metadata in the schema)."""
         import pyarrow as pa
 
-        arrays = {name: pa.array(self.column(name)) for name in _COLUMNS}
+        arrays = {name: pa.array(self.column(name)) for name in COLUMNS}
         arrays["text"] = pa.array(self.text, type=pa.string())
         arrays["answer"] = pa.array(self.answer, type=pa.string())
         table = pa.table(arrays)
@@ -283,7 +311,7 @@ class Tree:
         tree.prompt = json.loads(meta["treesearch.prompt"])
         tree.meta = json.loads(meta["treesearch.meta"])
         tree._size = table.num_rows
-        for name, (dtype, fill) in _COLUMNS.items():
+        for name, (dtype, fill) in COLUMNS.items():
             if name in table.column_names:
                 values = table.column(name).to_numpy(zero_copy_only=False).astype(dtype)
             else:  # a column added after the table's format version: derived below
@@ -347,7 +375,7 @@ class Tree:
             return False
         if self.prompt != other.prompt or self.meta != other.meta:
             return False
-        for name in _COLUMNS:
+        for name in COLUMNS:
             a, b = self.column(name), other.column(name)
             if a.dtype != b.dtype or not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
                 return False
