@@ -46,3 +46,37 @@ def test_the_same_arguments_run_on_ray_actor_pools(ray_cluster):
     cluster = {"kind": "ray", "policy": {"runtime_env": env}, "critic": {"runtime_env": env}}
     on_ray = treesearch.search(PROBLEMS, policy=POLICY, critic=CRITIC, budget=BUDGET, cluster=cluster, c_puct=2.0)
     assert outcome(on_ray) == outcome(with_objects())
+
+
+def test_target_sections_build_the_users_own_policy_and_critic_with_hydra_instantiate(caplog, monkeypatch):
+    from treesearch import components
+
+    monkeypatch.setattr(components, "_warned", set())  # each deprecation is logged once per process
+    policy = {"_target_": "tests.doubles.scripted_policy", "seed": 3}
+    critic = {"_target_": "tests.doubles.hashed_value", "seed": 1, "name": None}
+    built = treesearch.search(PROBLEMS, policy=policy, critic=critic, budget=BUDGET, c_puct=2.0)
+    assert outcome(built) == outcome(with_objects())
+    # the older keys still work, with a deprecation message naming the new one
+    with caplog.at_level("WARNING"):
+        older = treesearch.search(PROBLEMS, policy=POLICY, critic=CRITIC, budget=BUDGET, c_puct=2.0)
+    assert outcome(older) == outcome(built)
+    assert "policy._target_" in caplog.text and "critic._target_" in caplog.text
+
+
+def test_a_target_that_cannot_be_built_is_named():
+    with pytest.raises(ValueError, match=r"critic\._target_='tests\.doubles\.nowhere'"):
+        treesearch.search(PROBLEMS, policy=POLICY, critic={"_target_": "tests.doubles.nowhere"})
+    with pytest.raises(TypeError, match=r"policy\._target_ 'tests\.doubles\.hashed_value' built .* lacks expand"):
+        treesearch.search(PROBLEMS, policy={"_target_": "tests.doubles.hashed_value", "seed": 1})
+
+
+def test_the_target_config_groups_compose_into_sections_that_build():
+    from treesearch.components import build_critic, build_policy, has_critic
+    from treesearch.config import compose
+
+    cfg = compose("search", ["policy=target", "policy._target_=tests.doubles.scripted_policy", "+policy.seed=3",
+                             "critic=target", "critic._target_=tests.doubles.hashed_value", "+critic.seed=1"])
+    assert has_critic(cfg.critic)
+    policy, critic = build_policy(cfg.policy), build_critic(cfg.critic)
+    built = treesearch.search(PROBLEMS, policy=policy, critic=critic, budget=BUDGET, c_puct=2.0)
+    assert outcome(built) == outcome(with_objects())

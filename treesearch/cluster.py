@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from critics.base import score_with_cost
-from treesearch.components import build_critic, build_policy, build_task, plain
+from treesearch.components import build_critic, build_policy, build_task, has_critic, plain
 from treesearch.config import ClusterConfig, PoolConfig, with_defaults
 from treesearch.hosting import Clients, prepare_process, release
 from treesearch.policy.base import per_state_counts, per_state_params
@@ -274,7 +274,7 @@ class ModelPools:
             self.policy.reload(policy_spec)
             self.policy_spec = policy_spec
         critic_spec, task_spec = plain(cfg.get("critic")), plain(cfg["task"])
-        wanted = critic_spec if critic_spec.get("name") is not None else {}
+        wanted = critic_spec if has_critic(critic_spec) else {}
         if not wanted and self.critic is not None:
             self.critic.shutdown()
             self.critic = None

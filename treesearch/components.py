@@ -6,11 +6,14 @@ means the same thing on a laptop and on a cluster.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Optional
 
 from treesearch.tasks import Task, make_task
 
 TASK_LOAD_KEYS = ("path", "split", "offset", "limit", "skip_bad_rows")
+TARGET = "_target_"  # Hydra's key for user code: the import path of a class or function
+log = logging.getLogger(__name__)
 
 
 def plain(section: Any) -> dict:
@@ -64,27 +67,71 @@ def load_problems(task: Task, cfg: Mapping):
 
 
 def build_policy(cfg: Mapping):
-    """A policy backend from `{backend: hf|vllm, model: ..., ...}`."""
-    from treesearch.policy import make_policy
+    """A policy backend from `{backend: auto|hf|openvino|vllm, model: ..., ...}`, or the
+    user's own from `{_target_: pkg.module.Factory, ...}` (Hydra's `instantiate`: the other
+    keys are its arguments)."""
+    from treesearch.policy import Policy, make_policy
 
     spec = plain(cfg)
+    if TARGET in spec:
+        spec.pop("backend", None)
+        policy = _instantiate(spec, "policy")
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy._target_ {spec[TARGET]!r} built {policy!r}, which lacks expand()/complete() "
+                            "(the Policy protocol)")
+        return policy
     backend = spec.pop("backend", "hf")
+    if backend == "python":
+        _deprecated("policy.backend=python with policy.factory", "policy._target_")
     return make_policy(backend, **spec)
 
 
+def has_critic(cfg: Optional[Mapping]) -> bool:
+    """Whether a critic section names a critic (`name` not null, or a `_target_`)."""
+    spec = plain(cfg)
+    return spec.get("name") is not None or TARGET in spec
+
+
 def build_critic(cfg: Optional[Mapping], task: Optional[Task] = None):
-    """A critic from `{name: ..., ...}`; None when `name` is null.
+    """A critic from `{name: ..., ...}`, or the user's own from `{_target_:
+    pkg.module.factory, ...}` (a Critic or a value function; `name` is then only a label);
+    None when neither is set.
 
     `verifier` and `rollout` get the task (for grading); `rollout` builds its own policy
     from `rollout_policy` (a policy config)."""
-    from critics import make_critic
+    from critics import as_critic, make_critic
 
     spec = plain(cfg)
+    if TARGET in spec:
+        spec.pop("name", None)
+        return as_critic(_instantiate(spec, "critic"))
     name = spec.pop("name", None)
     if name is None:
         return None
+    if name == "python":
+        _deprecated("critic.name=python with critic.function", "critic._target_")
     if name in ("verifier", "rollout"):
         spec["task"] = task
     if name == "rollout":
         spec["policy"] = build_policy(spec.pop("rollout_policy"))
     return make_critic(name, **spec)
+
+
+def _instantiate(spec: dict, section: str) -> Any:
+    """`hydra.utils.instantiate` of a `_target_` section; errors name the section."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(spec, _convert_="all")
+    except InstantiationException as err:
+        raise ValueError(f"{section}._target_={spec[TARGET]!r}: {err}") from err
+
+
+_warned: set = set()
+
+
+def _deprecated(old: str, new: str) -> None:
+    if old not in _warned:
+        _warned.add(old)
+        log.warning("%s is deprecated: name your code with %s (Hydra's instantiate) instead", old, new)

@@ -11,7 +11,7 @@ import gc
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Protocol, runtime_checkable
 
-from treesearch.components import build_critic, build_policy, build_task, plain
+from treesearch.components import build_critic, build_policy, build_task, has_critic, plain
 from treesearch.config import CLUSTER_KINDS, ClusterConfig, with_defaults
 from treesearch.types import State
 
@@ -124,7 +124,7 @@ class LocalModels:
             self.policy = build_policy(policy_spec)
             self._policy_spec = policy_spec
         critic_spec, task_spec = plain(cfg.get("critic")), plain(cfg["task"])
-        wanted = (critic_spec, task_spec) if critic_spec.get("name") is not None else None
+        wanted = (critic_spec, task_spec) if has_critic(critic_spec) else None
         if wanted != self._critic_specs:
             self._drop("critic")
             if wanted is not None:
