@@ -305,3 +305,15 @@ def test_max_steps_caps_but_never_extends_epochs():
     assert step_limit(10, rows=100, epochs=1, batch_size=4) == 10
     assert step_limit(30, rows=2, epochs=1, batch_size=4) == 1  # 2 rows: one step, not 30
     assert step_limit(30, rows=9, epochs=2, batch_size=4, accumulation=2) == 4
+
+
+def test_training_without_the_train_extra_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from treesearch.train import train_prm, train_sft
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    for train in (train_sft, train_prm):
+        with pytest.raises(ImportError, match=r"needs the training packages \['trl'\]: pip install 'treesearch\[train\]'"):
+            train("smollm2", [], "/nonexistent/out")

@@ -146,7 +146,9 @@ class SelfTraining:
         """Run (or resume) every round; return the summary."""
         from treesearch.harvest import harvest
         from treesearch.train import train_prm, train_sft
+        from treesearch.train.common import require_training_stack
 
+        require_training_stack("treesearch selftrain")  # before any search runs
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = self.root / "manifest.json"
         digest = selftrain_digest(self.cfg)

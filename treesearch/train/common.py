@@ -18,6 +18,19 @@ DataArg = Union[str, os.PathLike, Sequence[Mapping], Any]
 TRAIN_RECORD = "treesearch_train.json"
 
 
+TRAINING_STACK = ("trl", "peft", "accelerate")
+
+
+def require_training_stack(what: str) -> None:
+    """Raise a clear ImportError when the `train` extra (TRL, PEFT, accelerate) is missing:
+    a user who only searches does not install it."""
+    import importlib.util
+
+    missing = [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"{what} needs the training packages {missing}: pip install 'treesearch[train]'")
+
+
 def read_rows(data: DataArg, what: str = "data") -> list[dict]:
     """Rows of `data` as plain dicts: a Parquet file, a folder of Parquet files, a
     `datasets.Dataset` (anything with `to_list`), or a sequence of dicts."""

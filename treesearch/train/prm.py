@@ -48,6 +48,7 @@ from treesearch.train.common import (
     load_private_model,
     quiet,
     read_rows,
+    require_training_stack,
     row_name,
     step_limit,
     use_bf16,
@@ -306,6 +307,7 @@ def train_prm(
     `eval_auc` (NaN when held-out labels are all on one side of 0.5),
     `eval_accuracy_before` / `eval_accuracy`, `eval_mse_before` / `eval_mse`.
     """
+    require_training_stack("train_prm")
     import torch
     from transformers import TrainingArguments, set_seed
 

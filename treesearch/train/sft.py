@@ -43,6 +43,7 @@ from treesearch.train.common import (
     load_private_model,
     quiet,
     read_rows,
+    require_training_stack,
     row_name,
     step_limit,
     use_bf16,
@@ -192,6 +193,7 @@ def train_sft(
     `eval_loss_before` / `eval_loss` (mean completion-token NLL) and
     `eval_mean_token_accuracy`.
     """
+    require_training_stack("train_sft")
     import torch
 
     if threads is not None:
