@@ -145,11 +145,14 @@ def test_an_empty_data_file_is_an_error_not_an_empty_job(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_hand_built_budget_that_is_not_a_mapping_is_named():
-    from treesearch.jobs import job_budget
+def test_a_budget_that_is_not_a_mapping_is_named_by_the_api_and_by_hand_built_job_configs():
+    import treesearch
+    from treesearch.search.budget import Budget
 
-    with pytest.raises(ValueError, match=r"search\.budget must be a mapping"):
-        job_budget({"budget": "abc"})
+    with pytest.raises(ValueError, match=r"search\.budget must be a Budget or a mapping"):
+        Budget.parse("abc", "search.budget")
+    with pytest.raises(ValueError, match=r"^budget must be a Budget or a mapping"):
+        treesearch.search(["q"], policy=None, budget="abc")
 
 
 def test_trust_remote_code_at_its_default_leaves_the_job_digest_as_before(tmp_path):

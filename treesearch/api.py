@@ -36,14 +36,6 @@ def as_problem(item: ProblemLike, index: int) -> Problem:
     raise TypeError(f"problem {index}: expected Problem, str or dict, got {type(item).__name__}")
 
 
-def _budget(budget: Union[Budget, dict, None]) -> Optional[Budget]:
-    if budget is None or isinstance(budget, Budget):
-        return budget
-    if isinstance(budget, dict):
-        return Budget.from_dict(budget)
-    raise TypeError(f"budget must be a Budget or dict, got {type(budget).__name__}")
-
-
 async def asearch(
     problems: Union[ProblemLike, Iterable[ProblemLike]],
     policy: Any,
@@ -74,6 +66,7 @@ async def asearch(
     if isinstance(problems, (Problem, str, dict)):
         problems = [problems]
     items = [as_problem(p, i) for i, p in enumerate(problems)]
+    budget = Budget.parse(budget)  # bad values fail here, before any model is built
     scheduling = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "trees_in_flight": trees_in_flight}
     if isinstance(task, Mapping):
         from treesearch.components import build_task
@@ -83,14 +76,14 @@ async def asearch(
         task_spec = None
     if cluster is None and not isinstance(policy, Mapping) and not isinstance(critic, Mapping):
         runner = Runner(policy, critic, task, **scheduling)
-        return await runner.run(items, algorithm, _budget(budget), **config)
+        return await runner.run(items, algorithm, budget, **config)
     models = await asyncio.to_thread(_start_models, policy, critic, task_spec, cluster)
     try:
         await asyncio.to_thread(models.ready)
         clients = models.clients()
         runner = Runner(clients.policy, clients.critic, task, policy_concurrency=clients.policy_concurrency,
                         critic_concurrency=clients.critic_concurrency, **scheduling)
-        return await runner.run(items, algorithm, _budget(budget), **config)
+        return await runner.run(items, algorithm, budget, **config)
     finally:
         models.shutdown()
 

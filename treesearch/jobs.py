@@ -81,18 +81,6 @@ def start_models(cfg: Mapping) -> ModelHosts:
     return ModelPools(cfg)
 
 
-def job_budget(search: Mapping) -> Budget:
-    """The search's per-problem budget from its config, checked before any model loads
-    (the error names `search.budget`)."""
-    budget = search.get("budget") or {}
-    if not isinstance(budget, Mapping):
-        raise ValueError(f"search.budget must be a mapping such as {{generated_tokens: 768}}, got {budget!r}")
-    try:
-        return Budget.from_dict({k: v for k, v in budget.items() if v is not None})
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"search.budget: {err}") from None
-
-
 async def _search(
     cfg: Mapping, task, problems: list[Problem], folder: RunFolder, progress, models: ModelHosts, budget: Budget
 ) -> dict:
@@ -165,7 +153,8 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
     if not problems and not bad_rows:
         where = cfg["task"].get("path") or cfg["task"].get("name")
         raise ValueError(f"task {where}: no problems to search (an empty data file, or task.offset/limit select none)")
-    budget = job_budget(plain(cfg["search"]))  # bad values fail here, before any model loads
+    # bad values fail here, before any model loads
+    budget = Budget.parse(plain(cfg["search"]).get("budget") or {}, "search.budget")
     ids = [p.id for p in problems]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,19 @@ class Budget:
         if unknown:
             raise ValueError(f"unknown budget field(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+    @classmethod
+    def parse(cls, value: Any, field: str = "budget") -> Optional["Budget"]:
+        """A Budget from what a user or a config gives: a Budget, a mapping (null fields
+        are unlimited), or None (None: the caller's default). Errors name `field`."""
+        if value is None or isinstance(value, Budget):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{field} must be a Budget or a mapping such as {{generated_tokens: 768}}, got {value!r}")
+        try:
+            return cls.from_dict({k: v for k, v in value.items() if v is not None})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{field}: {err}") from None
 
     def exhausted(self, acc: "Accounting") -> bool:
         """True once any limit is reached."""
