@@ -69,3 +69,13 @@ def test_no_import_cycles():
     graph = import_graph()
     assert "treesearch.tree" in graph and "critics.registry" in graph
     assert cycles(graph) == []
+
+
+def test_the_readme_layout_names_every_module():
+    """The README's layout section is the module list: a new module must be added there."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Layout")
+    block = readme[start:readme.index("```", readme.index("```", start) + 3)]
+    modules = [p for pkg in ("treesearch", "critics") for p in (ROOT / pkg).rglob("*.py") if p.name != "__init__.py"]
+    missing = sorted(str(p.relative_to(ROOT)) for p in modules if f"{p.name}" not in block)
+    assert not missing, f"README.md layout section does not name {missing}"

@@ -148,6 +148,39 @@ def checkpointing_arg(config_class: Any, enabled: bool) -> dict:
     return {key: bool(enabled)}
 
 
+def trainer_arguments(config_class: Any, output_dir: Union[str, os.PathLike], *, epochs: float, max_steps: int,
+                      batch_size: int, lr: float, seed: int, gradient_checkpointing: bool = False, **extra: Any):
+    """`config_class` (transformers' TrainingArguments or TRL's SFTConfig) with the
+    settings both trainers share: bf16 on GPUs that support it, the CPU when there is no
+    GPU, no checkpoints or evaluation during training, no reporting, quiet logging every
+    step; `extra` adds or overrides fields."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    settings = dict(
+        output_dir=os.fspath(output_dir),
+        num_train_epochs=float(epochs),
+        max_steps=int(max_steps),
+        per_device_train_batch_size=int(batch_size),
+        learning_rate=float(lr),
+        seed=int(seed),
+        data_seed=int(seed),
+        bf16=use_bf16(),
+        fp16=False,
+        use_cpu=not cuda,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        **checkpointing_arg(config_class, gradient_checkpointing),
+    )
+    settings.update(extra)
+    return config_class(**settings)
+
+
 def use_bf16() -> bool:
     """bf16 mixed precision on CUDA GPUs that support it; fp32 on CPU (CPU autocast is slow)."""
     import torch

@@ -44,14 +44,13 @@ from treesearch.train.common import (
     DataArg,
     StepTimer,
     check_messages,
-    checkpointing_arg,
     load_private_model,
     quiet,
     read_rows,
     require_training_stack,
     row_name,
     step_limit,
-    use_bf16,
+    trainer_arguments,
 )
 
 LOSSES = ("bce", "mse")
@@ -344,27 +343,15 @@ def train_prm(
 
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
-    cuda = torch.cuda.is_available()
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=float(epochs),
+    args = trainer_arguments(
+        TrainingArguments,
+        output_dir,
+        epochs=epochs,
         max_steps=step_limit(max_steps, len(train_encoded), epochs, batch_size),
-        per_device_train_batch_size=int(batch_size),
-        learning_rate=float(lr),
-        seed=int(seed),
-        data_seed=int(seed),
-        bf16=use_bf16(),
-        fp16=False,
-        **checkpointing_arg(TrainingArguments, False),
-        use_cpu=not cuda,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        logging_steps=1,
-        disable_tqdm=True,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
         remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=cuda,
     )
     head_params = list(model.head.parameters())
     head_ids = {id(p) for p in head_params}

@@ -39,14 +39,13 @@ from treesearch.train.common import (
     DataArg,
     StepTimer,
     check_messages,
-    checkpointing_arg,
     load_private_model,
     quiet,
     read_rows,
     require_training_stack,
     row_name,
     step_limit,
-    use_bf16,
+    trainer_arguments,
 )
 
 # ----------------------------------------------------------------------------------------
@@ -102,38 +101,26 @@ def build_sft_trainer(
 ):
     """The configured `trl.SFTTrainer` (and its step timer) behind `train_sft`, on a
     model the caller owns and checked `{prompt, completion}` examples."""
-    import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("the model's tokenizer has no chat template; conversational SFT needs one")
-    cuda = torch.cuda.is_available()
-    config = SFTConfig(
-        output_dir=os.fspath(output_dir),
-        num_train_epochs=float(epochs),
+    config = trainer_arguments(
+        SFTConfig,
+        output_dir,
+        epochs=epochs,
         max_steps=step_limit(max_steps, len(examples), epochs, batch_size, gradient_accumulation_steps),
-        per_device_train_batch_size=int(batch_size),
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        gradient_checkpointing=gradient_checkpointing,
         per_device_eval_batch_size=int(batch_size),
         gradient_accumulation_steps=int(gradient_accumulation_steps),
-        learning_rate=float(lr),
         max_length=max_length,
         packing=False,
         completion_only_loss=True,
         assistant_only_loss=False,
-        **checkpointing_arg(SFTConfig, gradient_checkpointing),
-        bf16=use_bf16(),
-        fp16=False,
-        use_cpu=not cuda,
-        seed=int(seed),
-        data_seed=int(seed),
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        logging_steps=1,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=cuda,
     )
     peft_config = None
     if lora:
