@@ -1,6 +1,6 @@
 """Accuracy against generated-token budget: greedy, self-consistency, best-of-N
 (best-valued solution), step beam and MCTS*, same policy, same critic, same problems,
-each algorithm with its defaults (the Python API's, which the CLI configs repeat).
+each algorithm with its defaults (the Python API's, from which the CLI configs are built).
 
     python benchmarks/budget.py [--data ../shared/data/multiarith.jsonl] [--limit 24]
         [--budgets 128,256,512] [--seeds 0] [--critic self_eval] [--quick]

@@ -25,7 +25,7 @@ from treesearch.search.base import grade_terminals
 from treesearch.search.budget import DEFAULT_BUDGET, Budget
 from treesearch.tasks import Task
 from treesearch.result import SearchResult
-from treesearch.types import Problem, State
+from treesearch.types import PolicyRequest, Problem, State
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,14 @@ class Runner:
         self._concurrency = (policy_concurrency, critic_concurrency)
         self.stats = RunStats()
 
-    async def _policy_batch(self, key: Hashable, items: list[Any]) -> Sequence[Any]:
+    async def _policy_batch(self, key: Hashable, requests: list[PolicyRequest]) -> Sequence[Any]:
+        """One engine call for requests of one kind (the batch key's first part)."""
         kind, _ = key
-        states = [state for state, _, _ in items]
-        params = [p for _, _, p in items]
+        states = [r.state for r in requests]
+        params = [r.params for r in requests]
         if kind == "complete":
             return await self.policy.complete(states, params)
-        counts = [n for _, n, _ in items]
+        counts = [r.n for r in requests]
         out = await self.policy.expand(states, counts, params)
         for i, (steps, n) in enumerate(zip(out, counts)):
             if len(steps) != n:
@@ -137,7 +138,7 @@ class Runner:
             raise ValueError(f"algorithm {algo.name!r} needs a critic: pass critic=...")
         budget = budget or DEFAULT_BUDGET
         problems = list(problems)
-        policy = self._batcher(self._policy_batch, self.policy, self._concurrency[0], "policy", lambda item: item[0])
+        policy = self._batcher(self._policy_batch, self.policy, self._concurrency[0], "policy", lambda request: request.state)
         policy.stats = self.stats.policy
         critic = None
         if self.critic is not None:

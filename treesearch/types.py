@@ -7,6 +7,7 @@ A `Problem` goes in, a search grows a `Tree` of steps, the policy proposes `Step
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -100,3 +101,29 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+POLICY_REQUESTS = ("expand", "complete")
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    """One request from a search to the policy, unchanged from the search context through
+    the batcher to the runner's call of the Policy protocol: `kind` "expand" (`n` next
+    steps of `state`) or "complete" (one completion of `state`), sampled with `params`."""
+
+    kind: str
+    state: State
+    params: SamplingParams
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICY_REQUESTS:
+            raise ValueError(f"PolicyRequest.kind must be one of {POLICY_REQUESTS}, got {self.kind!r}")
+        if self.n < 1:
+            raise ValueError(f"PolicyRequest.n must be >= 1, got {self.n}")
+
+    @property
+    def batch_key(self) -> tuple:
+        """Requests batch together when all but their seeds agree."""
+        return (self.kind, dataclasses.replace(self.params, seed=None))

@@ -18,7 +18,7 @@ from treesearch.search.budget import Accounting, Budget
 from treesearch.search.selection import PRIOR_MODES, step_priors
 from treesearch.tasks import Task
 from treesearch.tree import Tree
-from treesearch.types import Problem, SamplingParams, State, Step
+from treesearch.types import PolicyRequest, Problem, SamplingParams, State, Step
 
 
 @dataclass
@@ -201,14 +201,13 @@ class SearchContext:
             self.accounting.seconds_in_model = self._waiting.busy_seconds
 
     async def _ask_policy(self, kind: str, state: State, params: SamplingParams, n: int = 1) -> Any:
-        # Requests batch together when all but their seeds agree: the key drops the seed.
         # While in flight, the request's worst case (n samples of max_new_tokens) is
         # reserved against the token budget (see `affordable`).
-        key = (kind, dataclasses.replace(params, seed=None))
+        request = PolicyRequest(kind, state, params, n)
         reserved = n * params.max_new_tokens
         self._reserved_tokens += reserved
         try:
-            return await self._ask(self._policy, key, (state, n, params))
+            return await self._ask(self._policy, request.batch_key, request)
         finally:
             self._reserved_tokens -= reserved
 
