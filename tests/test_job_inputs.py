@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 
 from tests.test_jobs import compose, tiny_job
 from treesearch.jobs import run_job
+from treesearch.runfolder import RunFolder
 
 GOOD = '{"input": "Tom has 2 apples and buys 3. How many?", "target": 5}\n'
 
@@ -169,3 +171,33 @@ def test_an_unknown_cluster_kind_is_named_before_any_model_loads(tmp_path):
     with pytest.raises(ValueError, match=r"cluster\.kind must be one of \('ray', 'inprocess'\), got 'slurm'"):
         run_job(compose(overrides))
     assert not (tmp_path / "run").exists()
+
+
+def scripted_job(data: Path, out: Path, *extra):
+    """A job on the in-process cluster with a scripted policy: no model, no Ray."""
+    return [
+        "task=mawps", f"task.path={data}", "task.limit=null",
+        "policy=target", "policy._target_=tests.doubles.scripted_policy", "+policy.seed=3",
+        "critic=verifier", "cluster=inprocess", "search.budget.generated_tokens=60",
+        f"job.output_dir={out}", "job.progress=false", *extra,
+    ]
+
+
+def test_resume_redoes_a_problem_whose_gold_answer_was_edited_and_keeps_the_rest(tmp_path):
+    rows = [{"input": f"Question {i}?", "target": i % 4} for i in range(4)]
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = run_job(compose(scripted_job(data, tmp_path / "run")))
+    first = {r["id"]: r for r in pq.read_table(folder / "results.parquet").to_pylist()}
+    assert len(first) == 4 and all(r["error"] is None for r in first.values())
+    stamps = {p.name: p.stat().st_mtime_ns for p in (folder / "results").iterdir()}
+
+    rows[2]["target"] = 7  # the gold answer of the third problem is corrected
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_job(compose(scripted_job(data, tmp_path / "run")))
+    second = {r["id"]: r for r in pq.read_table(folder / "results.parquet").to_pylist()}
+    edited = [pid for pid in second if second[pid]["gold"] != first[pid]["gold"]]
+    assert len(edited) == 1 and second[edited[0]]["gold"] == "7"
+    changed = {p.name for p in (folder / "results").iterdir() if p.stat().st_mtime_ns != stamps[p.name]}
+    assert changed == {RunFolder(folder).result_path(edited[0]).name}, "only the edited problem is computed again"
+    assert json.loads((folder / "metrics.json").read_text())["resumed_skipped"] == 3

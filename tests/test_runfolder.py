@@ -94,3 +94,37 @@ def test_one_job_at_a_time_holds_a_folder(tmp_path):
         assert other.returncode != 0 and "in use by another job" in other.stderr
     with RunFolder(tmp_path).lock():  # released: the next job may run
         pass
+
+
+def test_a_problem_edited_since_its_result_was_written_loses_that_result(tmp_path):
+    from treesearch.runfolder import content_digest
+    from treesearch.types import Problem
+
+    before = [Problem("a", "1 + 1?", gold="2"), Problem("b", "2 + 2?", gold="4")]
+    folder = RunFolder(tmp_path)
+    assert folder.claim(["a", "b"], "digest", {p.id: content_digest(p) for p in before}) == set()
+    for p in before:
+        folder.write_error(p.id, "search failed: stands in for a finished row")
+    assert folder.finished(redo_errors=False) == {"a", "b"}
+    # the same problems again: nothing changes
+    assert folder.claim(["a", "b"], "digest", {p.id: content_digest(p) for p in before}) == set()
+    # b's gold answer was corrected: its result is dropped, a's is kept
+    after = [before[0], Problem("b", "2 + 2?", gold="5")]
+    assert folder.claim(["a", "b"], "digest", {p.id: content_digest(p) for p in after}) == {"b"}
+    assert folder.finished(redo_errors=False) == {"a"}
+    assert folder.manifest()["contents"]["b"] == content_digest(after[1])
+    assert content_digest(Problem("b", "2 + 2?", gold="4", meta={"level": 2})) != content_digest(before[1])
+
+
+def test_a_folder_from_before_content_digests_keeps_its_results_and_records_them(tmp_path):
+    from treesearch.runfolder import content_digest
+    from treesearch.types import Problem
+
+    folder = RunFolder(tmp_path)
+    folder.claim(["a"], "digest")
+    manifest = folder.manifest()
+    manifest.pop("contents")
+    write_atomic(tmp_path / RunFolder.MANIFEST, json.dumps(manifest).encode())
+    folder.write_error("a", "stands in for a finished row")
+    assert folder.claim(["a"], "digest", {"a": content_digest(Problem("a", "q", gold="1"))}) == set()
+    assert folder.finished(redo_errors=False) == {"a"} and "a" in folder.manifest()["contents"]

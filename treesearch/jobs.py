@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 from treesearch.components import build_task, load_problems, plain
 from treesearch.config import JobConfig, with_defaults
 from treesearch.hosting import LocalModels, ModelHosts, cluster_kind
-from treesearch.runfolder import BAD_INPUT, RunFolder
+from treesearch.runfolder import BAD_INPUT, RunFolder, content_digest
 from treesearch.search.budget import Budget
 from treesearch.result import SearchResult
 from treesearch.types import Problem
@@ -169,7 +169,7 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
     folder = RunFolder(Path(job["output_dir"]) if job.get("output_dir") else default_output_dir(cfg))
     folder.path.mkdir(parents=True, exist_ok=True)
     with folder.lock():  # one job at a time per run folder
-        folder.claim(ids + bad_ids, job_digest(cfg))
+        folder.claim(ids + bad_ids, job_digest(cfg), {p.id: content_digest(p) for p in problems})
         folder.write_config(plain(cfg))
         if not job["resume"] and folder.finished(redo_errors=False):
             raise ValueError(f"run folder {folder.path} already has results and job.resume=false")

@@ -4,6 +4,7 @@ through `RunFolder`.
 
     config.yaml         the resolved job config
     manifest.json       problem ids in order + a digest of what defines the job's results
+                        + each problem's content digest (an edited problem is redone)
     results/<id>.json   one row per finished problem (written atomically, last)
     trees/<id>.parquet  the problem's search tree (written before its result row)
     results.parquet     all rows, in manifest order (rebuilt at the end of every run)
@@ -32,6 +33,7 @@ from treesearch.result import SearchResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from treesearch.tree import Tree
+    from treesearch.types import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,14 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def content_digest(problem: "Problem") -> str:
+    """A digest of what a problem's result depends on besides the config: its question,
+    gold answer and other fields."""
+    body = json.dumps({"question": problem.question, "gold": problem.gold, "meta": problem.meta},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def result_row(result: SearchResult) -> dict:
@@ -246,19 +256,42 @@ class RunFolder:
         finally:
             handle.close()
 
-    def claim(self, problem_ids: list[str], digest: str) -> None:
-        """Create the manifest, or check that an existing one describes the same job."""
+    def claim(self, problem_ids: list[str], digest: str, contents: Optional[dict[str, str]] = None) -> set[str]:
+        """Create the manifest, or check that an existing one describes the same job.
+
+        `contents`: each problem's `content_digest`. A problem whose content changed since
+        the manifest recorded it (an edited question or gold answer) loses its result and
+        tree, so the job computes it again; its ids are returned. Folders written before
+        contents were recorded trust their results and record the contents now."""
         manifest = self.path / self.MANIFEST
-        if manifest.exists():
-            old = self.manifest()
-            if old.get("digest") != digest or old.get("problem_ids") != problem_ids:
-                raise ValueError(
-                    f"run folder {self.path} holds a different job (other config or problems); "
-                    "choose another job.output_dir"
-                )
-            return
-        body = {"digest": digest, "problem_ids": problem_ids, "layout": LAYOUT, "created": time.time()}
-        write_atomic(manifest, json.dumps(body, indent=1).encode())
+        contents = dict(contents or {})
+        if not manifest.exists():
+            body = {"digest": digest, "problem_ids": problem_ids, "layout": LAYOUT, "created": time.time(),
+                    "contents": contents}
+            write_atomic(manifest, json.dumps(body, indent=1).encode())
+            return set()
+        old = self.manifest()
+        if old.get("digest") != digest or old.get("problem_ids") != problem_ids:
+            raise ValueError(
+                f"run folder {self.path} holds a different job (other config or problems); "
+                "choose another job.output_dir"
+            )
+        recorded = old.get("contents") or {}
+        changed = {pid for pid, value in contents.items() if pid in recorded and recorded[pid] != value}
+        for pid in changed:
+            self.forget(pid)
+        if changed:
+            logger.warning("run folder %s: %d problem(s) changed since their results were written (question, "
+                           "gold answer or fields): computing them again: %s", self.path, len(changed),
+                           sorted(changed)[:5])
+        if recorded != {**recorded, **contents}:
+            write_atomic(manifest, json.dumps({**old, "contents": {**recorded, **contents}}, indent=1).encode())
+        return changed
+
+    def forget(self, problem_id: str) -> None:
+        """Drop a problem's result and tree (it is then unfinished)."""
+        for path in (self.result_path(problem_id), self.tree_path(problem_id)):
+            path.unlink(missing_ok=True)
 
     def finished(self, redo_errors: bool = True) -> set[str]:
         """Ids with a result row. With `redo_errors`, rows of problems whose search failed
