@@ -202,3 +202,19 @@ def test_failed_searches_are_retried_on_resume_but_bad_input_rows_are_not(tmp_pa
     (folder.results / "p2.json").write_text(json.dumps({"id": "p2", "error": None}))
     assert folder.finished() == {"p2", "bad-line-3"}
     assert folder.finished(redo_errors=False) == {"p1", "p2", "bad-line-3"}
+
+
+def test_an_unset_cluster_address_starts_a_private_ray_instead_of_joining_a_running_one(tmp_path):
+    """Even with RAY_ADDRESS naming this session's cluster, `cluster.address: null` starts
+    its own local cluster."""
+    import ray
+
+    running = ray.get_runtime_context().gcs_address
+    script = ("import ray; from treesearch.cluster import init_ray; init_ray(None, num_cpus=1); "
+              "print(ray.get_runtime_context().gcs_address); ray.shutdown()")
+    env = dict(os.environ, RAY_ADDRESS=running, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    started = done.stdout.strip().splitlines()[-1]
+    assert started and started != running

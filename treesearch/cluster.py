@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
-    """Start a local Ray cluster (address None) or join one ("auto", "ray://host:port")."""
+    """Start a private local Ray cluster (address None: `ray.init(address="local")`, so a
+    cluster already running on the machine or named by RAY_ADDRESS is not joined by
+    accident) or join one ("auto", "ray://host:port", "host:port")."""
     import ray
 
     if ray.is_initialized():
@@ -37,7 +39,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 class _PolicyHost:
