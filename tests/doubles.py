@@ -131,3 +131,17 @@ def scripted_policy(seed: int, mode: str = "sample") -> ScriptedPolicy:
     """A ScriptedPolicy on `random_script(seed)`, buildable from a config mapping
     (`{"backend": "python", "factory": "tests.doubles:scripted_policy", "seed": 3}`)."""
     return ScriptedPolicy(random_script(seed), mode=mode)
+
+
+class CrashingPolicy:
+    """A policy whose process dies on every call (a model that cannot serve)."""
+
+    async def expand(self, states, n, params):
+        import os
+
+        os._exit(1)
+
+    async def complete(self, states, params):
+        import os
+
+        os._exit(1)

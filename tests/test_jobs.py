@@ -218,3 +218,27 @@ def test_an_unset_cluster_address_starts_a_private_ray_instead_of_joining_a_runn
     assert done.returncode == 0, done.stderr[-2000:]
     started = done.stdout.strip().splitlines()[-1]
     assert started and started != running
+
+
+def test_a_policy_that_never_comes_back_ends_the_job_fast_with_error_rows(tmp_path):
+    """A pool-level breaker: the replica is taken out after a bounded number of failed
+    calls instead of being restarted for every remaining problem."""
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps({"input": f"Q{i}?", "target": i}) + "\n" for i in range(12)))
+    env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}}
+    overrides = [
+        "task=mawps", f"task.path={data}", "task.limit=null", "critic=none", "search=greedy",
+        "policy=target", "policy._target_=tests.doubles.CrashingPolicy",
+        "cluster.policy.max_restarts=0", "cluster.policy.max_task_retries=0",
+        f"job.output_dir={tmp_path / 'run'}", "job.progress=false", "job.trees_in_flight=2",
+    ]
+    cfg = compose(overrides)
+    cfg.cluster.policy.runtime_env = env  # the actor imports tests.doubles
+    started = time.perf_counter()
+    folder = run_job(cfg)
+    rows = results(folder)
+    assert len(rows) == 12 and all(r["error"] for r in rows)
+    assert any("is down" in r["error"] for r in rows)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["last_session"]["replacements"]["policy"] <= 8, "bounded restarts, not one storm per problem"
+    assert time.perf_counter() - started < 120

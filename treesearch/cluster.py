@@ -106,6 +106,10 @@ def _actor_classes():
     return ray.remote(_PolicyHost), ray.remote(_CriticHost)
 
 
+class ReplicaDown(RuntimeError):
+    """A model replica was taken out after its calls kept failing (see `ActorPool.call`)."""
+
+
 RAY_ACTOR_OPTIONS = ("num_cpus", "num_gpus", "max_restarts", "max_task_retries", "max_concurrency")
 
 
@@ -129,6 +133,9 @@ class ActorPool:
             self.options["runtime_env"] = res["runtime_env"]
         self.actors = [self._start() for _ in range(self.replicas)]
         self.replacements = 0
+        self.breaker = 2 * (retries + 1)
+        self.failures = [0] * self.replicas  # calls failed in a row, per replica
+        self.broken: list[Optional[str]] = [None] * self.replicas  # why a replica was taken out
 
     def _start(self):
         return self.actor_class.options(**self.options).remote(*self.args)
@@ -145,20 +152,44 @@ class ActorPool:
         import ray
 
         self.args = args
+        self.revive()
         ray.get([a.reload.remote(*args) for a in self.actors], timeout=timeout)
+
+    def revive(self) -> None:
+        """Start a fresh actor for every replica that was taken out (a new job's chance)."""
+        for replica, why in enumerate(self.broken):
+            if why is not None:
+                log.warning("%s replica %d: starting it again (it was taken out: %s)", self.name, replica, why)
+                self.actors[replica] = self._start()
+                self.broken[replica], self.failures[replica] = None, 0
 
     def replica_for(self, key: str) -> int:
         return zlib.crc32(key.encode()) % self.replicas
 
     async def call(self, replica: int, method: str, *args: Any) -> Any:
-        """Call `method` on a replica; if the replica is dead, replace it and retry."""
+        """Call `method` on a replica; if the replica is dead, replace it and retry.
+
+        A replica whose calls keep failing (`breaker` failures in a row with no success
+        between, across all requests) is taken out: every later call to it fails at once,
+        so a model that cannot come back ends the job's remaining problems as error rows
+        quickly instead of restarting the actor for each of them."""
         import ray
 
         for attempt in range(self.retries + 1):
+            if self.broken[replica] is not None:
+                raise ReplicaDown(f"{self.name} replica {replica} is down: {self.broken[replica]}")
             actor = self.actors[replica]
             try:
-                return await getattr(actor, method).remote(*args)
+                result = await getattr(actor, method).remote(*args)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+                self.failures[replica] += 1
+                if self.failures[replica] >= self.breaker:
+                    self.broken[replica] = (f"{self.failures[replica]} calls failed in a row, the last with "
+                                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+                    log.error("%s replica %d is taken out: %s", self.name, replica, self.broken[replica])
+                    if self.actors[replica] is actor:
+                        ray.kill(actor, no_restart=True)
+                    raise ReplicaDown(f"{self.name} replica {replica} is down: {self.broken[replica]}") from err
                 if attempt == self.retries:
                     raise
                 log.warning("%s replica %d failed (%s); replacing it and retrying", self.name, replica, err)
@@ -167,6 +198,9 @@ class ActorPool:
                     self.actors[replica] = self._start()
                     self.replacements += 1
                 await asyncio.sleep(0.1 * (attempt + 1))
+            else:
+                self.failures[replica] = 0
+                return result
         raise AssertionError("unreachable")
 
     async def scatter(self, method: str, states: Sequence[State], make_args) -> list:
@@ -271,6 +305,8 @@ class ModelPools:
         self.configure(cfg)
 
     def configure(self, cfg: Mapping) -> None:
+        for pool in self.pools():
+            pool.revive()
         policy_spec = plain(cfg["policy"])
         if policy_spec != self.policy_spec:
             self.policy.reload(policy_spec)
