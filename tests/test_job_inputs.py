@@ -40,8 +40,9 @@ def mawps_job(data: Path, out: Path, *extra):
         (GOOD + GOOD + '{"target": 3}\n', 3, "input", "missing"),
         (GOOD + '{"input": "   ", "target": 3}\n', 2, "input", "empty"),
         (GOOD.encode() + b'{"input": "caf\xe9 au lait?", "target": 3}\n', 2, "input", "invalid UTF-8"),
+        (GOOD + GOOD + '{"input": "How many?", "target": "banana"}\n', 3, "target", "'banana' is not a number"),
     ],
-    ids=["malformed-json", "missing-field", "empty-question", "invalid-utf8"],
+    ids=["malformed-json", "missing-field", "empty-question", "invalid-utf8", "gold-not-a-number"],
 )
 def test_bad_rows_are_located_before_any_model_loads(tmp_path, content, line, field, reason):
     data = tmp_path / "problems.jsonl"

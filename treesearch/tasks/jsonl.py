@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 from treesearch.tasks.base import DEFAULT_INSTRUCTION, Task
-from treesearch.tasks.grading import grade_latex, last_boxed
+from treesearch.tasks.grading import grade_latex, last_boxed, parse_number
 from treesearch.types import Problem
 
 logger = logging.getLogger(__name__)
@@ -330,9 +330,13 @@ class JSONLTask(Task):
         if isinstance(parser, str):
             parser = GOLD_PARSERS[parser]
         try:
-            return parser(row[self.answer_field])
+            gold = parser(row[self.answer_field])
         except ValueError as exc:
             raise FieldError(self.answer_field, str(exc)) from None
+        if self.grading == "numeric" and parse_number(gold) is None:
+            raise FieldError(self.answer_field, f"gold answer {gold[:40]!r} is not a number, and this task grades "
+                                                "numbers (grading='latex' grades other answers)")
+        return gold
 
 
 def _keys(row: dict) -> str:
