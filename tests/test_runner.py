@@ -142,3 +142,25 @@ def test_a_replicated_model_gets_whole_batches_per_replica():
     assert policy.replica_sets and all(len(s) == 1 for s in policy.replica_sets)
     assert {r for s in policy.replica_sets for r in s} == {0, 1}
     assert runner.stats.policy.calls == len(policy.replica_sets)
+
+
+def test_a_run_that_does_not_keep_results_holds_no_tree_once_each_is_handed_on():
+    """A job writes each result as it finishes; the driver must not hold every tree until
+    the end (memory would grow with the number of problems)."""
+    import gc
+    import weakref
+
+    trees, written = [], []
+
+    def on_result(result):
+        written.append(result.problem.id)
+        trees.append(weakref.ref(result.tree))
+
+    runner = Runner(ScriptedPolicy(random_script(3), mode="sample"), hashed_value(1), trees_in_flight=4)
+    problems = [Problem(f"p{i}", f"question {i}") for i in range(24)]
+    out = asyncio.run(runner.run(problems, "mcts", Budget(simulations=6), on_result=on_result, keep_results=False))
+    gc.collect()
+    assert out == [] and sorted(written) == sorted(p.id for p in problems)
+    assert all(ref() is None for ref in trees), "trees are still referenced after the run"
+    kept = asyncio.run(runner.run(problems[:3], "mcts", Budget(simulations=6)))
+    assert [r.problem.id for r in kept] == ["p0", "p1", "p2"]

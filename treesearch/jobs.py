@@ -104,7 +104,8 @@ async def _search(
     def on_result(result: SearchResult) -> None:
         progress.update(folder.write_result(result, job["save_trees"]))
 
-    await runner.run(problems, search["algorithm"], budget, on_result=on_result, **search.get("options", {}))
+    await runner.run(problems, search["algorithm"], budget, on_result=on_result, keep_results=False,
+                     **search.get("options", {}))
     stats = runner.stats.as_dict()
     stats["replacements"] = models.replacements()
     return stats

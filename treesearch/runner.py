@@ -129,10 +129,13 @@ class Runner:
         algorithm: Any = "mcts",
         budget: Optional[Budget] = None,
         on_result: Optional[Callable[[SearchResult], Any]] = None,
+        keep_results: bool = True,
         **options: Any,
     ) -> list[SearchResult]:
         """Search every problem; results come back in input order. `on_result` is called
-        as each finishes (e.g. to write it out)."""
+        as each finishes (e.g. to write it out); with `keep_results=False` nothing is
+        kept after that (a job that writes each result holds no trees), and the list
+        returned is empty."""
         algo = make_algorithm(algorithm, **options)
         if algo.needs_critic and self.critic is None:
             raise ValueError(f"algorithm {algo.name!r} needs a critic: pass critic=...")
@@ -155,11 +158,12 @@ class Runner:
                 except Exception as exc:  # e.g. a failed write: the others go on
                     log.error("on_result failed for problem %r: %s", problem.id, exc)
                     result.error = result.error or f"on_result failed: {type(exc).__name__}: {exc}"
-            return result
+            return result if keep_results else None
 
         started = time.perf_counter()
         try:
-            return list(await asyncio.gather(*(one(p) for p in problems)))
+            results = await asyncio.gather(*(one(p) for p in problems))
+            return list(results) if keep_results else []
         finally:
             self.stats.wall_seconds += time.perf_counter() - started
             await policy.close()
