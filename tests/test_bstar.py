@@ -49,3 +49,24 @@ def test_samples_from_tree_count_duplicates_and_skip_ungraded():
     samples = samples_from_tree(tree)
     assert len(samples) == 4 and sum(s.correct for s in samples) == 3
     assert sorted(s.value for s in samples) == pytest.approx([0.4, 0.7, 0.7, 0.7])
+
+
+def test_a_relative_threshold_still_selects_when_the_critic_scores_sit_far_below_one_half():
+    from treesearch.bstar import best_balanced
+
+    # a PRM whose scores are all small but still rank: correct answers 0.15-0.2, wrong 0.02-0.05
+    problems = [
+        [Sample("right 1", 0.2, True), Sample("right 2", 0.15, True), Sample("wrong", 0.05, False)],
+        [Sample("right", 0.18, True), Sample("wrong 1", 0.03, False), Sample("wrong 2", 0.02, False)],
+    ]
+    absolute = bstar_metrics(problems, threshold=0.5, n_star=2)
+    assert absolute["balance_score"] == 0.0  # nothing reaches 0.5: the monitor is blind
+    # the median of the six unique values is 0.1: only the correct ones are selected
+    relative = bstar_metrics(problems, threshold=None, n_star=2, quantile=0.5)
+    assert relative["threshold"] == pytest.approx(0.1)
+    assert relative["balance_score"] == pytest.approx((1.0 * 1.0 + 0.5 * 1.0) / 2)
+    best = best_balanced(problems, thresholds=[0.5], quantiles=[0.5, 0.9], n_star=2)
+    assert best["quantile"] == 0.5 and best["balance_score"] == relative["balance_score"]
+    assert [c["balance_score"] for c in best["candidates"]][0] == 0.0 and len(best["candidates"]) == 3
+    with pytest.raises(ValueError, match="quantile must be in"):
+        bstar_metrics(problems, threshold=None, quantile=1.5)

@@ -12,13 +12,17 @@ From k sampled solutions per problem, each with a critic value and a correctness
   ``bs = min(n' / n_star, 1) * (n' / n)`` (0 when nothing is selected), averaged over
   problems. It rewards having enough distinct correct samples (exploration) that the
   critic can tell apart (exploitation). `n_star` defaults to 8, the paper's value.
+
+The selection threshold may be absolute or a quantile of the round's critic values
+(`best_balanced` tries several and keeps the best-balanced, as B-STaR chooses its
+configuration per round by the balance score).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -68,14 +72,26 @@ def balance_score(samples: Sequence[Sample], threshold: float, n_star: int = 8) 
     return min(correct / n_star, 1.0) * correct / len(selected)
 
 
-def bstar_metrics(per_problem: Iterable[Sequence[Sample]], threshold: float = 0.5, n_star: int = 8) -> dict:
-    """Exploration, exploitation and balance over problems (each a list of k samples)."""
+def bstar_metrics(per_problem: Iterable[Sequence[Sample]], threshold: Optional[float] = 0.5, n_star: int = 8,
+                  quantile: Optional[float] = None) -> dict:
+    """Exploration, exploitation and balance over problems (each a list of k samples).
+
+    The selection threshold is `threshold` (an absolute critic value) or, with
+    `quantile`, that quantile of the values of all unique responses of the round (a
+    threshold relative to the critic's score distribution, which still selects something
+    when the critic's values sit far from 0.5)."""
     if n_star < 1:
         raise ValueError(f"n_star must be >= 1, got {n_star}")
+    problems = [list(samples) for samples in per_problem if samples]
+    if quantile is not None:
+        if not 0.0 <= quantile <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+        values = [s.value for samples in problems for s in unique_responses(samples)]
+        threshold = float(np.quantile(values, quantile)) if values else 0.5
+    if threshold is None:
+        raise ValueError("bstar_metrics needs a threshold or a quantile")
     pass_k, distinct, pick, balance, ks = [], [], [], [], []
-    for samples in per_problem:
-        if not samples:
-            continue
+    for samples in problems:
         ks.append(len(samples))
         pass_k.append(any(s.correct for s in samples))
         distinct.append(sum(s.correct for s in unique_responses(samples)))
@@ -91,5 +107,19 @@ def bstar_metrics(per_problem: Iterable[Sequence[Sample]], threshold: float = 0.
         "exploitation": float(np.mean(pick)),
         "balance_score": float(np.mean(balance)),
         "threshold": threshold,
+        "quantile": quantile,
         "n_star": n_star,
     }
+
+
+def best_balanced(per_problem: Iterable[Sequence[Sample]], thresholds: Sequence[float] = (),
+                  quantiles: Sequence[float] = (), n_star: int = 8) -> dict:
+    """`bstar_metrics` at every candidate threshold (absolute values and quantiles), the
+    best-balanced one first: `{**best, "candidates": [each candidate's metrics]}`."""
+    problems = [list(samples) for samples in per_problem if samples]
+    candidates = [bstar_metrics(problems, t, n_star) for t in thresholds]
+    candidates += [bstar_metrics(problems, None, n_star, quantile=q) for q in quantiles]
+    if not candidates:
+        raise ValueError("best_balanced needs at least one threshold or quantile")
+    best = max(candidates, key=lambda m: m.get("balance_score", 0.0))
+    return {**best, "candidates": candidates}

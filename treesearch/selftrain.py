@@ -115,7 +115,7 @@ class SelfTraining:
 
     def bstar(self, folder: Path, policy: str, prm: Optional[str]) -> dict:
         """B-STaR figures at each candidate temperature; the chosen one for the next round."""
-        from treesearch.bstar import bstar_metrics, samples_from_tree
+        from treesearch.bstar import best_balanced, samples_from_tree
 
         cfg_b = self.st["bstar"]
         if not cfg_b.get("enabled", True):
@@ -136,8 +136,10 @@ class SelfTraining:
             cfg = self.job_cfg(folder / "bstar" / f"t{t}", policy, task=dev, critic=self.prm_critic(prm), search=search)
             run = self._run_job(cfg)
             trees = RunFolder(run).saved_trees()
-            per_temperature[str(t)] = bstar_metrics(
-                (samples_from_tree(tree) for tree in trees), cfg_b.get("threshold", 0.5), cfg_b.get("n_star", 8)
+            thresholds = [] if cfg_b.get("threshold") is None else [cfg_b["threshold"]]
+            per_temperature[str(t)] = best_balanced(
+                [samples_from_tree(tree) for tree in trees], thresholds, cfg_b.get("quantiles") or [],
+                cfg_b.get("n_star", 8),
             )
         best = max(per_temperature, key=lambda k: per_temperature[k].get("balance_score", 0.0))
         return {"by_temperature": per_temperature, "chosen_temperature": float(best)}
