@@ -76,3 +76,21 @@ def test_sync_api_inside_event_loop_points_to_async_twin():
         return result
 
     assert asyncio.run(main()).answer == "1"
+
+
+def test_label_free_self_training_refuses_a_critic_that_reads_gold_answers(tmp_path):
+    from treesearch.config import compose
+    from treesearch.selftrain import SelfTraining, selftrain_digest
+
+    base = [f"selftrain.dev.path={tmp_path / 'dev.jsonl'}", f"selftrain.output_dir={tmp_path / 'st'}"]
+    with pytest.raises(ValueError, match=r"labels=vote is for data without gold answers, but critic=verifier"):
+        SelfTraining(compose("selftrain", base + ["selftrain.harvest.labels=vote"]))
+    SelfTraining(compose("selftrain", base + ["selftrain.harvest.labels=vote", "critic=self_eval"]))  # accepted
+    # labels at its default leaves the digest as it was before the key existed (older folders resume)
+    cfg = compose("selftrain", base)
+    older = compose("selftrain", base)
+    from omegaconf import open_dict
+
+    with open_dict(older):
+        del older.selftrain.harvest["labels"]
+    assert selftrain_digest(cfg) == selftrain_digest(older)

@@ -321,7 +321,7 @@ def test_harvest_writes_files_that_load_with_their_features(two_runs, tmp_path):
     assert record["counts"]["preference"] == len(pref) and record["counts"]["problems"] == 2
     assert [r["path"] for r in record["runs"]] == [str(p.resolve()) for p in two_runs]
     assert record["runs"][0]["trees"] == 2 and record["runs"][0]["task"] == "numeric"
-    assert record["parameters"] == {"top_k": 2, "values": "inferred", "margin": 0.2, "min_visits": 0}
+    assert record["parameters"] == {"top_k": 2, "values": "inferred", "margin": 0.2, "min_visits": 0, "labels": "gold"}
 
 
 def test_harvest_mc_source_and_empty_tables(tmp_path):
@@ -376,7 +376,7 @@ def test_harvest_cli(two_runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "sft.parquet" in printed and "prm.parquet" in printed
     record = json.loads((out / "harvest.json").read_text())
-    assert record["parameters"] == {"top_k": 1, "values": "mc", "margin": 0.3, "min_visits": 0}
+    assert record["parameters"] == {"top_k": 1, "values": "mc", "margin": 0.3, "min_visits": 0, "labels": "gold"}
     assert record["counts"]["sft"] == 2  # one per problem
     assert harvest_main([str(two_runs[0])]) == 2  # OUT missing: usage error
     assert harvest_main([str(tmp_path / "nope"), str(out)]) == 1
@@ -503,3 +503,46 @@ def test_prm_rows_stop_at_an_empty_step():
     rows = prm_rows(tree, inferred_values(tree))
     assert all(step.strip() for row in rows for step in row["completions"])
     assert [row["completions"] for row in rows] == [["a\n", "The answer is 1."]]
+
+
+# ------------------------------------------------------------------ label-free rounds
+def majority_wrong_tree(problem_id: str = "wrong") -> Tree:
+    """Three samples answer 6 (one node with two duplicates), one answers 5 (the gold)."""
+    t = Tree(problem_id, PROMPT)
+    t.add_children(0, ["Guess: answer 6", "Add: answer 5", "Maybe: answer 6.0"], terminal=[True] * 3,
+                   answers=["6", "5", "6.0"], duplicates=[1, 0, 0])
+    for node in (1, 2, 3):
+        t.close(node)
+    return t
+
+
+def test_the_vote_label_is_the_sample_weighted_majority_and_grades_the_terminals():
+    from treesearch.pseudo_labels import apply_label, vote_label
+    from treesearch.tasks import Task
+
+    task = Task()
+    fig = fig_tree()
+    assert vote_label(fig, task) == "5"  # node 5 stands for 3 samples, node 10 for 1
+    apply_label(fig, task, "5")
+    assert [fig.reward[n] for n in (4, 5, 6, 10, 11)] == [0.0, 1.0, 0.0, 1.0, 0.0]
+    wrong = majority_wrong_tree()
+    assert vote_label(wrong, task) == "6"  # "6" x2 and "6.0" vote together: 3 against 1
+    apply_label(wrong, task, None)
+    assert np.isnan(wrong.reward[[1, 2, 3]]).all()
+    assert vote_label(Tree("empty", PROMPT), task) is None
+
+
+def test_a_label_free_harvest_trains_on_the_majority_and_reports_pseudo_label_accuracy(tmp_path):
+    run = tmp_path / "run"
+    write_run(run, [fig_tree("fig"), majority_wrong_tree("wrong")])  # both problems' gold is 5
+    paths = harvest([run], tmp_path / "out", labels="vote")
+    record = json.loads(paths["manifest"].read_text())
+    assert record["parameters"]["labels"] == "vote"
+    assert record["counts"]["pseudo_labels_checked"] == 2 and record["counts"]["pseudo_label_accuracy"] == 0.5
+    import pyarrow.parquet as pq
+
+    sft = pq.read_table(paths["sft"]).to_pylist()
+    wrong = [r["completion"][0]["content"] for r in sft if r["problem_id"] == "wrong"]
+    assert sorted(wrong) == ["Guess: answer 6", "Maybe: answer 6.0"]  # the majority's traces, not the gold's
+    with pytest.raises(ValueError, match="labels must be one of"):
+        harvest([run], tmp_path / "out2", labels="oracle")

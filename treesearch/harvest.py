@@ -56,6 +56,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, vote_label
 from treesearch.tree import Tree
 from treesearch.value_targets import VALUE_SOURCES, value_targets
 
@@ -334,6 +335,7 @@ def harvest(
     values: str = "inferred",
     margin: float = 0.2,
     min_visits: int = 0,
+    labels: str = "gold",
 ) -> dict[str, Path]:
     """Turn the trees of run folders into out/{sft,prm,preference}.parquet and
     out/harvest.json; return their paths by name ("sft", "prm", "preference", "manifest").
@@ -341,11 +343,14 @@ def harvest(
     `values`: "inferred" (ReST-MCTS*) or "mc" value targets for PRM labels, pair values
     and the SFT ranking fallback. `top_k`: SFT traces kept per problem. `margin`: least
     target difference of a preference pair. `min_visits`: least visits of a sibling that
-    takes part in a pair.
+    takes part in a pair. `labels`: "gold" (terminals graded against the gold answers at
+    search time) or "vote" (label-free: each tree's terminals graded against its own
+    majority answer, `treesearch.pseudo_labels`; where gold answers exist, the share of
+    right pseudo-labels is recorded).
     """
     if isinstance(runs, (str, os.PathLike)):
         runs = [runs]
-    parameters = _checked_parameters(runs, top_k, values, margin, min_visits)
+    parameters = _checked_parameters(runs, top_k, values, margin, min_visits, labels)
     feats = _features()
     folders = [_Run(r) for r in runs]  # fail on a bad folder before writing anything
     seen = [f.path for f in folders]
@@ -358,11 +363,18 @@ def harvest(
     rows: dict[str, list[dict]] = {"prm": [], "preference": []}
     lineage = []
     problems: set[str] = set()
+    pseudo_checks: list[bool] = []  # label-free: whether each pseudo-label matches the gold answer
     for run in folders:
         counts = {"trees": 0, "prm": 0, "preference": 0, "sft_candidates": 0}
         for tree in run.trees():
             counts["trees"] += 1
             problems.add(tree.problem_id)
+            if labels == "vote":
+                pseudo = vote_label(tree, run.task)
+                apply_label(tree, run.task, pseudo)
+                gold = (run.folder.result(tree.problem_id) or {}).get("gold")
+                if gold is not None:
+                    pseudo_checks.append(pseudo is not None and bool(run.task.grade(pseudo, gold)))
             candidates, prm, pairs = _tree_rows(run, tree, values, margin, min_visits)
             sft_pool.setdefault(tree.problem_id, []).extend(candidates)
             rows["prm"] += prm
@@ -392,6 +404,9 @@ def harvest(
         "problems_with_sft": len({row["problem_id"] for row in rows["sft"]}),
         **{name: len(rows[name]) for name in FILES},
     }
+    if labels == "vote":
+        counts["pseudo_labels_checked"] = len(pseudo_checks)
+        counts["pseudo_label_accuracy"] = sum(pseudo_checks) / len(pseudo_checks) if pseudo_checks else None
     record = _manifest_record(parameters, counts, feats, lineage)
     manifest = out / MANIFEST
     write_atomic(manifest, json.dumps(record, indent=2).encode())
@@ -399,7 +414,7 @@ def harvest(
     return paths
 
 
-def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, min_visits: int) -> dict:
+def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, min_visits: int, labels: str) -> dict:
     if not runs:
         raise ValueError("harvest: no run folders given")
     if values not in VALUE_SOURCES:
@@ -410,7 +425,10 @@ def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, 
         raise ValueError(f"harvest: margin must be in [0, 1], got {margin}")
     if int(min_visits) < 0:
         raise ValueError(f"harvest: min_visits must be >= 0, got {min_visits}")
-    return {"top_k": int(top_k), "values": values, "margin": float(margin), "min_visits": int(min_visits)}
+    if labels not in LABEL_SOURCES:
+        raise ValueError(f"harvest: labels must be one of {LABEL_SOURCES}, got {labels!r}")
+    return {"top_k": int(top_k), "values": values, "margin": float(margin), "min_visits": int(min_visits),
+            "labels": labels}
 
 
 def _tree_rows(run: _Run, tree: Tree, values: str, margin: float, min_visits: int) -> tuple[list, list, list]:

@@ -27,6 +27,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-visits", type=int, default=0, help="least visits of a sibling used in a preference pair (default 0)"
     )
+    p.add_argument(
+        "--labels",
+        choices=("gold", "vote"),
+        default="gold",
+        help="gold: terminals graded against gold answers; vote: label-free, against each tree's majority answer",
+    )
     return p
 
 
@@ -40,7 +46,8 @@ def main(args: Sequence[str]) -> int:
 
     try:
         paths = harvest(
-            ns.runs, ns.out, top_k=ns.top_k, values=ns.values, margin=ns.margin, min_visits=ns.min_visits
+            ns.runs, ns.out, top_k=ns.top_k, values=ns.values, margin=ns.margin, min_visits=ns.min_visits,
+            labels=ns.labels,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"treesearch harvest: error: {err}", file=sys.stderr)

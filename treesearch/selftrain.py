@@ -41,6 +41,8 @@ def selftrain_digest(cfg: Mapping) -> str:
     """The job digest plus the `selftrain` section (but not the number of rounds, so that
     asking for more rounds continues the same folder)."""
     st = {k: v for k, v in plain(cfg["selftrain"]).items() if k != "rounds"}
+    if isinstance(st.get("harvest"), dict) and st["harvest"].get("labels") == "gold":
+        st["harvest"] = {k: v for k, v in st["harvest"].items() if k != "labels"}  # the default before labels existed
     return hashlib.sha256((job_digest(cfg) + json.dumps(st, sort_keys=True, default=str)).encode()).hexdigest()
 
 
@@ -68,6 +70,11 @@ class SelfTraining:
             root = Path(plain(cfg["job"]).get("output_root", "runs")) / f"selftrain-{selftrain_digest(cfg)[:10]}"
         self.root = Path(root)
         self.models = None
+        labels = (self.st.get("harvest") or {}).get("labels", "gold")
+        critic = plain(cfg.get("critic")).get("name")
+        if labels != "gold" and critic in ("verifier", "rollout"):
+            raise ValueError(f"selftrain.harvest.labels={labels} is for data without gold answers, but critic={critic} "
+                             "grades against them: choose a critic that does not (critic=self_eval, or a PRM)")
 
     # ---------------------------------------------------------------- configs
     def dev_task(self) -> dict:
