@@ -546,3 +546,26 @@ def test_a_label_free_harvest_trains_on_the_majority_and_reports_pseudo_label_ac
     assert sorted(wrong) == ["Guess: answer 6", "Maybe: answer 6.0"]  # the majority's traces, not the gold's
     with pytest.raises(ValueError, match="labels must be one of"):
         harvest([run], tmp_path / "out2", labels="oracle")
+
+
+def test_target_ranking_shows_inferred_targets_ranking_by_depth_across_the_tree():
+    """The issue's 4-step chain: right steps get 0.25 / 0.5 / 0.75 / 1.0 (inferred), a
+    wrong step at depth 4 gets 0.625, above the right steps at depths 1 and 2."""
+    from treesearch.value_targets import TargetRanking, inferred_values, step_outcomes
+
+    t = Tree("chain", PROMPT)
+    t.add_children(0, ["r1\n"])
+    t.add_children(1, ["r2\n"])
+    t.add_children(2, ["r3\n"])
+    t.add_children(3, ["r4: answer 5", "w4: answer 4"], terminal=[True, True], answers=["5", "4"])
+    t.close(4)
+    t.close(5)
+    t.reward[4], t.reward[5] = 1.0, 0.0
+    assert inferred_values(t)[1:].tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0, 0.625])
+    assert step_outcomes(t)[1:].tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
+    inferred, mc = TargetRanking("inferred"), TargetRanking("mc")
+    inferred.add(t)
+    mc.add(t)
+    assert inferred.as_dict() == {"sibling_pairs": 1, "sibling_accuracy": 1.0, "any_depth_pairs": 4,
+                                  "any_depth_accuracy": 0.5}
+    assert mc.as_dict()["any_depth_accuracy"] == 1.0

@@ -58,7 +58,7 @@ import numpy as np
 
 from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, vote_label
 from treesearch.tree import Tree
-from treesearch.value_targets import VALUE_SOURCES, value_targets
+from treesearch.value_targets import VALUE_SOURCES, TargetRanking, value_targets
 
 FILES = {"sft": "sft.parquet", "prm": "prm.parquet", "preference": "preference.parquet"}
 MANIFEST = "harvest.json"
@@ -364,6 +364,7 @@ def harvest(
     lineage = []
     problems: set[str] = set()
     pseudo_checks: list[bool] = []  # label-free: whether each pseudo-label matches the gold answer
+    rankings = {source: TargetRanking(source) for source in VALUE_SOURCES}
     for run in folders:
         counts = {"trees": 0, "prm": 0, "preference": 0, "sft_candidates": 0}
         for tree in run.trees():
@@ -375,6 +376,8 @@ def harvest(
                 gold = (run.folder.result(tree.problem_id) or {}).get("gold")
                 if gold is not None:
                     pseudo_checks.append(pseudo is not None and bool(run.task.grade(pseudo, gold)))
+            for ranking in rankings.values():
+                ranking.add(tree)
             candidates, prm, pairs = _tree_rows(run, tree, values, margin, min_visits)
             sft_pool.setdefault(tree.problem_id, []).extend(candidates)
             rows["prm"] += prm
@@ -408,6 +411,7 @@ def harvest(
         counts["pseudo_labels_checked"] = len(pseudo_checks)
         counts["pseudo_label_accuracy"] = sum(pseudo_checks) / len(pseudo_checks) if pseudo_checks else None
     record = _manifest_record(parameters, counts, feats, lineage)
+    record["target_ranking"] = {source: ranking.as_dict() for source, ranking in rankings.items()}
     manifest = out / MANIFEST
     write_atomic(manifest, json.dumps(record, indent=2).encode())
     paths["manifest"] = manifest

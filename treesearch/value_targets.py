@@ -57,6 +57,7 @@ toward 0, clipped at 0.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -132,3 +133,57 @@ def value_targets(tree: Tree, values: str = "inferred") -> np.ndarray:
     if values == "mc":
         return mc_values(tree)
     raise ValueError(f"unknown value source {values!r}; choose from {VALUE_SOURCES}")
+
+
+def step_outcomes(tree: Tree) -> np.ndarray:
+    """Per node: 1.0 when its subtree holds a correct terminal (a right step), 0.0 when it
+    holds decided ends but no correct one (a wrong step), NaN when undecided; the root NaN."""
+    parent = tree.column("parent")
+    correct, failed, _ = _ends(tree)
+    right, decided = correct.copy(), correct | failed
+    for i in range(len(tree) - 1, 0, -1):  # children have larger ids: reverse order is post-order
+        right[parent[i]] |= right[i]
+        decided[parent[i]] |= decided[i]
+    out = np.where(decided, right.astype(np.float64), np.nan)
+    out[0] = np.nan
+    return out
+
+
+class TargetRanking:
+    """How well value targets rank right steps above wrong ones (`step_outcomes`), pooled
+    over trees (`add` each): among sibling pairs (one right step, one wrong, same parent)
+    and among all such pairs in a tree (any depths), the share where the right step's
+    target is higher (ties count half). A target that mostly encodes depth ranks siblings
+    well and mixed depths badly. Monte Carlo targets rank every pair by construction (a
+    wrong step has none of its samples correct); the figure tells targets apart that
+    do not."""
+
+    KINDS = ("sibling", "any_depth")
+
+    def __init__(self, values: str):
+        self.values = values
+        self.scores = {k: 0.0 for k in self.KINDS}
+        self.pairs = {k: 0 for k in self.KINDS}
+
+    def add(self, tree: Tree, targets: Optional[np.ndarray] = None) -> None:
+        targets = value_targets(tree, self.values) if targets is None else targets
+        outcome = step_outcomes(tree)
+        usable = ~np.isnan(targets) & ~np.isnan(outcome)
+        right = np.flatnonzero(usable & (outcome == 1.0))
+        wrong = np.flatnonzero(usable & (outcome == 0.0))
+        if not right.size or not wrong.size:
+            return
+        parent = tree.column("parent")
+        diff = targets[right][:, None] - targets[wrong][None, :]
+        score = (diff > 0) + 0.5 * (diff == 0)
+        same_parent = parent[right][:, None] == parent[wrong][None, :]
+        for kind, mask in (("sibling", same_parent), ("any_depth", np.ones_like(same_parent))):
+            self.scores[kind] += float(score[mask].sum())
+            self.pairs[kind] += int(mask.sum())
+
+    def as_dict(self) -> dict:
+        out: dict = {}
+        for kind in self.KINDS:
+            out[f"{kind}_pairs"] = self.pairs[kind]
+            out[f"{kind}_accuracy"] = self.scores[kind] / self.pairs[kind] if self.pairs[kind] else None
+        return out
