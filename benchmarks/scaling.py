@@ -53,10 +53,9 @@ def write_problems(path: Path, count: int) -> None:
 def job_config(actors: int, data: Path, out: Path, args) -> object:
     return compose([
         "task=mawps", f"task.path={data}", f"task.limit={actors * args.problems_per_actor}",
-        "policy=hf", "++policy.backend=python", "policy.model=simulated",
-        "++policy.factory=simulated_engine:SimulatedPolicy",
-        f"++policy.fixed_s={args.fixed_ms / 1000}", f"++policy.per_sequence_s={args.per_sequence_ms / 1000}",
-        "critic=none", "critic.name=python", "++critic.function=simulated_engine:simulated_value",
+        "policy=target", "policy._target_=simulated_engine.SimulatedPolicy",
+        f"+policy.fixed_s={args.fixed_ms / 1000}", f"+policy.per_sequence_s={args.per_sequence_ms / 1000}",
+        "critic=target", "critic._target_=simulated_engine.simulated_value", "+critic._partial_=true",
         "search=mcts", "search.budget.generated_tokens=null", f"search.budget.simulations={args.simulations}",
         f"cluster.policy.replicas={actors}", "cluster.policy.num_cpus=0", "cluster.policy.max_concurrency=8",
         "cluster.critic.num_cpus=0", f"cluster.critic.replicas={max(1, actors // 8)}",

@@ -1,11 +1,14 @@
-"""A simulated GPU serving engine, for `benchmarks/scaling.py` only (not the product).
+"""A simulated GPU serving engine, for `benchmarks/scaling.py` and `benchmarks/chaos.py`
+only (not the product).
 
 `SimulatedPolicy` has the Policy protocol and is built inside each real Ray policy actor
-through the `python` backend. It models one GPU engine's latency: calls run one at a
+through `policy._target_`. It models one GPU engine's latency: calls run one at a
 time, and a call over `s` sequences takes `fixed_s + per_sequence_s * s` seconds of sleep
 (no CPU), so many actors fit on a small machine. Its steps are deterministic pseudo-text
 that reach an answer after `answer_depth` steps. `simulated_value` is a matching critic:
-a hash of the steps, in [0, 1].
+a hash of the steps, in [0, 1]. For fault injection, `poison` names a problem id whose
+requests make the actor's process exit (a problem that crashes its actor every time), and
+`crash_always` makes every call exit (a model that cannot serve).
 """
 
 from __future__ import annotations
@@ -20,13 +23,21 @@ from treesearch.types import Step
 
 class SimulatedPolicy:
     def __init__(self, fixed_s: float = 0.4, per_sequence_s: float = 0.002, step_tokens: int = 32,
-                 answer_depth: int = 4, **_ignored):
+                 answer_depth: int = 4, poison: str = "", crash_always: bool = False, **_ignored):
         self.fixed_s = fixed_s
         self.per_sequence_s = per_sequence_s
         self.step_tokens = step_tokens
         self.answer_depth = answer_depth
+        self.poison = poison
+        self.crash_always = crash_always
         self._engine: asyncio.Lock | None = None
         self.calls = 0
+
+    def _maybe_crash(self, states) -> None:
+        if self.crash_always or (self.poison and any(s.problem.id == self.poison for s in states)):
+            import os
+
+            os._exit(1)
 
     async def _run(self, sequences: int) -> None:
         if self._engine is None:
@@ -46,12 +57,14 @@ class SimulatedPolicy:
     async def expand(self, states, n, params):
         counts = per_state_counts(states, n)
         params = per_state_params(states, params)
+        self._maybe_crash(states)
         await self._run(sum(counts))
         return [[self._step(tuple(s.steps), i, p.seed or 0) for i in range(c)]
                 for s, c, p in zip(states, counts, params)]
 
     async def complete(self, states, params):
         params = per_state_params(states, params)
+        self._maybe_crash(states)
         await self._run(len(states))
         out = []
         for s, p in zip(states, params):
