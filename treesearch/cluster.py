@@ -110,6 +110,8 @@ class ReplicaDown(RuntimeError):
     """A model replica was taken out after its calls kept failing (see `ActorPool.call`)."""
 
 
+BREAKER_PROBLEMS = 3  # different problems failing alone, in a row, that take a replica out
+
 RAY_ACTOR_OPTIONS = ("num_cpus", "num_gpus", "max_restarts", "max_task_retries", "max_concurrency")
 
 
@@ -133,8 +135,9 @@ class ActorPool:
             self.options["runtime_env"] = res["runtime_env"]
         self.actors = [self._start() for _ in range(self.replicas)]
         self.replacements = 0
-        self.breaker = 2 * (retries + 1)
-        self.failures = [0] * self.replicas  # calls failed in a row, per replica
+        self.breaker_attempts = 4 * (retries + 1)
+        self.failures = [0] * self.replicas  # attempts failed in a row, per replica
+        self.failed_problems: list[set] = [set() for _ in range(self.replicas)]  # failed alone since a success
         self.broken: list[Optional[str]] = [None] * self.replicas  # why a replica was taken out
 
     def _start(self):
@@ -152,27 +155,35 @@ class ActorPool:
         import ray
 
         self.args = args
-        self.revive()
-        ray.get([a.reload.remote(*args) for a in self.actors], timeout=timeout)
+        fresh = self.revive()  # started with the new arguments already
+        ray.get([a.reload.remote(*args) for i, a in enumerate(self.actors) if i not in fresh], timeout=timeout)
 
-    def revive(self) -> None:
-        """Start a fresh actor for every replica that was taken out (a new job's chance)."""
+    def revive(self) -> set[int]:
+        """Start a fresh actor for every replica that was taken out (a new job's chance);
+        return those replicas."""
+        fresh = set()
         for replica, why in enumerate(self.broken):
             if why is not None:
                 log.warning("%s replica %d: starting it again (it was taken out: %s)", self.name, replica, why)
                 self.actors[replica] = self._start()
-                self.broken[replica], self.failures[replica] = None, 0
+                self.broken[replica], self.failures[replica], self.failed_problems[replica] = None, 0, set()
+                fresh.add(replica)
+        return fresh
 
     def replica_for(self, key: str) -> int:
         return zlib.crc32(key.encode()) % self.replicas
 
-    async def call(self, replica: int, method: str, *args: Any) -> Any:
+    async def call(self, replica: int, method: str, *args: Any, problems: frozenset = frozenset()) -> Any:
         """Call `method` on a replica; if the replica is dead, replace it and retry.
+        `problems`: the ids of the problems whose states the call carries.
 
-        A replica whose calls keep failing (`breaker` failures in a row with no success
-        between, across all requests) is taken out: every later call to it fails at once,
-        so a model that cannot come back ends the job's remaining problems as error rows
-        quickly instead of restarting the actor for each of them."""
+        A replica that cannot serve is taken out (`ReplicaDown`): once calls carrying a
+        single problem have failed for `BREAKER_PROBLEMS` different problems with no
+        success between (or `breaker_attempts` attempts in a row failed), every later call
+        to it fails at once. A model that cannot come back then ends the job's remaining
+        problems quickly as error rows, instead of being restarted for each of them; a
+        poison problem (one that crashes the actor every time) fails alone, and the
+        others' successes keep the replica in."""
         import ray
 
         for attempt in range(self.retries + 1):
@@ -182,11 +193,7 @@ class ActorPool:
             try:
                 result = await getattr(actor, method).remote(*args)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
-                self.failures[replica] += 1
-                if self.failures[replica] >= self.breaker:
-                    self.broken[replica] = (f"{self.failures[replica]} calls failed in a row, the last with "
-                                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-                    log.error("%s replica %d is taken out: %s", self.name, replica, self.broken[replica])
+                if self._count_failure(replica, problems, err):
                     if self.actors[replica] is actor:
                         ray.kill(actor, no_restart=True)
                     raise ReplicaDown(f"{self.name} replica {replica} is down: {self.broken[replica]}") from err
@@ -199,9 +206,23 @@ class ActorPool:
                     self.replacements += 1
                 await asyncio.sleep(0.1 * (attempt + 1))
             else:
-                self.failures[replica] = 0
+                self.failures[replica], self.failed_problems[replica] = 0, set()
                 return result
         raise AssertionError("unreachable")
+
+    def _count_failure(self, replica: int, problems: frozenset, err: Exception) -> bool:
+        """Record a failed attempt; True when the replica is (now) taken out."""
+        if self.broken[replica] is None:
+            self.failures[replica] += 1
+            if len(problems) == 1:
+                self.failed_problems[replica] |= problems
+            if len(self.failed_problems[replica]) >= BREAKER_PROBLEMS or self.failures[replica] >= self.breaker_attempts:
+                first = str(err).splitlines()[0] if str(err) else ""
+                self.broken[replica] = (f"{self.failures[replica]} attempts failed in a row, alone for "
+                                        f"{len(self.failed_problems[replica])} different problems; the last: "
+                                        f"{type(err).__name__}: {first}")
+                log.error("%s replica %d is taken out: %s", self.name, replica, self.broken[replica])
+        return self.broken[replica] is not None
 
     async def scatter(self, method: str, states: Sequence[State], make_args) -> list:
         """Split a batch by replica (affinity by problem id), call each part concurrently,
@@ -211,7 +232,8 @@ class ActorPool:
         for i, state in enumerate(states):
             groups.setdefault(self.replica_for(state.problem.id), []).append(i)
         parts = await asyncio.gather(
-            *(self.call(replica, method, *make_args(idx)) for replica, idx in groups.items())
+            *(self.call(replica, method, *make_args(idx), problems=frozenset(states[i].problem.id for i in idx))
+              for replica, idx in groups.items())
         )
         return [(idx, part) for idx, part in zip(groups.values(), parts)]
 
@@ -305,8 +327,6 @@ class ModelPools:
         self.configure(cfg)
 
     def configure(self, cfg: Mapping) -> None:
-        for pool in self.pools():
-            pool.revive()
         policy_spec = plain(cfg["policy"])
         if policy_spec != self.policy_spec:
             self.policy.reload(policy_spec)
@@ -321,6 +341,8 @@ class ModelPools:
         elif wanted and (wanted, task_spec) != (self.critic_spec, self.critic.args[1]):
             self.critic.reload(wanted, task_spec)
         self.critic_spec = wanted
+        for pool in self.pools():  # replicas taken out in an earlier job get a fresh start
+            pool.revive()
 
     def ready(self) -> None:
         for pool in self.pools():
