@@ -207,7 +207,7 @@ def memory(workdir: Path, sizes: list[int]) -> dict:
         data = workdir / f"memory-{size}.jsonl"
         write_problems(data, size)
         args = overrides(data, workdir / f"memory-{size}", f"cluster.address={address}", "job.trees_in_flight=32",
-                         "search.budget.simulations=2", "+policy.fixed_s=0.01")
+                         "search.budget.simulations=2", "policy.fixed_s=0.01")
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", MEMORY.format(here=str(HERE), root=str(ROOT), args=args)],
                               cwd=str(workdir), capture_output=True, text=True, check=True)

@@ -384,3 +384,15 @@ def test_offset_errors_and_bad_rows_of_the_skipped_part(tmp_path):
         load_problems(task, dict(spec, offset=4))
     with pytest.raises(ValueError, match="task.limit must be an integer >= 0"):
         load_problems(task, dict(spec, offset=3, limit=-1))
+
+
+def test_text_grading_takes_gold_answers_that_are_not_numbers(tmp_path):
+    from treesearch.tasks import make_task
+
+    data = tmp_path / "yes_no.jsonl"
+    data.write_text('{"question": "Is 2 even?", "answer": "Yes"}\n{"question": "Is 3 even?", "answer": "no"}\n')
+    with pytest.raises(ValueError, match=r"line 1, field 'answer': gold answer 'Yes' is not a number.*grading='text'"):
+        make_task("jsonl").load(path=data)
+    task = make_task("jsonl", grading="text")
+    golds = [p.gold for p in task.load(path=data)]
+    assert golds == ["Yes", "no"] and task.grade("yes", "Yes") and not task.grade("no", "Yes")

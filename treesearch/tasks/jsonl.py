@@ -93,6 +93,8 @@ def boxed_gold(value: Any) -> str:
     return boxed.strip()
 
 
+GRADINGS = ("numeric", "text", "latex")  # numbers (gold must be one), normalised text, math-verify
+
 GOLD_PARSERS: dict[str, Callable[[Any], str]] = {"value": value_gold, "boxed": boxed_gold}
 """Named gold parsers for `JSONLTask(gold_parser=...)`; tasks register their own."""
 
@@ -179,7 +181,8 @@ class JSONLTask(Task):
     `gold_parser` turns the answer field's value into the gold string: a callable or a
     name in `GOLD_PARSERS` ("value": as written, numbers shortest, 43.0 -> "43";
     "boxed": the last \\boxed{} of a solution; "gsm8k": the number after '####').
-    `grading` is "numeric" (word problems) or "latex" (math-verify).
+    `grading` is "numeric" (word problems: the gold must be a number), "text" (normalised
+    text, e.g. yes/no or a choice letter) or "latex" (math-verify).
 
     Example, MAWPS: `JSONLTask(path="addsub.jsonl", question_field="input", answer_field="target")`.
     """
@@ -197,8 +200,8 @@ class JSONLTask(Task):
         instruction: Optional[str] = None,
         step_delimiter: Optional[str] = None,
     ):
-        if grading not in ("numeric", "latex"):
-            raise ValueError(f"grading must be 'numeric' or 'latex', got {grading!r}")
+        if grading not in GRADINGS:
+            raise ValueError(f"grading must be one of {GRADINGS}, got {grading!r}")
         if isinstance(gold_parser, str) and gold_parser not in GOLD_PARSERS:
             raise ValueError(
                 f"unknown gold_parser {gold_parser!r}; known: {sorted(GOLD_PARSERS)} or a callable"
@@ -221,6 +224,8 @@ class JSONLTask(Task):
     def grade(self, pred: Optional[str], gold: Optional[str]) -> bool:
         if self.grading == "latex":
             return grade_latex(pred, gold)
+        if self.grading == "text":
+            return pred is not None and gold is not None and self.normalize_answer(pred) == self.normalize_answer(gold)
         return super().grade(pred, gold)
 
     # -- loading
@@ -335,7 +340,8 @@ class JSONLTask(Task):
             raise FieldError(self.answer_field, str(exc)) from None
         if self.grading == "numeric" and parse_number(gold) is None:
             raise FieldError(self.answer_field, f"gold answer {gold[:40]!r} is not a number, and this task grades "
-                                                "numbers (grading='latex' grades other answers)")
+                                                "numbers (grading='text' grades answers such as yes/no or a "
+                                                "choice letter, grading='latex' mathematical expressions)")
         return gold
 
 
