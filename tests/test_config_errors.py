@@ -94,3 +94,28 @@ def test_label_free_self_training_refuses_a_critic_that_reads_gold_answers(tmp_p
     with open_dict(older):
         del older.selftrain.harvest["labels"]
     assert selftrain_digest(cfg) == selftrain_digest(older)
+
+
+def test_self_training_digests_ignore_monitoring_and_still_match_folders_from_before(tmp_path):
+    import hashlib
+    import json
+
+    from treesearch.components import plain
+    from treesearch.config import compose
+    from treesearch.jobs import job_digest
+    from treesearch.selftrain import selftrain_digest
+
+    base = [f"selftrain.dev.path={tmp_path / 'dev.jsonl'}"]
+    cfg = compose("selftrain", base)
+    # B-STaR settings are monitoring unless they steer the next round's temperature
+    assert selftrain_digest(compose("selftrain", base + ["selftrain.bstar.k=4"])) == selftrain_digest(cfg)
+    steering = base + ["selftrain.bstar.choose_temperature=true"]
+    assert selftrain_digest(compose("selftrain", steering + ["selftrain.bstar.k=4"])) != selftrain_digest(
+        compose("selftrain", steering))
+    # the digest a folder got before relative thresholds and label-free rounds existed
+    section = {k: v for k, v in plain(cfg.selftrain).items() if k != "rounds"}
+    section["harvest"].pop("labels")
+    section["bstar"].pop("quantiles")
+    section["bstar"]["threshold"] = 0.5
+    before = hashlib.sha256((job_digest(cfg) + json.dumps(section, sort_keys=True, default=str)).encode()).hexdigest()
+    assert selftrain_digest(cfg, legacy=True) == before

@@ -37,12 +37,24 @@ from treesearch.runfolder import RunFolder, write_atomic
 log = logging.getLogger(__name__)
 
 
-def selftrain_digest(cfg: Mapping) -> str:
+def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
     """The job digest plus the `selftrain` section (but not the number of rounds, so that
-    asking for more rounds continues the same folder)."""
+    asking for more rounds continues the same folder). B-STaR's settings count only when
+    they steer the rounds (`choose_temperature`); otherwise they are monitoring.
+
+    `legacy=True`: the digest folders got before relative B-STaR thresholds existed (the
+    B-STaR section always counted, with an absolute threshold, 0.5 by default), so those
+    folders still resume."""
     st = {k: v for k, v in plain(cfg["selftrain"]).items() if k != "rounds"}
     if isinstance(st.get("harvest"), dict) and st["harvest"].get("labels") == "gold":
         st["harvest"] = {k: v for k, v in st["harvest"].items() if k != "labels"}  # the default before labels existed
+    bstar = dict(st.get("bstar") or {})
+    if legacy:
+        bstar.pop("quantiles", None)
+        bstar["threshold"] = 0.5 if bstar.get("threshold") is None else bstar["threshold"]
+        st["bstar"] = bstar
+    elif not bstar.get("choose_temperature", False):
+        st.pop("bstar", None)
     return hashlib.sha256((job_digest(cfg) + json.dumps(st, sort_keys=True, default=str)).encode()).hexdigest()
 
 
@@ -67,7 +79,11 @@ class SelfTraining:
         self.st = plain(cfg["selftrain"])
         root = self.st.get("output_dir")
         if not root:
-            root = Path(plain(cfg["job"]).get("output_root", "runs")) / f"selftrain-{selftrain_digest(cfg)[:10]}"
+            output_root = Path(plain(cfg["job"]).get("output_root", "runs"))
+            root = output_root / f"selftrain-{selftrain_digest(cfg)[:10]}"
+            older = output_root / f"selftrain-{selftrain_digest(cfg, legacy=True)[:10]}"
+            if not root.exists() and older.exists():  # a folder this config got from an earlier version
+                root = older
         self.root = Path(root)
         self.models = None
         labels = (self.st.get("harvest") or {}).get("labels", "gold")
@@ -143,10 +159,10 @@ class SelfTraining:
             cfg = self.job_cfg(folder / "bstar" / f"t{t}", policy, task=dev, critic=self.prm_critic(prm), search=search)
             run = self._run_job(cfg)
             trees = RunFolder(run).saved_trees()
-            thresholds = [] if cfg_b.get("threshold") is None else [cfg_b["threshold"]]
+            absolute = cfg_b.get("threshold")  # when set, it is the threshold; else the best of `quantiles`
             per_temperature[str(t)] = best_balanced(
-                [samples_from_tree(tree) for tree in trees], thresholds, cfg_b.get("quantiles") or [],
-                cfg_b.get("n_star", 8),
+                [samples_from_tree(tree) for tree in trees], [] if absolute is None else [absolute],
+                cfg_b.get("quantiles") or [] if absolute is None else [], cfg_b.get("n_star", 8),
             )
         best = max(per_temperature, key=lambda k: per_temperature[k].get("balance_score", 0.0))
         return {"by_temperature": per_temperature, "chosen_temperature": float(best)}
@@ -161,7 +177,8 @@ class SelfTraining:
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = self.root / "manifest.json"
         digest = selftrain_digest(self.cfg)
-        if manifest.is_file() and json.loads(manifest.read_text()).get("digest") != digest:
+        known = {digest, selftrain_digest(self.cfg, legacy=True)}
+        if manifest.is_file() and json.loads(manifest.read_text()).get("digest") not in known:
             raise ValueError(
                 f"self-training folder {self.root} holds a run with another config; "
                 "choose another selftrain.output_dir (only selftrain.rounds may change on resume)"
