@@ -203,3 +203,30 @@ def test_python_policy_factory_that_rejects_options_is_named(tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(TypeError, match=r"policy.factory 'strict_engine:Strict' rejected the policy options \['model'\]"):
         make_policy("python", factory="strict_engine:Strict", model="x")
+
+
+def test_target_critics_take_a_critic_a_value_function_a_batched_one_or_a_factory(tmp_path, monkeypatch):
+    from treesearch.components import build_critic
+
+    (tmp_path / "user_vals.py").write_text(
+        "from critics import value_function\n"
+        "@value_function(batched=True, name='user_batched')\n"
+        "def batched_len(states):\n    return [1.0 / (1 + len(s.steps)) for s in states]\n"
+        "def per_state(state):\n    return 0.25\n"
+        "def batched_plain(states):\n    return [0.75] * len(states)\n"
+        "def make(k=1):\n    return lambda state: min(1.0, 0.1 * k)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    states = [State(Problem("p", "q"), "q", steps=("a\n",)), State(Problem("p", "q"), "q", steps=())]
+    cases = [
+        ({"_target_": "user_vals.batched_len"}, "user_batched", [0.5, 1.0]),
+        ({"_target_": "user_vals.per_state", "_partial_": True}, "per_state", [0.25, 0.25]),
+        ({"_target_": "user_vals.batched_plain", "_partial_": True, "batched": True}, "batched_plain", [0.75, 0.75]),
+        ({"_target_": "user_vals.make", "k": 3}, None, [0.3, 0.3]),
+    ]
+    for spec, name, values in cases:
+        critic = build_critic(spec)
+        assert list(asyncio.run(critic.score(states))) == pytest.approx(values), spec
+        assert name is None or critic.name == name
+    with pytest.raises(ValueError, match="is a critic already; it takes no options"):
+        build_critic({"_target_": "user_vals.batched_len", "k": 1})

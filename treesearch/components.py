@@ -99,12 +99,12 @@ def build_critic(cfg: Optional[Mapping], task: Optional[Task] = None):
 
     `verifier` and `rollout` get the task (for grading); `rollout` builds its own policy
     from `rollout_policy` (a policy config)."""
-    from critics import as_critic, make_critic
+    from critics import make_critic
 
     spec = plain(cfg)
     if TARGET in spec:
         spec.pop("name", None)
-        return as_critic(_instantiate(spec, "critic"))
+        return _target_critic(spec)
     name = spec.pop("name", None)
     if name is None:
         return None
@@ -115,6 +115,41 @@ def build_critic(cfg: Optional[Mapping], task: Optional[Task] = None):
     if name == "rollout":
         spec["policy"] = build_policy(spec.pop("rollout_policy"))
     return make_critic(name, **spec)
+
+
+def _target_critic(spec: dict):
+    """A critic from a `_target_` section: the target may be a Critic itself (e.g. a
+    `@value_function`), a value function (`_partial_: true`; `batched: true` for one that
+    takes a list of states), or a factory called with the other keys that returns either."""
+    import functools
+
+    from hydra.utils import get_object
+
+    from critics import as_critic
+    from critics.base import FunctionCritic
+
+    target = spec[TARGET]
+    name = str(target).rsplit(".", 1)[-1]
+    try:
+        located = get_object(target)
+    except Exception as err:
+        raise ValueError(f"critic._target_={target!r}: {err}") from err
+    if _is_critic(located):
+        extra = sorted(k for k in spec if k not in (TARGET, "_partial_"))
+        if extra:
+            raise ValueError(f"critic._target_={target!r} is a critic already; it takes no options, got {extra}")
+        return located
+    batched = bool(spec.pop("batched", False))
+    built = _instantiate(spec, "critic")
+    if isinstance(built, functools.partial) or (callable(built) and not _is_critic(built)):
+        return FunctionCritic(built, batched=batched, name=name)
+    return as_critic(built)
+
+
+def _is_critic(obj: Any) -> bool:
+    import inspect
+
+    return not inspect.isclass(obj) and inspect.iscoroutinefunction(getattr(obj, "score", None))
 
 
 def _instantiate(spec: dict, section: str) -> Any:
