@@ -204,20 +204,24 @@ def test_failed_searches_are_retried_on_resume_but_bad_input_rows_are_not(tmp_pa
     assert folder.finished(redo_errors=False) == {"p1", "p2", "bad-line-3"}
 
 
-def test_an_unset_cluster_address_starts_a_private_ray_instead_of_joining_a_running_one(tmp_path):
-    """Even with RAY_ADDRESS naming this session's cluster, `cluster.address: null` starts
-    its own local cluster."""
+def test_an_unset_cluster_address_starts_a_private_ray_unless_ray_address_names_one(tmp_path):
+    """A cluster that merely runs on the machine (found by Ray's own discovery) is not
+    joined; one named by RAY_ADDRESS (as `ray job submit` sets it) is."""
     import ray
 
     running = ray.get_runtime_context().gcs_address
-    script = ("import ray; from treesearch.cluster import init_ray; init_ray(None, num_cpus=1); "
-              "print(ray.get_runtime_context().gcs_address); ray.shutdown()")
-    env = dict(os.environ, RAY_ADDRESS=running, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    started = done.stdout.strip().splitlines()[-1]
-    assert started and started != running
+    script = (
+        "import ray, ray._private.services as services; from treesearch.cluster import init_ray; "
+        f"services.get_ray_address_from_environment = lambda *a, **k: {running!r}; "  # as if discovered
+        "init_ray(None, num_cpus=1); print(ray.get_runtime_context().gcs_address); ray.shutdown()"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for extra, joins in (({}, False), ({"RAY_ADDRESS": running}, True)):
+        done = subprocess.run([sys.executable, "-c", script], env={**env, **extra, "PYTHONPATH": root},
+                              cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (done.stdout.strip().splitlines()[-1] == running) == joins, extra
 
 
 def test_a_policy_that_never_comes_back_ends_the_job_fast_with_error_rows(tmp_path):

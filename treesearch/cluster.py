@@ -28,15 +28,20 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
-    """Start a private local Ray cluster (address None: `ray.init(address="local")`, so a
-    cluster already running on the machine or named by RAY_ADDRESS is not joined by
-    accident) or join one ("auto", "ray://host:port", "host:port")."""
+    """Join the cluster `address` names ("auto", "ray://host:port", "host:port"), else the
+    one the RAY_ADDRESS environment variable names (as under `ray job submit`), else start
+    a private local cluster (`ray.init(address="local")`): a cluster that merely runs on
+    the machine is not joined by accident."""
+    import os
+
     import ray
 
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
