@@ -36,3 +36,15 @@ def test_registration_as_a_call_or_a_decorator_and_lazy_imports(monkeypatch, tmp
     assert lazy.make("big", size=3).size == 3 and "widget_impl" in sys.modules
     with pytest.raises(ValueError, match="a widget needs a name"):
         registry.register("", dict)
+
+
+def test_registries_keep_the_mapping_interface_of_the_dicts_they_replaced():
+    from treesearch.registry import UnknownName
+
+    registry = Registry("widget", {"a": dict})
+    registry["b"] = list
+    assert registry.keys() == ["a", "b"] and registry.values() == [dict, list] and registry.get("c") is None
+    assert dict(registry.items()) == {"a": dict, "b": list}
+    for error in (KeyError, ValueError):  # mapping-style code and config errors both catch it
+        with pytest.raises(error, match=r"^unknown widget 'c'; choose from \['a', 'b'\]$"):
+            registry["c"]

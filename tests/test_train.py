@@ -313,7 +313,9 @@ def test_training_without_the_train_extra_says_what_to_install(monkeypatch):
     from treesearch.train import train_prm, train_sft
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
-    for train in (train_sft, train_prm):
-        with pytest.raises(ImportError, match=r"needs the training packages \['trl'\]: pip install 'treesearch\[train\]'"):
+    for train, package in ((train_sft, "trl"), (train_prm, "accelerate")):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, gone=package: None if name == gone
+                            else real(name, *a))
+        with pytest.raises(ImportError, match=rf"needs the training packages \['{package}'\]: pip install "
+                                              r"'treesearch\[train\]'"):
             train("smollm2", [], "/nonexistent/out")

@@ -93,8 +93,9 @@ def _start_models(policy: Any, critic: Any, task_spec: Optional[dict], cluster: 
     from treesearch.jobs import start_models
 
     if not isinstance(policy, Mapping):
-        raise TypeError(f"with cluster={cluster!r}, policy must be a config mapping such as "
-                        f"{{'backend': 'hf', 'model': 'smollm2'}} (got {type(policy).__name__})")
+        why = f"with cluster={cluster!r}" if cluster is not None else "with a critic config mapping"
+        raise TypeError(f"{why}, policy must be a config mapping such as "
+                        f"{{'backend': 'hf', 'model': 'smollm2'}} too (got {type(policy).__name__})")
     if critic is not None and not isinstance(critic, Mapping):
         if not isinstance(critic, str):
             raise TypeError(f"with cluster={cluster!r} or a policy config, critic must be a config mapping "

@@ -11,6 +11,7 @@ build from a list of overrides.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,11 @@ def register_schemas() -> None:
 
     store = ConfigStore.instance()
     for name in ALGORITHMS:
-        store.store(group="schema/search", name=name, node=search_schema(name))
+        try:
+            store.store(group="schema/search", name=name, node=search_schema(name))
+        except Exception as err:  # a user's algorithm whose options OmegaConf cannot type
+            logging.getLogger(__name__).warning("search algorithm %r has no config schema (%s); "
+                                                "the CLI cannot select it", name, err)
     store.store(group="schema/job", name="default", node=JobConfig)
     store.store(group="schema/cluster", name="default", node=ClusterConfig)
     _registered = True
@@ -121,6 +126,7 @@ def register_schemas() -> None:
 def config_dir() -> Path:
     """The Hydra config folder: `treesearch/configs` in an installed wheel, else
     `configs/` at the top of the source tree (a checkout or an editable install)."""
+    register_schemas()  # the YAML files select them: composing without them would fail
     package = Path(__file__).resolve().parent
     candidates = (package / "configs", package.parent / "configs")
     for folder in candidates:

@@ -58,10 +58,22 @@ import numpy as np
 
 from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, vote_label
 from treesearch.tree import Tree
-from treesearch.value_targets import VALUE_SOURCES, TargetRanking, value_targets
+from treesearch.value_targets import (
+    VALUE_SOURCES,
+    TargetRanking,
+    inferred_values,
+    mc_values,
+    value_targets,
+)
 
 FILES = {"sft": "sft.parquet", "prm": "prm.parquet", "preference": "preference.parquet"}
 MANIFEST = "harvest.json"
+
+__all__ = [  # the value targets are importable from here too (they lived here before)
+    "FILES", "MANIFEST", "VALUE_SOURCES", "best_continuation", "chat_messages", "features", "harvest",
+    "inferred_values", "mc_values", "preference_pairs", "prm_rows", "prompt_text", "rank_sft", "sft_candidates",
+    "value_targets",
+]
 
 PathLike = Union[str, os.PathLike]
 

@@ -10,6 +10,14 @@ from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar
 T = TypeVar("T")
 
 
+class UnknownName(KeyError, ValueError):
+    """A name no registry entry has (a KeyError for mapping-style code, a ValueError for
+    config errors)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class Registry(Generic[T]):
     """Names -> factories of one `kind` ("algorithm", "task", "critic", "policy backend").
 
@@ -55,8 +63,20 @@ class Registry(Generic[T]):
             if name not in self._entries and attribute:
                 self._entries[name] = getattr(loaded, attribute)
         if name not in self._entries:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose from {self.names()}")
+            raise UnknownName(f"unknown {self.kind} {name!r}; choose from {self.names()}")
         return self._entries[name]
+
+    def __setitem__(self, name: str, factory: Callable[..., T]) -> None:
+        self.register(name, factory)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+    def keys(self) -> list[str]:
+        return self.names()
+
+    def values(self) -> list[Callable[..., T]]:
+        return [self[name] for name in self.names()]
 
     def items(self) -> list[tuple[str, Callable[..., T]]]:
         return [(name, self[name]) for name in self.names()]

@@ -115,8 +115,16 @@ def content_digest(problem: "Problem") -> str:
     """A digest of what a problem's result depends on besides the config: its question,
     gold answer and other fields."""
     body = json.dumps({"question": problem.question, "gold": problem.gold, "meta": problem.meta},
-                      sort_keys=True, default=str)
+                      sort_keys=True, default=_stable_json)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _stable_json(value: Any) -> Any:
+    """JSON for values json cannot write, the same in every process (no memory addresses):
+    bytes by their digest, anything else by its type name."""
+    if isinstance(value, (bytes, bytearray)):
+        return "sha256:" + hashlib.sha256(value).hexdigest()
+    return f"<{type(value).__name__}>"
 
 
 def result_row(result: SearchResult) -> dict:

@@ -173,7 +173,10 @@ class SelfTraining:
         from treesearch.train import train_prm, train_sft
         from treesearch.train.common import require_training_stack
 
-        require_training_stack("treesearch selftrain")  # before any search runs
+        needed = (("trl", "accelerate") if self.st["policy_training"].get("enabled", True) else ()) + (
+            ("accelerate",) if self.st["prm_training"].get("enabled", True) else ())
+        needed += ("peft",) if self.st["policy_training"].get("lora", False) else ()
+        require_training_stack("treesearch selftrain", tuple(dict.fromkeys(needed)))  # before any search runs
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = self.root / "manifest.json"
         digest = selftrain_digest(self.cfg)

@@ -174,12 +174,24 @@ class TargetRanking:
         if not right.size or not wrong.size:
             return
         parent = tree.column("parent")
-        diff = targets[right][:, None] - targets[wrong][None, :]
-        score = (diff > 0) + 0.5 * (diff == 0)
-        same_parent = parent[right][:, None] == parent[wrong][None, :]
-        for kind, mask in (("sibling", same_parent), ("any_depth", np.ones_like(same_parent))):
-            self.scores[kind] += float(score[mask].sum())
-            self.pairs[kind] += int(mask.sum())
+        self._count("any_depth", targets[right], targets[wrong])
+        by_parent: dict[int, list] = {}
+        for node in right:
+            by_parent.setdefault(int(parent[node]), [[], []])[0].append(targets[node])
+        for node in wrong:
+            by_parent.setdefault(int(parent[node]), [[], []])[1].append(targets[node])
+        for good, bad in by_parent.values():
+            if good and bad:
+                self._count("sibling", np.asarray(good), np.asarray(bad))
+
+    def _count(self, kind: str, good: np.ndarray, bad: np.ndarray) -> None:
+        """Pairs (one of `good`, one of `bad`) where the good target is higher, ties half:
+        by sorting, without forming the pairs."""
+        bad = np.sort(bad)
+        below = np.searchsorted(bad, good, side="left")
+        not_above = np.searchsorted(bad, good, side="right")
+        self.scores[kind] += float(below.sum() + 0.5 * (not_above - below).sum())
+        self.pairs[kind] += int(good.size * bad.size)
 
     def as_dict(self) -> dict:
         out: dict = {}

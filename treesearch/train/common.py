@@ -21,12 +21,13 @@ TRAIN_RECORD = "treesearch_train.json"
 TRAINING_STACK = ("trl", "peft", "accelerate")
 
 
-def require_training_stack(what: str) -> None:
-    """Raise a clear ImportError when the `train` extra (TRL, PEFT, accelerate) is missing:
-    a user who only searches does not install it."""
+def require_training_stack(what: str, packages: Sequence[str] = TRAINING_STACK) -> None:
+    """Raise a clear ImportError when packages of the `train` extra (TRL, PEFT,
+    accelerate) that `what` needs are missing: a user who only searches does not install
+    them."""
     import importlib.util
 
-    missing = [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(f"{what} needs the training packages {missing}: pip install 'treesearch[train]'")
 

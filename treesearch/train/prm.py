@@ -306,7 +306,7 @@ def train_prm(
     `eval_auc` (NaN when held-out labels are all on one side of 0.5),
     `eval_accuracy_before` / `eval_accuracy`, `eval_mse_before` / `eval_mse`.
     """
-    require_training_stack("train_prm")
+    require_training_stack("train_prm", ("accelerate",))  # transformers' Trainer needs it
     import torch
     from transformers import TrainingArguments, set_seed
 

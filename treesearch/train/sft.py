@@ -180,7 +180,7 @@ def train_sft(
     `eval_loss_before` / `eval_loss` (mean completion-token NLL) and
     `eval_mean_token_accuracy`.
     """
-    require_training_stack("train_sft")
+    require_training_stack("train_sft", ("trl", "accelerate") + (("peft",) if lora else ()))
     import torch
 
     if threads is not None:
