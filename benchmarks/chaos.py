@@ -160,13 +160,14 @@ def driver_kills(workdir: Path, problems: int, kills: int, rng: random.Random) -
             "skipped_by_last_run": metrics["resumed_skipped"], **census(folder, problems)}
 
 
-def dead_replica(workdir: Path, problems: int) -> dict:
+def crashing_job(workdir: Path, name: str, problems: int, *extra: str) -> dict:
+    """A job whose policy crashes (as `extra` says), restarts left to the pool alone."""
     from treesearch.jobs import run_job
 
-    data = workdir / "dead_replica.jsonl"
+    data = workdir / f"{name}.jsonl"
     write_problems(data, problems)
-    cfg = compose(overrides(data, workdir / "dead_replica", "+policy.crash_always=true",
-                            "cluster.policy.max_restarts=0", "cluster.policy.max_task_retries=0"))
+    cfg = compose(overrides(data, workdir / name, *extra, "cluster.policy.max_restarts=0",
+                            "cluster.policy.max_task_retries=0"))
     started = time.perf_counter()
     folder = run_job(cfg)
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -174,18 +175,12 @@ def dead_replica(workdir: Path, problems: int) -> dict:
             "replacements": metrics["last_session"]["replacements"], **census(folder, problems)}
 
 
-def poison_problem(workdir: Path, problems: int) -> dict:
-    from treesearch.jobs import run_job
+def dead_replica(workdir: Path, problems: int) -> dict:
+    return crashing_job(workdir, "dead_replica", problems, "+policy.crash_always=true")
 
-    data = workdir / "poison.jsonl"
-    write_problems(data, problems)
-    cfg = compose(overrides(data, workdir / "poison", "+policy.poison=poison-3",
-                            "cluster.policy.max_restarts=0", "cluster.policy.max_task_retries=0"))
-    started = time.perf_counter()
-    folder = run_job(cfg)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return {"problems": problems, "poisoned": 1, "wall_s": time.perf_counter() - started,
-            "replacements": metrics["last_session"]["replacements"], **census(folder, problems)}
+
+def poison_problem(workdir: Path, problems: int) -> dict:
+    return {"poisoned": 1, **crashing_job(workdir, "poison", problems, "+policy.poison=poison-3")}
 
 
 MEMORY = """
