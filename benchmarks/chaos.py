@@ -7,8 +7,9 @@ computed, skipped, lost and duplicated.
 Every job runs on a real local Ray cluster with simulated engines (`simulated_engine.py`:
 sleep-based latency, deterministic steps), so the suite runs on a CPU in minutes:
 
-- `actor_kills`: the policy and critic actors' processes are SIGKILLed `--kills` times at
-  random moments of one job; every problem must appear exactly once, with no error row.
+- `actor_kills`: the policy and critic actors' processes are SIGKILLed `--kills` times,
+  spread over one job's progress; every problem must appear exactly once, with no error
+  row.
 - `driver_kills`: the job's driver (a subprocess) is SIGKILLed `--driver-kills` times at
   random moments (some inside the final writes), each time resumed; afterwards no
   problem is lost or duplicated and no problem finished before a kill is computed again.
@@ -89,16 +90,22 @@ def actor_kills(workdir: Path, problems: int, kills: int, rng: random.Random) ->
     models = start_models(cfg)
     models.ready()
     done, killed = threading.Event(), []
+    results = workdir / "actor_kills" / "results"
+    # kill at evenly spaced points of the job's progress, each a little randomly placed
+    targets = sorted(max(1, int(problems * (i + rng.uniform(0.5, 1.0)) / (kills + 1))) for i in range(kills))
 
     def killer():
-        while len(killed) < kills and not done.wait(rng.uniform(0.5, 2.0)):
+        while targets and not done.wait(0.02):
+            if len(list(results.glob("*.json"))) < targets[0]:
+                continue
             pool = rng.choice(models.pools())
             actor = pool.actors[rng.randrange(pool.replicas)]
             try:
                 pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pool.name)
-            except Exception:  # the actor was already down or being replaced: try again later
+                targets.pop(0)
+            except Exception:  # the actor was already down or being replaced: try again
                 pass
 
     thread = threading.Thread(target=killer, daemon=True)
