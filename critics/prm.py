@@ -54,6 +54,9 @@ class PRMCritic:
             folder = Path(model).expanduser()
             if not folder.is_dir():
                 raise FileNotFoundError(f"PRM checkpoint folder not found: {folder}")
+            if not (folder / "config.json").is_file():
+                raise ValueError(f"critic.model={folder} is not a PRM checkpoint: it has no config.json (a treesearch "
+                                 "PRM folder from train_prm, or a Hugging Face Math-Shepherd / Qwen-PRM folder)")
             fmt = read_format(folder) or PRMFormat(style or "math_shepherd", separator)
             if style is not None and style != fmt.style:
                 fmt = PRMFormat(style, separator)

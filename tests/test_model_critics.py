@@ -164,6 +164,10 @@ def test_a_prm_folder_that_maps_to_its_own_code_is_refused_unless_trusted(tmp_pa
 def test_bad_prm_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="PRM checkpoint folder not found"):
         PRMCritic(str(tmp_path / "missing"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a model")
+    with pytest.raises(ValueError, match=r"critic.model=.*notes is not a PRM checkpoint: it has no config.json"):
+        PRMCritic(str(tmp_path / "notes"))
     with pytest.raises(ValueError, match="unknown PRM style 'orm'"):
         PRMFormat("orm")
 
