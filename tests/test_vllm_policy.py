@@ -132,3 +132,48 @@ def test_prefix_counters(engine, loop):
     loop.run_until_complete(engine.expand([state], 8, params))
     length = len(engine._encode(state))
     assert engine.prompt_tokens_naive - before == 8 * length
+
+
+class _ContractSamplingParams:
+    """Stands in for vLLM's SamplingParams and enforces its greedy rule."""
+
+    def __init__(self, n=1, temperature=1.0, **rest):
+        if n > 1 and temperature == 0:
+            raise ValueError("n must be 1 when using greedy sampling")  # vLLM's _verify_greedy_sampling
+        self.n, self.temperature, self.rest = n, temperature, rest
+
+
+class _FakeEngine:
+    """Answers every request with `n` outputs of one step ("step one" and a newline)."""
+
+    def __init__(self):
+        self.requests = []
+
+    async def generate(self, prompt, sampling, request_id):
+        from types import SimpleNamespace
+
+        self.requests.append(sampling)
+        outputs = [SimpleNamespace(index=i, token_ids=[11, 12, 13], logprobs=None, text="step one\n",
+                                   finish_reason="stop", stop_reason="\n") for i in range(sampling.n)]
+        yield SimpleNamespace(outputs=outputs, num_cached_tokens=0)
+
+
+def test_greedy_expansion_of_several_samples_keeps_vllms_contract_on_cpu(smollm2_tokenizer):
+    """vLLM refuses n > 1 with temperature 0: the policy asks once and repeats the step, as
+    the transformers backend's identical greedy rows give."""
+    import itertools
+
+    from treesearch.policy.vllm import VLLMPolicy
+
+    policy = VLLMPolicy.__new__(VLLMPolicy)  # everything but the engine build
+    policy._VSamplingParams, policy._TokensPrompt = _ContractSamplingParams, (lambda prompt_token_ids: prompt_token_ids)
+    policy._final_only, policy.tokenizer, policy.engine = None, smollm2_tokenizer, _FakeEngine()
+    policy._ids = itertools.count()
+    policy.reset_counters()
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16, stop=("\n",))
+    (steps,) = asyncio.run(policy.expand([make_state()], 3, greedy))
+    assert [s.text for s in steps] == ["step one\n"] * 3 and [r.n for r in policy.engine.requests] == [1]
+    assert policy.generated_tokens == 9  # three samples' worth, as if each was generated
+    (sampled,) = asyncio.run(policy.expand([make_state()], 3, SamplingParams(temperature=0.7, max_new_tokens=16,
+                                                                          stop=("\n",), seed=1)))
+    assert len(sampled) == 3 and policy.engine.requests[-1].n == 3

@@ -173,8 +173,11 @@ class VLLMPolicy(BackendCounters):
         base = self._base_seed(params)
         stops = tuple(params.stop)
         seed = request_seed(base, prompt, 0)
+        # vLLM refuses n > 1 with greedy sampling: ask once and repeat the step, as the
+        # transformers backend's identical greedy rows would give
+        asked = 1 if params.greedy else count
         first = await self._generate(
-            prompt, self._sampling(params, count, params.max_new_tokens, seed, stops)
+            prompt, self._sampling(params, asked, params.max_new_tokens, seed, stops)
         )
         outs = sorted(first.outputs, key=lambda o: o.index)
         steps = list(
@@ -182,6 +185,9 @@ class VLLMPolicy(BackendCounters):
                 *(self._finish_step(prompt, o, j, params, base) for j, o in enumerate(outs))
             )
         )
+        if asked < count:
+            self.generated_tokens += steps[0].num_tokens * (count - asked)  # as if generated each time
+            steps = steps + [steps[0]] * (count - asked)
         encoded = max(0, len(prompt) - (getattr(first, "num_cached_tokens", None) or 0))
         steps[0] = dataclasses.replace(steps[0], prompt_tokens=encoded)
         return steps
