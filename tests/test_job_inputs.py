@@ -202,3 +202,6 @@ def test_resume_redoes_a_problem_whose_gold_answer_was_edited_and_keeps_the_rest
     changed = {p.name for p in (folder / "results").iterdir() if p.stat().st_mtime_ns != stamps[p.name]}
     assert changed == {RunFolder(folder).result_path(edited[0]).name}, "only the edited problem is computed again"
     assert json.loads((folder / "metrics.json").read_text())["resumed_skipped"] == 3
+    log = (folder / "job.log").read_text()  # both runs, appended, with what each did
+    assert log.count("job started: 4 problems") == 2
+    assert "changed since their results were written" in log and "job finished: 1 computed, 3 skipped as done" in log

@@ -6,8 +6,10 @@ The run folder's layout and the rules that make resume exact: `treesearch.runfol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +23,11 @@ from treesearch.search.budget import Budget
 from treesearch.result import SearchResult
 from treesearch.types import Problem
 
+log = logging.getLogger(__name__)
+
 DIGEST_SECTIONS = ("task", "policy", "critic", "search")
+JOB_LOG = "job.log"
+LOGGED_PACKAGES = ("treesearch", "critics")  # their records go to the run folder's job.log
 
 
 # Keys added to a config section later that do not change results: left out of the digest
@@ -169,7 +175,9 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
         )
     folder = RunFolder(Path(job["output_dir"]) if job.get("output_dir") else default_output_dir(cfg))
     folder.path.mkdir(parents=True, exist_ok=True)
-    with folder.lock():  # one job at a time per run folder
+    with folder.lock(), job_log(folder.path / JOB_LOG):  # one job at a time per run folder
+        log.info("job started: %d problems (%d bad input rows), digest %s", len(problems), len(bad_rows),
+                 job_digest(cfg)[:10])
         folder.claim(ids + bad_ids, job_digest(cfg), {p.id: content_digest(p) for p in problems})
         folder.write_config(plain(cfg))
         if not job["resume"] and folder.finished(redo_errors=False):
@@ -199,7 +207,31 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
         metrics = compute_metrics(rows, stats)
         metrics["resumed_skipped"] = len(problems) - len(todo)
         folder.write_metrics(metrics)
+        log.info("job finished: %d computed, %d skipped as done, %d errors, accuracy %s", len(todo),
+                 metrics["resumed_skipped"], metrics["errors"], metrics["accuracy"])
         return folder.path
+
+
+@contextlib.contextmanager
+def job_log(path: Path):
+    """While a job runs, the records of treesearch and critics (INFO and up) are appended
+    to `path` too, with timestamps: what the job did, replaced actors, bad rows, errors."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in LOGGED_PACKAGES]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    try:
+        yield path
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        handler.close()
 
 
 def bad_row_id(bad: Any) -> str:

@@ -9,6 +9,7 @@ through `RunFolder`.
     trees/<id>.parquet  the problem's search tree (written before its result row)
     results.parquet     all rows, in manifest order (rebuilt at the end of every run)
     metrics.json        accuracy, tokens and calls per problem, batching, time split
+    job.log             what each run of the job did, appended (`treesearch.jobs.job_log`)
 
 A problem is finished exactly when its `results/<id>.json` exists without a search error,
 so a rerun of the same command skips finished problems and redoes the rest from scratch

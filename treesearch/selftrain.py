@@ -46,8 +46,11 @@ def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
     B-STaR section always counted, with an absolute threshold, 0.5 by default), so those
     folders still resume."""
     st = {k: v for k, v in plain(cfg["selftrain"]).items() if k != "rounds"}
-    if isinstance(st.get("harvest"), dict) and st["harvest"].get("labels") == "gold":
-        st["harvest"] = {k: v for k, v in st["harvest"].items() if k != "labels"}  # the default before labels existed
+    # keys added later, left out at the default they had before they existed
+    for section, key, default in (("harvest", "labels", "gold"), ("policy_training", "report_to", "none"),
+                                  ("prm_training", "report_to", "none")):
+        if isinstance(st.get(section), dict) and st[section].get(key, default) == default:
+            st[section] = {k: v for k, v in st[section].items() if k != key}
     bstar = dict(st.get("bstar") or {})
     if legacy:
         bstar.pop("quantiles", None)

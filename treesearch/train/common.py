@@ -150,11 +150,13 @@ def checkpointing_arg(config_class: Any, enabled: bool) -> dict:
 
 
 def trainer_arguments(config_class: Any, output_dir: Union[str, os.PathLike], *, epochs: float, max_steps: int,
-                      batch_size: int, lr: float, seed: int, gradient_checkpointing: bool = False, **extra: Any):
+                      batch_size: int, lr: float, seed: int, gradient_checkpointing: bool = False,
+                      report_to: Union[str, Sequence[str]] = "none", **extra: Any):
     """`config_class` (transformers' TrainingArguments or TRL's SFTConfig) with the
     settings both trainers share: bf16 on GPUs that support it, the CPU when there is no
-    GPU, no checkpoints or evaluation during training, no reporting, quiet logging every
-    step; `extra` adds or overrides fields."""
+    GPU, no checkpoints or evaluation during training, quiet logging every step, reporting
+    to `report_to` ("none", or the integrations transformers knows: "tensorboard",
+    "wandb", ... when installed); `extra` adds or overrides fields."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -171,7 +173,7 @@ def trainer_arguments(config_class: Any, output_dir: Union[str, os.PathLike], *,
         use_cpu=not cuda,
         save_strategy="no",
         eval_strategy="no",
-        report_to="none",
+        report_to=report_to,
         logging_steps=1,
         disable_tqdm=True,
         dataloader_num_workers=0,

@@ -291,6 +291,7 @@ def train_prm(
     eval_data: Optional[DataArg] = None,
     eval_fraction: float = 0.1,
     max_steps: Optional[int] = None,
+    report_to: Union[str, Sequence[str]] = "none",
 ) -> dict:
     """Train a value-head PRM on `base_model` ("smollm2", a HF folder, or a treesearch PRM
     folder to continue from) with stepwise rows; save to `output_dir` for `PRMCritic`.
@@ -351,6 +352,7 @@ def train_prm(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
+        report_to=report_to,
         remove_unused_columns=False,
     )
     head_params = list(model.head.parameters())

@@ -32,7 +32,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from treesearch.train.common import (
     TRAIN_RECORD,
@@ -98,6 +98,7 @@ def build_sft_trainer(
     lora_alpha: int = 32,
     lora_dropout: float = 0.05,
     gradient_checkpointing: bool = False,
+    report_to: Union[str, Sequence[str]] = "none",
 ):
     """The configured `trl.SFTTrainer` (and its step timer) behind `train_sft`, on a
     model the caller owns and checked `{prompt, completion}` examples."""
@@ -115,6 +116,7 @@ def build_sft_trainer(
         lr=lr,
         seed=seed,
         gradient_checkpointing=gradient_checkpointing,
+        report_to=report_to,
         per_device_eval_batch_size=int(batch_size),
         gradient_accumulation_steps=int(gradient_accumulation_steps),
         max_length=max_length,
@@ -166,6 +168,7 @@ def train_sft(
     lora_alpha: int = 32,
     lora_dropout: float = 0.05,
     gradient_checkpointing: bool = False,
+    report_to: Union[str, Sequence[str]] = "none",
 ) -> dict:
     """Fine-tune `model` ("smollm2", a HF folder or id) on SFT rows; save to `output_dir`.
 
@@ -174,6 +177,7 @@ def train_sft(
     or 2e-4 (LoRA). `max_length` truncates tokenized rows (prompt + completion).
     `max_steps` (if given) caps the steps of `epochs`. `eval_data`: rows whose completion loss
     is measured before and after training. `threads` sets torch's CPU thread count.
+    `report_to`: the Trainer's loggers ("none", "tensorboard", "wandb", ... when installed).
 
     Returns a dict: `output_dir`, `train_loss`, `train_runtime`, `steps`,
     `step_seconds` (per optimizer step), `num_train_rows`, and with `eval_data`
@@ -197,7 +201,7 @@ def train_sft(
     options = {
         "lora": bool(lora), "epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length,
         "seed": seed, "max_steps": max_steps, "gradient_accumulation_steps": gradient_accumulation_steps,
-        "gradient_checkpointing": gradient_checkpointing,
+        "gradient_checkpointing": gradient_checkpointing, "report_to": report_to,
         **({"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout} if lora else {}),
     }
     trainer, timer = build_sft_trainer(lm, tokenizer, examples, output_dir, eval_examples=eval_examples, **options)
