@@ -569,3 +569,17 @@ def test_target_ranking_shows_inferred_targets_ranking_by_depth_across_the_tree(
     assert inferred.as_dict() == {"sibling_pairs": 1, "sibling_accuracy": 1.0, "any_depth_pairs": 4,
                                   "any_depth_accuracy": 0.5}
     assert mc.as_dict()["any_depth_accuracy"] == 1.0
+
+
+def test_the_tree_page_shows_node_ids_the_chosen_path_first_and_steps_that_start_with_a_newline():
+    from treesearch.viewer import chosen_path, render_tree
+
+    t = Tree("v", "What is 2 + 3?")
+    t.add_children(0, ["often visited\n", "\nchosen step\n"])
+    t.add_children(2, ["The answer is 5."], terminal=[True], answers=["5"])
+    t.visits[[1, 2]] = [9, 1]
+    chosen = chosen_path(t, "\nchosen step\nThe answer is 5.")
+    assert chosen == {0, 2, 3}
+    page = render_tree(t, chosen, "Problem v", "meta")
+    assert page.index("#2</span>") < page.index("#1</span>"), "the chosen child comes first"
+    assert "⏎chosen step" in page and "#3</span>" in page

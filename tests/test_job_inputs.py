@@ -108,9 +108,10 @@ def test_sweep_runs_one_job_per_value_and_the_viewer_renders(tmp_path, tiny_mode
     assert not list(tmp_path.glob("*.parquet")), "outputs must go to the run folders"
     view = run_cli("view", str(runs[0]), cwd=tmp_path)
     assert view.returncode == 0, view.stderr
-    page = Path(view.stdout.strip().splitlines()[-1])
-    assert page.is_file() and page.parent == runs[0] / "view"
-    assert "chosen path" in page.read_text()
+    index = Path(view.stdout.strip().splitlines()[-1])
+    assert index == runs[0] / "view.html" and index.read_text().count("<a href='view/") == 2
+    pages = sorted((runs[0] / "view").glob("*.html"))
+    assert len(pages) == 2 and all("chosen path" in p.read_text() for p in pages)
 
 
 def test_a_problem_id_that_a_skipped_bad_row_would_take_is_refused(tmp_path):

@@ -60,8 +60,11 @@ def test_job_writes_a_complete_run_folder(tiny_model_dir, tmp_path):
     # the tree viewer renders a finished problem
     from treesearch.viewer import write_view
 
-    page = write_view(folder)
-    assert page.exists() and "<details" in page.read_text()
+    index = write_view(folder)  # the index over the run, and a page per problem
+    assert index == folder / "view.html" and index.read_text().count("<a href='view/") == 6
+    page = write_view(folder, rows[0]["id"])
+    text = page.read_text()
+    assert page.parent == folder / "view" and "<details" in text and "#0</span>" in text
 
 
 def test_killed_policy_actor_does_not_lose_or_repeat_problems(tiny_model_dir, tmp_path):

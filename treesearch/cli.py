@@ -2,7 +2,7 @@
 
 Commands:
   search [overrides]          run (or resume) a batch search job; Hydra overrides, -m for sweeps
-  view RUN [PROBLEM_ID]       write a self-contained HTML page of a search tree and print its path
+  view RUN [PROBLEM_ID]       write self-contained HTML pages of a run's trees and an index
   harvest RUN [RUN...] OUT    turn finished runs' trees into SFT / PRM / preference datasets
   selftrain [overrides]       self-training rounds: search -> harvest -> train -> evaluate
 """
@@ -22,7 +22,8 @@ commands:
                             e.g. treesearch search task.limit=20 search=beam critic=prm critic.model=DIR
                                  treesearch search -m search.options.c_puct=0.5,1,2   (a sweep)
                                  treesearch search --cfg job        (print the composed config)
-  view RUN [PROBLEM_ID]     write RUN/view/<id>.html showing a tree (default: the first problem)
+  view RUN [PROBLEM_ID]     write RUN/view.html (an index over the run) and RUN/view/<id>.html
+                            for every tree (or only PROBLEM_ID's page)
   harvest RUN [RUN...] OUT  write OUT/sft.parquet, prm.parquet, preference.parquet from runs' trees
                             (treesearch harvest --help for options)
   selftrain [overrides]     rounds of search -> harvest -> train policy and PRM -> evaluate,
