@@ -280,6 +280,10 @@ def test_harvest_writes_files_that_load_with_their_features(two_runs, tmp_path):
 
     out = tmp_path / "out"
     paths = harvest(two_runs, out, top_k=2)
+    from treesearch.harvest import load_table
+
+    assert len(load_table(out, "prm")) == len(datasets.load_dataset("parquet", data_files=str(paths["prm"]),
+                                                                   split="train"))
     assert {k: p.name for k, p in paths.items()} == {
         "sft": "sft.parquet",
         "prm": "prm.parquet",
@@ -335,6 +339,11 @@ def test_harvest_mc_source_and_empty_tables(tmp_path):
     assert pq.read_table(paths["sft"]).num_rows == 0
     assert pq.read_table(paths["prm"]).num_rows == 0
     assert pq.read_table(paths["preference"]).schema.names[:5] == ["problem_id", "source", "prompt", "chosen", "rejected"]
+    from treesearch.harvest import features, load_table
+
+    for name in ("sft", "prm", "preference"):  # datasets.load_dataset refuses empty files; load_table does not
+        table = load_table(tmp_path / "out", name)
+        assert len(table) == 0 and table.features == features()[name]
 
 
 def test_harvest_skips_error_rows_and_rejects_bad_folders(tmp_path):

@@ -71,7 +71,7 @@ MANIFEST = "harvest.json"
 
 __all__ = [  # the value targets are importable from here too (they lived here before)
     "FILES", "MANIFEST", "VALUE_SOURCES", "best_continuation", "chat_messages", "features", "harvest",
-    "inferred_values", "mc_values", "preference_pairs", "prm_rows", "prompt_text", "rank_sft", "sft_candidates",
+    "inferred_values", "load_table", "mc_values", "preference_pairs", "prm_rows", "prompt_text", "rank_sft", "sft_candidates",
     "value_targets",
 ]
 
@@ -127,6 +127,25 @@ def _features():
 def features() -> dict:
     """The `datasets.Features` of each table: {"sft": ..., "prm": ..., "preference": ...}."""
     return _features()
+
+
+def load_table(out: PathLike, name: str):
+    """One harvested table as a `datasets.Dataset` with its features, also when it has no
+    rows (`datasets.load_dataset("parquet", ...)` refuses an empty file: "corresponds to
+    no data"). `name`: "sft", "prm" or "preference"."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    if name not in FILES:
+        raise ValueError(f"unknown harvested table {name!r}; choose from {sorted(FILES)}")
+    path = Path(out).expanduser() / FILES[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"no harvested {name} table at {path}")
+    feats = _features()[name]
+    table = pq.read_table(path)
+    if table.num_rows == 0:
+        return datasets.Dataset.from_dict({column: [] for column in feats}, features=feats)
+    return datasets.Dataset(table.cast(feats.arrow_schema))
 
 
 # --------------------------------------------------------------------------- prompts
