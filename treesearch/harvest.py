@@ -9,7 +9,8 @@
 
 Every file loads with `datasets.load_dataset("parquet", data_files=...)` and keeps its
 features (list-of-message columns, float labels). A table with no rows is still written
-(zero row groups: pyarrow reads it; `datasets` refuses empty splits, a limit of datasets).
+(zero row groups: pyarrow reads it; `datasets.load_dataset` refuses empty files, so `load_table`
+loads any of them, empty or not, with its features).
 
 Value targets come from `treesearch.value_targets` (ReST-MCTS* inferred values or Monte
 Carlo estimates).
