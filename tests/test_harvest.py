@@ -309,7 +309,7 @@ def test_harvest_writes_files_that_load_with_their_features(two_runs, tmp_path):
         "Add 2 and 3.\n2 + 3 = 5.\nThe answer is 5.",
         "2 + 3 = 5.\nThe answer is 5.",
     ]
-    assert p_rows[0]["run"].endswith("run2") and p_rows[1]["run"].endswith("run2")
+    assert p_rows[0]["run"] == p_rows[1]["run"] == "run2"  # the folder's name, not a local path
     assert p_rows[0]["prompt"] == PROMPT
     assert p_rows[0]["messages"] == PROMPT + p_rows[0]["completion"]
     assert [r["node"] for r in sft if r["problem_id"] == "fig"] == [5, 10]
@@ -324,6 +324,7 @@ def test_harvest_writes_files_that_load_with_their_features(two_runs, tmp_path):
     assert record["counts"]["prm"] == len(prm) and record["counts"]["sft"] == len(sft) == 4
     assert record["counts"]["preference"] == len(pref) and record["counts"]["problems"] == 2
     assert [r["path"] for r in record["runs"]] == [str(p.resolve()) for p in two_runs]
+    assert [r["name"] for r in record["runs"]] == ["run1", "run2"]
     assert record["runs"][0]["trees"] == 2 and record["runs"][0]["task"] == "numeric"
     assert record["parameters"] == {"top_k": 2, "values": "inferred", "margin": 0.2, "min_visits": 0, "labels": "gold"}
 

@@ -7,6 +7,9 @@
     out/preference.parquet  step-level pairs from sibling values (PREFERENCE_FEATURES)
     out/harvest.json        parameters, counts, value source and lineage (which runs)
 
+Every row's `run` is its run folder's name (no local path in the data); `harvest.json`
+maps each name to the folder's path.
+
 Every file loads with `datasets.load_dataset("parquet", data_files=...)` and keeps its
 features (list-of-message columns, float labels). A table with no rows is still written
 (zero row groups: pyarrow reads it; `datasets.load_dataset` refuses empty files, so `load_table`
@@ -419,6 +422,7 @@ def harvest(
             counts["preference"] += len(pairs)
         lineage.append(
             {
+                "name": run.path.name,  # what the rows' `run` column holds
                 "path": str(run.path),
                 "digest": run.manifest.get("digest"),
                 "task": run.task_cfg.get("name"),
@@ -472,7 +476,7 @@ def _tree_rows(run: _Run, tree: Tree, values: str, margin: float, min_visits: in
     prompt = run.prompt(tree)
     messages, text = chat_messages(prompt), prompt_text(prompt)
     targets = value_targets(tree, values)
-    base = {"problem_id": tree.problem_id, "run": str(run.path)}
+    base = {"problem_id": tree.problem_id, "run": run.path.name}
     candidates = [{**cand, **base, "messages": messages} for cand in sft_candidates(tree, targets)]
     # a plain-text prompt stays plain (prompt_messages null), so the PRM trainer renders
     # it exactly as the PRM critic will at scoring time
@@ -490,7 +494,7 @@ def _tree_rows(run: _Run, tree: Tree, values: str, margin: float, min_visits: in
             "rejected_step": pair["rejected_step"],
             "chosen_value": pair["chosen_value"],
             "rejected_value": pair["rejected_value"],
-            "run": str(run.path),
+            "run": run.path.name,
         }
         for pair in preference_pairs(tree, targets, margin, min_visits)
     ]
