@@ -319,3 +319,25 @@ def test_training_without_the_train_extra_says_what_to_install(monkeypatch):
         with pytest.raises(ImportError, match=rf"needs the training packages \['{package}'\]: pip install "
                                               r"'treesearch\[train\]'"):
             train("smollm2", [], "/nonexistent/out")
+
+
+@pytest.mark.slow
+def test_plain_trl_trains_on_harvested_sft_rows_with_the_exported_model(tmp_path):
+    """The documented path for researchers: `treesearch export-model smollm2 DIR`, then TRL's
+    own SFTTrainer on `sft.parquet`, with nothing from treesearch in between."""
+    from datasets import load_dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from tests.test_harvest import RUN1_BRANCHES, sft_tree, write_run
+    from treesearch.cli import main
+    from treesearch.harvest import harvest
+
+    write_run(tmp_path / "run", [sft_tree("p", RUN1_BRANCHES)])
+    paths = harvest([tmp_path / "run"], tmp_path / "data")
+    assert main(["export-model", "smollm2", str(tmp_path / "smollm2-hf")]) == 0
+    rows = load_dataset("parquet", data_files=str(paths["sft"]), split="train").select_columns(["prompt", "completion"])
+    config = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=1, report_to="none",
+                       use_cpu=True, bf16=False, save_strategy="no", logging_steps=1)
+    trainer = SFTTrainer(model=str(tmp_path / "smollm2-hf"), args=config, train_dataset=rows)
+    result = trainer.train()
+    assert result.global_step == 1 and result.training_loss > 0

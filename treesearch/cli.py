@@ -4,6 +4,7 @@ Commands:
   search [overrides]          run (or resume) a batch search job; Hydra overrides, -m for sweeps
   view RUN [PROBLEM_ID]       write self-contained HTML pages of a run's trees and an index
   harvest RUN [RUN...] OUT    turn finished runs' trees into SFT / PRM / preference datasets
+  export-model MODEL OUT      save a model (e.g. the packaged "smollm2") as a plain Hugging Face folder
   selftrain [overrides]       self-training rounds: search -> harvest -> train -> evaluate
 """
 
@@ -26,6 +27,8 @@ commands:
                             for every tree (or only PROBLEM_ID's page)
   harvest RUN [RUN...] OUT  write OUT/sft.parquet, prm.parquet, preference.parquet from runs' trees
                             (treesearch harvest --help for options)
+  export-model MODEL OUT    save MODEL ("smollm2", a GGUF-backed name, or a HF id) as a plain Hugging
+                            Face folder that TRL, vLLM and transformers take as it is
   selftrain [overrides]     rounds of search -> harvest -> train policy and PRM -> evaluate,
                             e.g. treesearch selftrain task.path=TRAIN.jsonl selftrain.dev.path=DEV.jsonl
 
@@ -103,6 +106,16 @@ def _view(args: Sequence[str]) -> int:
     return 0
 
 
+def _export_model(args: Sequence[str]) -> int:
+    from treesearch.models import export_hf_folder
+
+    if len(args) != 2:
+        print("usage: treesearch export-model MODEL OUT", file=sys.stderr)
+        return 2
+    print(export_hf_folder(args[0], Path(args[1])))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -118,6 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if command == "view":
             return _view(rest)
+        if command == "export-model":
+            return _export_model(rest)
         if command == "harvest":
             from treesearch.harvest_cli import main as harvest_main
 
