@@ -10,8 +10,9 @@ sleep-based latency, deterministic steps), so the suite runs on a CPU in minutes
 - `actor_kills`: the policy and critic actors' processes are SIGKILLed `--kills` times,
   spread over one job's progress; every problem must appear exactly once, with no error
   row.
-- `driver_kills`: the job's driver (a subprocess) is SIGKILLed `--driver-kills` times at
-  random moments (some inside the final writes), each time resumed; afterwards no
+- `driver_kills`: the job's driver (a subprocess) is SIGKILLed `--driver-kills` times,
+  spread over the job (the last one, half the time, inside the final writes), each time
+  resumed by a new driver; afterwards no
   problem is lost or duplicated and no problem finished before a kill is computed again.
 - `dead_replica`: a policy that crashes on every call; the job must end quickly with
   error rows and a bounded number of restarts (the pool's breaker).
@@ -145,12 +146,14 @@ def driver_kills(workdir: Path, problems: int, kills: int, rng: random.Random) -
     results = out / "results"
     finished_before: dict[str, int] = {}
     kill_points = []
-    for _ in range(kills):
+    for k in range(kills):
         proc = subprocess.Popen([sys.executable, "-c", script], cwd=str(workdir))
-        target = len(list(results.glob("*.json"))) + rng.randint(1, max(1, problems // (kills + 1)))
-        while proc.poll() is None and len(list(results.glob("*.json"))) < min(target, problems):
-            time.sleep(0.02)
-        if proc.poll() is None and rng.random() < 0.3:  # sometimes inside the final writes
+        # kill k at about (k + 1) / (kills + 1) of the job; the last kill, half the time,
+        # inside the final writes instead
+        target = max(1, int(problems * (k + rng.uniform(0.5, 1.0)) / (kills + 1)))
+        while proc.poll() is None and len(list(results.glob("*.json"))) < target:
+            time.sleep(0.01)
+        if proc.poll() is None and k == kills - 1 and rng.random() < 0.5:
             while proc.poll() is None and not (out / "results.parquet").exists():
                 time.sleep(0.005)
         if proc.poll() is None:
