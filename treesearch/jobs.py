@@ -37,11 +37,19 @@ NEUTRAL_DEFAULTS = {("critic", "trust_remote_code"): False, ("policy", "trust_re
 
 def job_digest(cfg: Mapping) -> str:
     """A digest of the config sections that determine results (not where they go)."""
-    spec = {k: plain(cfg.get(k)) for k in DIGEST_SECTIONS}
-    for (section, key), default in NEUTRAL_DEFAULTS.items():
-        if isinstance(spec.get(section), dict) and spec[section].get(key, default) == default:
-            spec[section].pop(key, None)
+    spec = without_neutral_defaults({k: plain(cfg.get(k)) for k in DIGEST_SECTIONS}, NEUTRAL_DEFAULTS)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def without_neutral_defaults(spec: dict, neutral: Mapping) -> dict:
+    """`spec` (config sections by name) without the keys of `neutral` ({(section, key):
+    default}) that hold their default: keys added after run folders were written leave
+    those folders' digests as they were."""
+    out = dict(spec)
+    for (section, key), default in neutral.items():
+        if isinstance(out.get(section), dict) and out[section].get(key, default) == default:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
 
 
 def default_output_dir(cfg: Mapping) -> Path:
@@ -175,10 +183,11 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
         )
     folder = RunFolder(Path(job["output_dir"]) if job.get("output_dir") else default_output_dir(cfg))
     folder.path.mkdir(parents=True, exist_ok=True)
+    digest = job_digest(cfg)
     with folder.lock(), job_log(folder.path / JOB_LOG):  # one job at a time per run folder
         log.info("job started: %d problems (%d bad input rows), digest %s", len(problems), len(bad_rows),
-                 job_digest(cfg)[:10])
-        folder.claim(ids + bad_ids, job_digest(cfg), {p.id: content_digest(p) for p in problems})
+                 digest[:10])
+        folder.claim(ids + bad_ids, digest, {p.id: content_digest(p) for p in problems})
         folder.write_config(plain(cfg))
         if not job["resume"] and folder.finished(redo_errors=False):
             raise ValueError(f"run folder {folder.path} already has results and job.resume=false")

@@ -31,10 +31,15 @@ from typing import Any, Callable, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from treesearch.components import plain
-from treesearch.jobs import job_digest
+from treesearch.jobs import job_digest, without_neutral_defaults
 from treesearch.runfolder import RunFolder, write_atomic
 
 log = logging.getLogger(__name__)
+
+
+# keys added to the selftrain section later, left out of its digest at their default
+SELFTRAIN_NEUTRAL_DEFAULTS = {("harvest", "labels"): "gold", ("policy_training", "report_to"): "none",
+                              ("prm_training", "report_to"): "none"}
 
 
 def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
@@ -46,11 +51,7 @@ def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
     B-STaR section always counted, with an absolute threshold, 0.5 by default), so those
     folders still resume."""
     st = {k: v for k, v in plain(cfg["selftrain"]).items() if k != "rounds"}
-    # keys added later, left out at the default they had before they existed
-    for section, key, default in (("harvest", "labels", "gold"), ("policy_training", "report_to", "none"),
-                                  ("prm_training", "report_to", "none")):
-        if isinstance(st.get(section), dict) and st[section].get(key, default) == default:
-            st[section] = {k: v for k, v in st[section].items() if k != key}
+    st = without_neutral_defaults(st, SELFTRAIN_NEUTRAL_DEFAULTS)
     bstar = dict(st.get("bstar") or {})
     if legacy:
         bstar.pop("quantiles", None)

@@ -134,9 +134,10 @@ def _write_tree_page(folder, problem_id: str) -> Path:
 def _write_index(folder, ids: list, pages: dict) -> Path:
     """`RUN/view.html`: every problem of the run with its answer, gold, correctness,
     tokens and error, linked to its tree page where one was written."""
+    results = {pid: folder.result(pid) for pid in ids}  # each result file read once
     rows = []
     for pid in ids:
-        row = folder.result(pid) or {}
+        row = results[pid] or {}
         name = html.escape(str(pid))
         link = f"<a href='view/{html.escape(pages[pid].name)}'>{name}</a>" if pid in pages else name
         correct = row.get("correct")
@@ -145,8 +146,7 @@ def _write_index(folder, ids: list, pages: dict) -> Path:
                  f"<span{cls}>{'-' if correct is None else correct}</span>", str(row.get("generated_tokens", "-")),
                  html.escape(str(row.get("error") or "")[:120]) if row else "not finished"]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    graded = [folder.result(pid) for pid in ids]
-    correct = sum(1 for r in graded if r and r.get("correct"))
+    correct = sum(1 for r in results.values() if r and r.get("correct"))
     title = f"Run {folder.path.name}"
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
