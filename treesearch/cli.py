@@ -67,8 +67,11 @@ def _search(cfg) -> None:
 
 
 def _selftrain(cfg) -> None:
+    from treesearch.config import require_values
+    from treesearch.jobs import JOB_SECTIONS
     from treesearch.selftrain import SelfTraining
 
+    require_values(cfg, (*JOB_SECTIONS, "selftrain"))  # before the folder's digest reads them
     trainer = SelfTraining(cfg)
     summary = trainer.run(on_round=_print_round)
     print(f"self-training folder: {trainer.root}")

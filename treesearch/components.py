@@ -6,12 +6,15 @@ means the same thing on a laptop and on a cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Mapping, Optional
 
+from treesearch.schemas import TaskConfig
 from treesearch.tasks import Task, make_task
 
-TASK_LOAD_KEYS = ("path", "split", "offset", "limit", "skip_bad_rows")
+# the task config's keys that say which problems to load; the others build the task
+TASK_LOAD_KEYS = tuple(f.name for f in dataclasses.fields(TaskConfig) if f.name != "name")
 TARGET = "_target_"  # Hydra's key for user code: the import path of a class or function
 log = logging.getLogger(__name__)
 
@@ -45,15 +48,15 @@ def load_problems(task: Task, cfg: Mapping):
     `offset` skips that many usable problems first, so one file can give disjoint
     train and dev slices (`offset=0, limit=300` and `offset=300, limit=100`)."""
     spec = plain(cfg)
-    offset, limit = spec.get("offset") or 0, spec.get("limit")
+    offset, limit = spec.get("offset") or TaskConfig.offset, spec.get("limit", TaskConfig.limit)
     for name, value in (("offset", offset), ("limit", limit)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"task.{name} must be an integer >= 0, got {value!r}")
     problems = task.load(
-        path=spec.get("path"),
-        split=spec.get("split", "test"),
+        path=spec.get("path", TaskConfig.path),
+        split=spec.get("split", TaskConfig.split),
         limit=None if limit is None else offset + limit,
-        skip_bad_rows=bool(spec.get("skip_bad_rows", False)),
+        skip_bad_rows=bool(spec.get("skip_bad_rows", TaskConfig.skip_bad_rows)),
     )
     if offset == 0:
         return problems

@@ -1,6 +1,6 @@
-"""The Hydra configs' schemas: every default of the search, job and cluster groups is
-defined once, here or in the dataclass it comes from, and the YAML files under
-`configs/` only select a schema and override what differs.
+"""The Hydra configs' schemas: every default of the config groups is defined once, here,
+in `treesearch.schemas` (task, policy, critic, selftrain) or in the dataclass it comes
+from, and the YAML files under `configs/` only select a schema and override what differs.
 
 The search schemas are built from the algorithms' own config dataclasses
 (`MCTSConfig`, `BeamConfig`, ...) and `DEFAULT_BUDGET`, so `treesearch.search()` and
@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from treesearch import schemas
 from treesearch.search import ALGORITHMS
+from treesearch.search.base import SearchConfig
 from treesearch.search.budget import DEFAULT_BUDGET, Budget
 
 CLUSTER_KINDS = ("ray", "inprocess")
@@ -101,11 +103,27 @@ def search_schema(algorithm: str) -> type:
     )
 
 
+# Options whose default differs between algorithms: each algorithm's own applies.
+PER_ALGORITHM_OPTIONS = ("answer_selection",)
+
+
+def common_search() -> dict:
+    """The deprecated `search/_common` block (configs/search/_common.yaml), for search YAML
+    files written before the search schemas (`defaults: [_common, _self_]`): the default
+    budget and the options every algorithm shares, as an untyped node the file adds its
+    `algorithm` and options to. Built from `DEFAULT_BUDGET` and `SearchConfig`."""
+    options = {k: v for k, v in dataclasses.asdict(SearchConfig()).items() if k not in PER_ALGORITHM_OPTIONS}
+    return {"budget": dataclasses.asdict(BudgetConfig()), "options": options}
+
+
 _registered = False
 
 
 def register_schemas() -> None:
-    """Put the schemas in Hydra's ConfigStore under `schema/<group>/<name>` (idempotent)."""
+    """Put the schemas in Hydra's ConfigStore under `schema/<group>/<name>` (idempotent):
+    one per search algorithm, per option of the task, policy and critic groups
+    (`treesearch.schemas.GROUP_SCHEMAS`), `schema/job/default`, `schema/cluster/default`
+    and `schema/selftrain/default`."""
     global _registered
     if _registered:
         return
@@ -118,8 +136,13 @@ def register_schemas() -> None:
         except Exception as err:  # a user's algorithm whose options OmegaConf cannot type
             logging.getLogger(__name__).warning("search algorithm %r has no config schema (%s); "
                                                 "the CLI cannot select it", name, err)
+    store.store(group="schema/search", name="_common", node=common_search())
+    for group, options in schemas.GROUP_SCHEMAS.items():
+        for name, node in options.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
     store.store(group="schema/job", name="default", node=JobConfig)
     store.store(group="schema/cluster", name="default", node=ClusterConfig)
+    store.store(group="schema/selftrain", name="default", node=schemas.SelftrainConfig)
     _registered = True
 
 
@@ -150,3 +173,39 @@ def with_defaults(schema: type, section: Optional[Mapping]) -> dict:
     from treesearch.components import plain
 
     return {**dataclasses.asdict(schema()), **plain(section)}
+
+
+MISSING_VALUE = "???"
+
+
+def missing_values(cfg: Mapping, sections: Sequence[str]) -> list[str]:
+    """The mandatory values (`???` in a schema or YAML file) that `cfg` leaves unset in
+    `sections`, as dotted keys (`task.path`)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    found: list[str] = []
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, (DictConfig, ListConfig)):  # read as written: no interpolation resolved
+            node = OmegaConf.to_container(node, resolve=False)
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(node, str) and node == MISSING_VALUE:
+            found.append(key)
+
+    for name in sections:
+        walk(cfg.get(name), name)
+    return found
+
+
+def require_values(cfg: Mapping, sections: Sequence[str]) -> None:
+    """Raise ValueError naming every mandatory value of `sections` that `cfg` leaves unset."""
+    missing = missing_values(cfg, sections)
+    if missing:
+        example = " ".join(f"{key}=..." for key in missing)
+        raise ValueError(f"mandatory config value{'s' if len(missing) > 1 else ''} not set: {', '.join(missing)} "
+                         f"(give {'them' if len(missing) > 1 else 'it'} on the command line: {example})")

@@ -61,6 +61,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, vote_label
+from treesearch.schemas import HarvestConfig
 from treesearch.tree import Tree
 from treesearch.value_targets import (
     VALUE_SOURCES,
@@ -366,11 +367,11 @@ def harvest(
     runs: Union[PathLike, Sequence[PathLike]],
     out: PathLike,
     *,
-    top_k: int = 4,
-    values: str = "inferred",
-    margin: float = 0.2,
+    top_k: int = HarvestConfig.top_k,
+    values: str = HarvestConfig.values,
+    margin: float = HarvestConfig.margin,
     min_visits: int = 0,
-    labels: str = "gold",
+    labels: str = HarvestConfig.labels,
 ) -> dict[str, Path]:
     """Turn the trees of run folders into out/{sft,prm,preference}.parquet and
     out/harvest.json; return their paths by name ("sft", "prm", "preference", "manifest").

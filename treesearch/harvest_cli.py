@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from treesearch.schemas import HarvestConfig
+
 USAGE_DESCRIPTION = (
     "Write OUT/sft.parquet, OUT/prm.parquet, OUT/preference.parquet and OUT/harvest.json "
     "from the search trees of one or more run folders."
@@ -16,21 +18,24 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="treesearch harvest", description=USAGE_DESCRIPTION)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by `treesearch search`")
     p.add_argument("out", metavar="OUT", help="output folder")
-    p.add_argument("--top-k", type=int, default=4, help="SFT traces kept per problem (default 4)")
+    defaults = HarvestConfig()  # harvest()'s and selftrain.harvest's
+    p.add_argument("--top-k", type=int, default=defaults.top_k,
+                   help=f"SFT traces kept per problem (default {defaults.top_k})")
     p.add_argument(
         "--values",
         choices=("inferred", "mc"),
-        default="inferred",
-        help="value targets: ReST-MCTS* inferred values or Monte Carlo estimates (default inferred)",
+        default=defaults.values,
+        help=f"value targets: ReST-MCTS* inferred values or Monte Carlo estimates (default {defaults.values})",
     )
-    p.add_argument("--margin", type=float, default=0.2, help="least value gap of a preference pair (default 0.2)")
+    p.add_argument("--margin", type=float, default=defaults.margin,
+                   help=f"least value gap of a preference pair (default {defaults.margin})")
     p.add_argument(
         "--min-visits", type=int, default=0, help="least visits of a sibling used in a preference pair (default 0)"
     )
     p.add_argument(
         "--labels",
         choices=("gold", "vote"),
-        default="gold",
+        default=defaults.labels,
         help="gold: terminals graded against gold answers; vote: label-free, against each tree's majority answer",
     )
     return p

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from treesearch.components import build_task, load_problems, plain
-from treesearch.config import JobConfig, with_defaults
+from treesearch.config import JobConfig, require_values, with_defaults
 from treesearch.hosting import LocalModels, ModelHosts, cluster_kind
 from treesearch.runfolder import BAD_INPUT, RunFolder, content_digest
 from treesearch.search.budget import Budget
@@ -26,6 +26,7 @@ from treesearch.types import Problem
 log = logging.getLogger(__name__)
 
 DIGEST_SECTIONS = ("task", "policy", "critic", "search")
+JOB_SECTIONS = (*DIGEST_SECTIONS, "cluster", "job")
 JOB_LOG = "job.log"
 LOGGED_PACKAGES = ("treesearch", "critics")  # their records go to the run folder's job.log
 
@@ -160,6 +161,7 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
     `cluster.kind` says (Ray actor pools, or this process). Pass `models` to reuse running
     ones (they are reconfigured for this job and left running); otherwise the job starts
     its own and stops them at the end."""
+    require_values(cfg, JOB_SECTIONS)  # a mandatory value left unset (`???`) is named before anything runs
     job = with_defaults(JobConfig, cfg["job"])
     cluster_kind(cfg)  # a bad kind fails here, before any model loads
     task = build_task(cfg["task"])

@@ -31,8 +31,11 @@ from typing import Any, Callable, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from treesearch.components import plain
-from treesearch.jobs import job_digest, without_neutral_defaults
+from treesearch.config import JobConfig, require_values
+from treesearch.jobs import JOB_SECTIONS, job_digest, without_neutral_defaults
 from treesearch.runfolder import RunFolder, write_atomic
+from treesearch.schemas import BStarConfig, EvalConfig, HarvestConfig, PolicyTraining, PRMTraining
+from treesearch.search.base import SearchConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +86,14 @@ class SelfTraining:
         self.st = plain(cfg["selftrain"])
         root = self.st.get("output_dir")
         if not root:
-            output_root = Path(plain(cfg["job"]).get("output_root", "runs"))
+            output_root = Path(plain(cfg["job"]).get("output_root", JobConfig.output_root))
             root = output_root / f"selftrain-{selftrain_digest(cfg)[:10]}"
             older = output_root / f"selftrain-{selftrain_digest(cfg, legacy=True)[:10]}"
             if not root.exists() and older.exists():  # a folder this config got from an earlier version
                 root = older
         self.root = Path(root)
         self.models = None
-        labels = (self.st.get("harvest") or {}).get("labels", "gold")
+        labels = (self.st.get("harvest") or {}).get("labels", HarvestConfig.labels)
         critic = plain(cfg.get("critic")).get("name")
         if labels != "gold" and critic in ("verifier", "rollout"):
             raise ValueError(f"selftrain.harvest.labels={labels} is for data without gold answers, but critic={critic} "
@@ -129,13 +132,13 @@ class SelfTraining:
         """Greedy (and, with a PRM, search) accuracy on the dev split."""
         out: dict[str, Any] = {}
         dev = self.dev_task()
-        if self.st["eval"].get("greedy", True):
+        if self.st["eval"].get("greedy", EvalConfig.greedy):
             greedy = _flat_search(self.cfg, "greedy", 1, answer_selection="value")
             cfg = self.job_cfg(folder / "eval_greedy", policy, task=dev, critic={"name": None}, search=greedy)
             out["dev_greedy"] = _metrics(self._run_job(cfg))
-        if self.st["eval"].get("search", True) and prm is None:
+        if self.st["eval"].get("search", EvalConfig.search) and prm is None:
             log.warning("no PRM yet (none trained, no selftrain.initial_prm): dev search evaluation skipped")
-        if self.st["eval"].get("search", True) and prm is not None:
+        if self.st["eval"].get("search", EvalConfig.search) and prm is not None:
             cfg = self.job_cfg(folder / "eval_search", policy, task=dev, critic=self.prm_critic(prm))
             out["dev_search"] = _metrics(self._run_job(cfg))
         return out
@@ -145,13 +148,14 @@ class SelfTraining:
         from treesearch.bstar import best_balanced, samples_from_tree
 
         cfg_b = self.st["bstar"]
-        if not cfg_b.get("enabled", True):
+        if not cfg_b.get("enabled", BStarConfig.enabled):
             return {}
         if prm is None:
             log.warning("no PRM yet: B-STaR figures need one and are skipped this round")
             return {}
-        temps = list(cfg_b.get("temperatures") or [plain(self.cfg["search"])["options"].get("temperature", 0.7)])
-        if not cfg_b.get("choose_temperature", False):
+        searched = plain(self.cfg["search"])["options"].get("temperature", SearchConfig.temperature)
+        temps = list(cfg_b.get("temperatures") or [searched])
+        if not cfg_b.get("choose_temperature", BStarConfig.choose_temperature):
             temps = temps[:1]
         dev = dict(self.dev_task(), limit=cfg_b.get("limit"))
         per_temperature = {}
@@ -166,7 +170,7 @@ class SelfTraining:
             absolute = cfg_b.get("threshold")  # when set, it is the threshold; else the best of `quantiles`
             per_temperature[str(t)] = best_balanced(
                 [samples_from_tree(tree) for tree in trees], [] if absolute is None else [absolute],
-                cfg_b.get("quantiles") or [] if absolute is None else [], cfg_b.get("n_star", 8),
+                cfg_b.get("quantiles") or [] if absolute is None else [], cfg_b.get("n_star", BStarConfig.n_star),
             )
         best = max(per_temperature, key=lambda k: per_temperature[k].get("balance_score", 0.0))
         return {"by_temperature": per_temperature, "chosen_temperature": float(best)}
@@ -177,9 +181,11 @@ class SelfTraining:
         from treesearch.train import train_prm, train_sft
         from treesearch.train.common import require_training_stack
 
-        needed = (("trl", "accelerate") if self.st["policy_training"].get("enabled", True) else ()) + (
-            ("accelerate",) if self.st["prm_training"].get("enabled", True) else ())
-        needed += ("peft",) if self.st["policy_training"].get("lora", False) else ()
+        require_values(self.cfg, (*JOB_SECTIONS, "selftrain"))
+        train_p, train_v = self.st["policy_training"], self.st["prm_training"]
+        needed = (("trl", "accelerate") if train_p.get("enabled", PolicyTraining.enabled) else ()) + (
+            ("accelerate",) if train_v.get("enabled", PRMTraining.enabled) else ())
+        needed += ("peft",) if train_p.get("lora", PolicyTraining.lora) else ()
         require_training_stack("treesearch selftrain", tuple(dict.fromkeys(needed)))  # before any search runs
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = self.root / "manifest.json"
@@ -194,7 +200,7 @@ class SelfTraining:
         write_atomic(self.root / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plain(self.cfg))).encode())
         policy = str(plain(self.cfg["policy"])["model"])
         prm: Optional[str] = self.st.get("initial_prm")
-        temperature = plain(self.cfg["search"])["options"].get("temperature", 0.7)
+        temperature = plain(self.cfg["search"])["options"].get("temperature", SearchConfig.temperature)
         summary: dict[str, Any] = {"rounds": []}
         try:
             baseline = self.root / "baseline"
@@ -239,9 +245,9 @@ class SelfTraining:
         }
         new_policy, new_prm = policy, prm
         train_p, train_v = st["policy_training"], st["prm_training"]
-        if train_p.get("enabled", True) and counts.get("sft", 0) == 0:
+        if train_p.get("enabled", PolicyTraining.enabled) and counts.get("sft", 0) == 0:
             log.warning("round %d: no correct traces were found, so the policy is not trained", r)
-        if train_p.get("enabled", True) and counts.get("sft", 0) > 0:
+        if train_p.get("enabled", PolicyTraining.enabled) and counts.get("sft", 0) > 0:
             out = folder / "policy"
             metrics = _json(out / "train_metrics.json")
             if metrics is None:
@@ -250,7 +256,7 @@ class SelfTraining:
                 write_atomic(out / "train_metrics.json", json.dumps(metrics, indent=2, default=str).encode())
             record["policy_training"] = metrics
             new_policy = str(out)
-        if train_v.get("enabled", True) and counts.get("prm", 0) > 0:
+        if train_v.get("enabled", PRMTraining.enabled) and counts.get("prm", 0) > 0:
             out = folder / "prm"
             metrics = _json(out / "train_metrics.json")
             if metrics is None:
@@ -265,7 +271,7 @@ class SelfTraining:
         bstar = self.bstar(folder, new_policy, new_prm)
         if bstar:
             record["bstar"] = bstar
-            if st["bstar"].get("choose_temperature", False):
+            if st["bstar"].get("choose_temperature", BStarConfig.choose_temperature):
                 record["next_temperature"] = bstar["chosen_temperature"]
         return record
 
