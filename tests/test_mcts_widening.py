@@ -212,3 +212,78 @@ def test_a_saturated_node_with_open_children_is_paced_by_its_visits_not_cut():
     a = child(result.tree, 0, A)
     assert not result.tree.can_widen[a] and np.isnan(result.tree.widen_k[a]) and result.tree.samples[a] == 8
     assert A3 not in [result.tree.text[k] for k in result.tree.children(a)] and result.answer != "7"
+
+
+def test_a_node_with_nothing_open_below_widens_at_the_progressive_pace_else_is_revisited():
+    # a (valued .3) has one child, a wrong answer (closed) as good as a promised. With
+    # alpha .5 it may hold ceil(1 * N ** .5) samples after N visits: at 1 visit it is
+    # visited as it stands (REVISIT), at 2 it is due a second sample (WIDEN).
+    from treesearch import kernels
+    from treesearch.search.selection import Descent, Widening
+    from treesearch.tree import Tree
+
+    def outcome(tree, **widening):
+        descent = Descent(c=1.0, widening=Widening(**{"k0_root": 1, "k0": 1, "alpha": 0.5, "margin": 0.1, **widening}))
+        chosen, how = descent.run(tree, 0)
+        tree.virtual_loss[chosen] -= 1
+        return chosen, how
+
+    tree = Tree("w", "q")
+    (a,) = tree.add_children(0, [A])
+    (wrong,) = tree.add_children(a, [WRONG1])
+    tree.critic_value[a], tree.critic_value[wrong] = 0.3, 0.3
+    tree.can_widen[[0, a]] = True
+    tree.samples[0], tree.samples[a] = 10, 1  # the root is not due a widening here
+    tree.close(wrong)
+    assert not tree.closed[a]
+    tree.backup([0, a], 0.3)
+    assert outcome(tree) == ([a], kernels.REVISIT)
+    tree.backup([0, a], 0.3)
+    assert outcome(tree) == ([a], kernels.WIDEN)
+    tree.samples[a] = 2
+    assert outcome(tree) == ([a], kernels.REVISIT)
+    assert outcome(tree, alpha=0.0) == ([a], kernels.WIDEN)  # no pace to wait for
+    tree.critic_value[a] = 0.8  # its child now falls short of it by more than the margin
+    assert outcome(tree) == ([a], kernels.WIDEN)
+    tree.widen_k[a] = 2 / 8 ** 0.5  # saturated: its own pace, ceil(widen_k * N ** .5)
+    assert outcome(tree) == ([a], kernels.REVISIT)  # 2 visits: allowance 1
+    tree.visits[a] = 9  # allowance ceil(2 * (9 / 8) ** .5) = 3
+    assert outcome(tree) == ([a], kernels.WIDEN)
+
+
+def test_a_saturated_node_whose_children_all_ended_is_revisited_not_cut():
+    # a's policy draws the wrong answers 1, 2, 1, 2, ... (8 draws) and only then the
+    # right answer. Its children all end (closed) and fall short of its value. Once
+    # saturated it used to stop widening for good, closing a and cutting the right answer;
+    # now it is paced: visited as it stands at no token cost until its visits have
+    # doubled, then widened again, which draws the right answer.
+    script = {(): [(A, 0.0)], (A,): [(WRONG1, 0.0), (WRONG2, 0.0)] * 4 + [(RIGHT, 0.0)]}
+    values = {A: 0.8, A + WRONG1: 0.1, A + WRONG2: 0.2, A + RIGHT: 0.9}
+    options = dict(expansions=2, widening_alpha=0.5, widening_margin=0.1)
+    result, policy = run(script, values, 40, **options)
+    tree = result.tree
+    a = child(tree, 0, A)
+    kids = tree.children(a)
+    assert not np.isnan(tree.widen_k[a]) and tree.can_widen[a]
+    assert RIGHT in [tree.text[k] for k in kids] and result.answer == "7" and result.correct
+    # revisits: simulations that ended at a itself, beyond its creation and the widenings
+    # that drew only known answers (one per duplicate)
+    assert tree.visits[a] - tree.visits[kids].sum() > 1 + tree.duplicates[kids].sum()
+
+    # widening_alpha 0: no pacing, a stops widening once saturated and the answer is cut
+    result, _ = run(script, values, 40, **dict(options, widening_alpha=0.0))
+    a = child(result.tree, 0, A)
+    assert result.tree.closed[a] and not result.tree.can_widen[a] and result.answer != "7"
+
+
+def test_a_saturated_node_whose_ended_children_are_as_good_as_it_promised_stops():
+    # Like the test above, but a's answers are as good as a promised (a .3, answers .3
+    # and .25: none below .3 - margin): nothing is left to look for there, so once
+    # saturated a stops widening for good, closes, and the right answer is not drawn.
+    script = {(): [(A, 0.0)], (A,): [(WRONG1, 0.0), (WRONG2, 0.0)] * 4 + [(RIGHT, 0.0)]}
+    values = {A: 0.3, A + WRONG1: 0.3, A + WRONG2: 0.25, A + RIGHT: 0.9}
+    result, _ = run(script, values, 40, expansions=2, widening_alpha=0.5, widening_margin=0.1)
+    tree = result.tree
+    a = child(tree, 0, A)
+    assert tree.samples[a] == 8 and not tree.can_widen[a] and tree.closed[a]
+    assert RIGHT not in [tree.text[k] for k in tree.children(a)] and result.answer != "7"

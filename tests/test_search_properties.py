@@ -27,10 +27,13 @@ def check_tree_invariants(tree, backup_sum_exact=True):
         if kids.size == 0:
             continue
         # each simulation through a node continues into one child, except the one that
-        # ended at the node when it was created and those that ended there because a
+        # ended at the node when it was created, those that ended there because a
         # widening of its parent drew it again (at most one per duplicate merged into it)
+        # and its revisits while it had no open child (MCTSStar._revisit; then its first
+        # child, which is never reopened, was closed)
         extra = visits[node] - visits[kids].sum()
-        assert 0 <= extra <= 1 + tree.duplicates[node], (node, extra)
+        revisited = bool(tree.closed[kids[0]])
+        assert 0 <= extra and (revisited or extra <= 1 + tree.duplicates[node]), (node, extra)
         extra_value = value_sum[node] - value_sum[kids].sum()
         assert -1e-9 <= extra_value <= extra + 1e-9
         if extra == 0:
@@ -40,7 +43,10 @@ def check_tree_invariants(tree, backup_sum_exact=True):
         if tree.closed[kids].all() and not tree.can_widen[node]:
             assert tree.closed[node], "a node whose children are all closed must be closed"
         assert tree.samples[node] >= (1 + tree.duplicates[kids]).sum(), "every child and duplicate was sampled"
-    assert visits[0] == visits[tree.children(0)].sum() if tree.expanded[0] else visits[0] == 0
+    if not tree.expanded[0]:
+        assert visits[0] == 0
+    elif not tree.closed[tree.children(0)[0]]:  # (else the root may have been revisited)
+        assert visits[0] == visits[tree.children(0)].sum()
 
 
 def search(algorithm, script_seed, budget, critic_seed=0, padding=0, **options):

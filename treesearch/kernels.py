@@ -30,6 +30,7 @@ REACHED_LEAF = 0  # the last node of the path is not expanded
 DEAD_END = 1  # an expanded node with no open child
 PATH_FULL = 2  # the path buffer is full: grow it and descend again from the last node
 WIDEN = 3  # the last node of the path (or the start) should get more children
+REVISIT = 4  # the last node has no open child and is not due another sample yet
 
 
 @njit(cache=True, nogil=True)
@@ -139,7 +140,11 @@ def descend(start, path_out, expanded, parent, first_child, next_sibling, closed
     children never scored) is its own Q, or 0.5 when it has none.
 
     Returns `(count, outcome)`: the children written and `REACHED_LEAF`, `DEAD_END`,
-    `WIDEN` (widen the last node written, or `start` when none) or `PATH_FULL`."""
+    `WIDEN` (widen the last node written, or `start` when none), `REVISIT` (that node
+    has no open child, its children do not fall short of its value, and it is not due
+    another sample at the progressive-widening pace, `ceil(k * N ** alpha)` with k its
+    `widen_k` once saturated, else `k0` / `k0_root`: it is visited as it stands, like a
+    terminal) or `PATH_FULL`."""
     node, count = start, 0
     while expanded[node]:
         if count == path_out.shape[0]:
@@ -154,7 +159,16 @@ def descend(start, path_out, expanded, parent, first_child, next_sibling, closed
                            value_sum, value_max, critic_value, prior, c, rule, max_backup,
                            vl_value, fpu, q_low, q_high)
         if child < 0:
-            return count, (WIDEN if can_widen[node] else DEAD_END)
+            if not can_widen[node]:
+                return count, DEAD_END
+            # nothing open below: widen at the progressive pace (its own when saturated),
+            # else visit it as it stands (with alpha 0 the pace never grows: widen)
+            k = np.float64(widen_k[node])
+            if math.isnan(k):
+                k = k0_root if parent[node] < 0 else k0
+            if alpha > 0 and samples[node] >= allowed_samples(k, visits[node], alpha):
+                return count, REVISIT
+            return count, WIDEN
         virtual_loss[child] += 1
         path_out[count] = child
         count += 1

@@ -9,15 +9,22 @@ One simulation:
 2. expand: sample `expansions` next steps (`root_expansions` at the root), merge
    identical ones, and value every new child with the critic. With `widening`, an
    expanded node gets more children later (see `selection.Widening`), so a node whose
-   first samples missed the right step is not cut off for good: when its children are
-   all closed; when its best child's Q is below its own critic value by more than
-   `widening_margin` (then `expansions` more steps); and at the root, which has no
-   value, when it has drawn fewer than `ceil(root_expansions * N ** widening_alpha)`
-   steps after N visits (progressive widening). A widening that brings only steps the
-   node already has ends the simulation at the best child drawn again; when few unseen
-   steps are left to expect (see `_saturated`) the node is paced by its visits from then
-   on (progressive widening resumed once its visits have doubled: `Tree.widen_k`),
-   and stops widening for good only when none of its children is open;
+   first samples missed the right step is not cut off for good: when its best child's
+   Q is below its own critic value by more than `widening_margin` (then `expansions`
+   more steps); at the root, which has no value, when it has drawn fewer than
+   `ceil(root_expansions * N ** widening_alpha)` steps after N visits (progressive
+   widening); and when none of its children is open (all ended in answers, dead ends
+   or closed subtrees) at that same progressive pace, `ceil(expansions * N **
+   widening_alpha)`. Such a node that is not due a sample is visited as it stands,
+   backing up its Q at no token cost, as a terminal is visited, so its visits, and with
+   them its next widening, come while the search values it. A widening that brings only
+   steps the node already has ends the simulation at the best child drawn again; when
+   few unseen steps are left to expect (see `_saturated`) the node is paced by its
+   visits from then on (progressive widening resumed once its visits have doubled:
+   `Tree.widen_k`), so a right step of small probability stays within reach of a large
+   budget. It stops widening for good instead when none of its children is open and
+   they are as good as it promised (nothing is left to look for there), and with
+   `widening_alpha` 0;
 3. simulate: the best new child is the simulation's leaf; optionally roll it forward
    greedily for `rollforward_steps` steps and mix the critic value of where it lands:
    v = (1 - rollforward_weight) * v_critic + rollforward_weight * v_rollforward;
@@ -49,6 +56,7 @@ from treesearch.search.base import SearchAlgorithm, SearchConfig, SearchContext
 from treesearch.search.selection import Q_TRANSFORMS, SELECTION_RULES, Descent, Widening
 
 BACKUPS = ("mean", "max")
+
 
 
 # A saturated node widens again once its visits reach this multiple of its visits when it
@@ -182,6 +190,8 @@ class MCTSStar(SearchAlgorithm):
                 node = path[-1]
                 if outcome == kernels.DEAD_END or tree.closed[node]:
                     return -1, float("nan")  # everything below is closed, or a closed leaf
+                if outcome == kernels.REVISIT:  # a paced node with nothing open below it
+                    return self._revisit(tree, descent, node, path)
                 if node in pending:  # another simulation is expanding it: wait, then go on
                     await asyncio.shield(pending[node])
                     continue
@@ -195,6 +205,21 @@ class MCTSStar(SearchAlgorithm):
         finally:
             if path:
                 tree.virtual_loss[path] -= 1
+
+    def _revisit(self, tree, descent: Descent, node: int, path: list[int]) -> tuple[int, float]:
+        """Visit `node`, which has no open child and is not due another sample, as it
+        stands (as a terminal is visited): back up its Q along the path at no token
+        cost, so its visits grow and pace its next widening, and its ancestors' visits
+        grow so selection there also weighs its siblings."""
+        value = float(tree.value(node, self.config.backup))
+        if np.isnan(value):
+            value = float(tree.critic_value[node])
+        if np.isnan(value):
+            return -1, float("nan")
+        tree.backup(path, value, release_virtual_loss=True)
+        path.clear()
+        descent.observe([value])
+        return node, value
 
     def _samples_wanted(self, tree, node: int) -> int:
         """Steps to sample at `node` now: a first expansion's `root_expansions` /
@@ -258,11 +283,11 @@ class MCTSStar(SearchAlgorithm):
         `ceil(widen_k * N ** widening_alpha)` samples after N visits, the allowance
         reaching its samples now once its visits have doubled, `PACED_RESUME_FACTOR`),
         so a right step with a small probability stays within reach as the search keeps
-        coming back; a node with no open child left (or `widening_alpha` 0) stops
-        widening for good. The simulation ends at the best child that was sampled again,
-        backing up its value, so the node's visits grow and selection moves on instead of
-        widening it again at once. Returns (-1, NaN) when no child was sampled again (the
-        steps were empty)."""
+        coming back (a node with no open child gets its visits from `_revisit`), unless
+        `_pace_or_stop` stops it for good. The simulation ends at the best child that was
+        sampled again, backing up its value, so the node's visits grow and selection
+        moves on instead of widening it again at once. Returns (-1, NaN) when no child
+        was sampled again (the steps were empty)."""
         if tree.can_widen[node] and self._saturated(tree, node):
             self._pace_or_stop(tree, node)
         again = kids[tree.duplicates[kids] > dups_before]
@@ -278,14 +303,29 @@ class MCTSStar(SearchAlgorithm):
 
     def _pace_or_stop(self, tree, node: int) -> None:
         """A saturated node: paced by its visits from now on (see `_resampled`), or
-        stopped for good when pacing cannot reach it again."""
+        stopped for good when pacing cannot reach it again (`widening_alpha` 0) or when
+        nothing is left to look for there: none of its children is open and they do not
+        fall short of its value (`_falls_short`)."""
         kids = tree.children(node)
         open_kids = kids.size > 0 and not tree.closed[kids].all()
-        if not open_kids or self.config.widening_alpha <= 0:
+        if self.config.widening_alpha <= 0 or not (open_kids or self._falls_short(tree, node)):
             tree.stop_widening(node)
         elif np.isnan(tree.widen_k[node]):
             resume_at = PACED_RESUME_FACTOR * max(int(tree.visits[node]), 1)
             tree.widen_k[node] = int(tree.samples[node]) / resume_at ** self.config.widening_alpha
+
+    def _falls_short(self, tree, node: int) -> bool:
+        """`node`'s children fall short of what it promised: it has no critic value (the
+        root), or its best child's Q is below that value by more than `widening_margin`
+        (never, without a margin)."""
+        own = float(tree.critic_value[node])
+        if np.isnan(own):
+            return True
+        margin = self.config.widening_margin
+        if margin is None:
+            return False
+        q = np.asarray(tree.value(tree.children(node), self.config.backup), dtype=np.float64)
+        return bool(np.isnan(q).all() or np.nanmax(q) < own - margin)
 
     @staticmethod
     def _saturated(tree, node: int) -> bool:

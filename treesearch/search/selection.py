@@ -15,10 +15,11 @@ critic's scale). Closed children (nothing new below them) are never selected. Ti
 the lowest id.
 
 Widening (`Widening`): a node that may widen stops the descent and gets more children
-when all its children are closed; when the critic valued it and its best child's Q falls
-short of that value by more than `margin` (no child is as good as the node promised);
-or, for a node without a value (the root), when it has drawn fewer than
-`ceil(k0 * N ** alpha)` samples after N visits (progressive widening).
+when the critic valued it and its best child's Q falls short of that value by more than
+`margin` (no child is as good as the node promised); for a node without a value (the
+root), when it has drawn fewer than `ceil(k0 * N ** alpha)` samples after N visits
+(progressive widening); and when all its children are closed, at that same pace (at
+once with alpha 0); not due, it is visited as it stands (`kernels.REVISIT`).
 """
 
 from __future__ import annotations
@@ -93,13 +94,13 @@ def select_child(
 
 @dataclass(frozen=True)
 class Widening:
-    """When an expanded node that may widen (`Tree.can_widen`) gets more children: when
-    all its children are closed; a node the critic valued, with `margin` set, when its
-    best child's Q is below that value by more than `margin`; a node without a value
-    (the root), while its samples are fewer than `ceil(k0 * max(N, 1) ** alpha)` after
-    N visits (`k0_root` at the root; alpha 0: never by visit count); a saturated node
-    (`Tree.widen_k` set) by visits alone, `ceil(widen_k * N ** alpha)`. See
-    `kernels.should_widen`."""
+    """When an expanded node that may widen (`Tree.can_widen`) gets more children: a
+    node the critic valued, with `margin` set, when its best child's Q is below that
+    value by more than `margin`; a node without a value (the root), while its samples
+    are fewer than `ceil(k0 * max(N, 1) ** alpha)` after N visits (`k0_root` at the
+    root; alpha 0: never by visit count); a node with no open child at that same pace
+    (alpha 0: at once); a saturated node (`Tree.widen_k` set) by visits alone,
+    `ceil(widen_k * N ** alpha)`. See `kernels.should_widen` and `kernels.descend`."""
 
     k0_root: int = 1
     k0: int = 1
@@ -154,8 +155,9 @@ class Descent:
     def run(self, tree: Tree, node: int) -> tuple[list[int], int]:
         """The children chosen below `node` (in order) and how the walk ended:
         `kernels.REACHED_LEAF` (at an unexpanded node), `kernels.WIDEN` (at a node, the
-        last chosen or `node`, that should get more children) or `kernels.DEAD_END` (at
-        an expanded node whose children are all closed)."""
+        last chosen or `node`, that should get more children), `kernels.REVISIT` (at a
+        node with no open child that is not due a widening) or `kernels.DEAD_END` (at an
+        expanded node whose children are all closed and that may not widen)."""
         chosen: list[int] = []
         w = self.widening
         margin = -1.0 if w.margin is None else float(w.margin)
