@@ -75,7 +75,6 @@ import platform
 import random
 import re
 import statistics
-import subprocess
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -88,6 +87,7 @@ from treesearch import Problem, SamplingParams, State, Step, Task, Tree
 from treesearch.policy import per_state_counts, per_state_params
 from treesearch.search import make_algorithm
 from treesearch.search.answer import select_answer
+from treesearch.version import engine_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASK = Task()
@@ -611,19 +611,6 @@ def plot(settings: list[Setting], rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _engine_version() -> str:
-    """The commit of the treesearch checkout in use, marked when its engine has local changes."""
-    root = Path(treesearch.__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "treesearch", "critics"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return f"treesearch at {root} (not a git checkout)"
-    return commit + (" with local engine changes" if dirty else "")
-
-
 def dump(report: dict) -> str:
     """Indented JSON with lists of plain values kept on one line."""
     text = json.dumps(report, indent=1)
@@ -663,7 +650,7 @@ def main(argv=None) -> dict:
     args, arms = parse_args(argv)
     settings = GRIDS[args.grid]
     budgets = [float(b) for b in args.budgets.split(",")]
-    engine = _engine_version()
+    engine = engine_version()
     print(f"engine: {engine}; grid {args.grid}: {len(settings)} settings x {len(arms)} arms x {len(budgets)} budgets"
           f" x {args.seeds} seeds x {args.problems} problems", flush=True)
     started = time.perf_counter()

@@ -128,3 +128,31 @@ def test_a_folder_from_before_content_digests_keeps_its_results_and_records_them
     folder.write_error("a", "stands in for a finished row")
     assert folder.claim(["a"], "digest", {"a": content_digest(Problem("a", "q", gold="1"))}) == set()
     assert folder.finished(redo_errors=False) == {"a"} and "a" in folder.manifest()["contents"]
+
+
+def test_the_manifest_lists_every_engine_that_wrote_to_the_folder(tmp_path, monkeypatch, caplog):
+    import treesearch.runfolder as runfolder
+    from treesearch.version import engine_version
+
+    from importlib import metadata
+
+    assert engine_version().startswith(metadata.version("treesearch"))  # then the commit, in a checkout
+    folder = RunFolder(tmp_path)
+    folder.claim(["a"], "digest")
+    assert folder.manifest()["engines"] == [engine_version()]
+    folder.claim(["a"], "digest")  # the same engine again: nothing to add, nothing to say
+    assert folder.manifest()["engines"] == [engine_version()] and "written by" not in caplog.text
+    monkeypatch.setattr(runfolder, "engine_version", lambda: "9.9.9 (abcdef0)")
+    with caplog.at_level("WARNING"):
+        folder.claim(["a"], "digest")
+    assert folder.manifest()["engines"] == [engine_version(), "9.9.9 (abcdef0)"]
+    assert "written by treesearch" in caplog.text and "9.9.9 (abcdef0)" in caplog.text
+    # a folder from before engines were recorded: the engine is recorded, without a warning
+    legacy = RunFolder(tmp_path / "legacy")
+    legacy.claim(["a"], "digest")
+    manifest = legacy.manifest()
+    del manifest["engines"]
+    write_atomic(legacy.path / RunFolder.MANIFEST, json.dumps(manifest).encode())
+    caplog.clear()
+    legacy.claim(["a"], "digest")
+    assert legacy.manifest()["engines"] == ["9.9.9 (abcdef0)"] and "written by" not in caplog.text

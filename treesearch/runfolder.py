@@ -3,7 +3,8 @@ back. Jobs write it; the viewer, the report, harvest and self-training read it, 
 through `RunFolder`.
 
     config.yaml         the resolved job config
-    manifest.json       problem ids in order + a digest of what defines the job's results
+    manifest.json       problem ids in order + a digest of what defines the job's results,
+                        and every treesearch version (`engine_version`) that wrote to it
                         + each problem's content digest (an edited problem is redone)
     results/<id>.json   one row per finished problem (written atomically, last)
     trees/<id>.parquet  the problem's search tree (written before its result row)
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 from treesearch.result import SearchResult
+from treesearch.version import engine_version
 
 if TYPE_CHECKING:  # pragma: no cover
     from treesearch.tree import Tree
@@ -274,9 +276,10 @@ class RunFolder:
         contents were recorded trust their results and record the contents now."""
         manifest = self.path / self.MANIFEST
         contents = dict(contents or {})
+        engine = engine_version()
         if not manifest.exists():
             body = {"digest": digest, "problem_ids": problem_ids, "layout": LAYOUT, "created": time.time(),
-                    "contents": contents}
+                    "contents": contents, "engines": [engine]}
             write_atomic(manifest, json.dumps(body, indent=1).encode())
             return set()
         old = self.manifest()
@@ -285,6 +288,14 @@ class RunFolder:
                 f"run folder {self.path} holds a different job (other config or problems); "
                 "choose another job.output_dir"
             )
+        engines = list(old.get("engines") or [])
+        if engines and engine not in engines:
+            logger.warning("run folder %s was written by treesearch %s; this run uses %s, so its results may come "
+                           "from both (the manifest lists every engine that wrote to it)", self.path,
+                           " and ".join(engines), engine)
+        if engine not in engines:
+            old = {**old, "engines": engines + [engine]}
+            write_atomic(manifest, json.dumps(old, indent=1).encode())
         recorded = old.get("contents") or {}
         changed = {pid for pid, value in contents.items() if pid in recorded and recorded[pid] != value}
         for pid in changed:
