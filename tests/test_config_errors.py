@@ -120,3 +120,14 @@ def test_self_training_digests_ignore_monitoring_and_still_match_folders_from_be
     section["bstar"]["threshold"] = 0.5
     before = hashlib.sha256((job_digest(cfg) + json.dumps(section, sort_keys=True, default=str)).encode()).hexdigest()
     assert selftrain_digest(cfg, legacy=True) == before
+
+
+def test_a_job_wants_a_critic_with_its_task_or_none():
+    from treesearch.hosting import wanted_models
+
+    cfg = {"policy": {"backend": "hf", "model": "m"}, "critic": {"name": "verifier"}, "task": {"name": "gsm8k"}}
+    assert wanted_models(cfg) == ({"backend": "hf", "model": "m"}, ({"name": "verifier"}, {"name": "gsm8k"}))
+    assert wanted_models({**cfg, "critic": {"name": None}})[1] is None
+    assert wanted_models({k: v for k, v in cfg.items() if k != "critic"})[1] is None
+    target = {"_target_": "pkg.make"}
+    assert wanted_models({**cfg, "critic": target})[1] == (target, {"name": "gsm8k"})

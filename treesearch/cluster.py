@@ -18,9 +18,9 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from critics.base import score_with_cost
-from treesearch.components import build_critic, build_policy, build_task, has_critic, plain
+from treesearch.components import build_critic, build_policy, build_task, plain
 from treesearch.config import ClusterConfig, PoolConfig, with_defaults
-from treesearch.hosting import Clients, prepare_process, release
+from treesearch.hosting import Clients, prepare_process, release, wanted_models
 from treesearch.policy.base import per_state_counts, per_state_params
 from treesearch.types import State
 
@@ -328,24 +328,22 @@ class ModelPools:
         self.policy_spec = plain(cfg["policy"])
         self.policy = policy_pool(self.policy_spec, cluster["policy"])
         self.critic: Optional[ActorPool] = None
-        self.critic_spec: dict = {}
+        self.critic_specs: Optional[tuple[dict, dict]] = None  # (critic, task) the critic pool was built for
         self.configure(cfg)
 
     def configure(self, cfg: Mapping) -> None:
-        policy_spec = plain(cfg["policy"])
+        policy_spec, wanted = wanted_models(cfg)
         if policy_spec != self.policy_spec:
             self.policy.reload(policy_spec)
             self.policy_spec = policy_spec
-        critic_spec, task_spec = plain(cfg.get("critic")), plain(cfg["task"])
-        wanted = critic_spec if has_critic(critic_spec) else {}
-        if not wanted and self.critic is not None:
+        if wanted is None and self.critic is not None:
             self.critic.shutdown()
             self.critic = None
-        elif wanted and self.critic is None:
-            self.critic = critic_pool(wanted, task_spec, self.resources["critic"])
-        elif wanted and (wanted, task_spec) != (self.critic_spec, self.critic.args[1]):
-            self.critic.reload(wanted, task_spec)
-        self.critic_spec = wanted
+        elif wanted is not None and self.critic is None:
+            self.critic = critic_pool(*wanted, self.resources["critic"])
+        elif wanted is not None and wanted != self.critic_specs:
+            self.critic.reload(*wanted)
+        self.critic_specs = wanted
         for pool in self.pools():  # replicas taken out in an earlier job get a fresh start
             pool.revive()
 

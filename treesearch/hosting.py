@@ -71,6 +71,15 @@ def cluster_kind(cfg: Mapping) -> str:
     return kind
 
 
+def wanted_models(cfg: Mapping) -> tuple[dict, Optional[tuple[dict, dict]]]:
+    """What a job's config asks its hosts to load: the policy's spec, and the critic's
+    spec with the task's (the task grades for `verifier` and `rollout`), or None when the
+    job has no critic. A host reloads a model when its part of this changes."""
+    critic_spec = plain(cfg.get("critic"))
+    critic = (critic_spec, plain(cfg["task"])) if has_critic(critic_spec) else None
+    return plain(cfg["policy"]), critic
+
+
 def prepare_process(threads: Optional[int]) -> None:
     """Set-up of a process that hosts a model: torch's thread count, and no download
     progress bars."""
@@ -117,17 +126,16 @@ class LocalModels:
         self.configure(cfg)
 
     def configure(self, cfg: Mapping) -> None:
-        policy_spec = plain(cfg["policy"])
+        policy_spec, wanted = wanted_models(cfg)
         if policy_spec != self._policy_spec:
             self._drop("policy")
             prepare_process(policy_spec.get("threads"))
             self.policy = build_policy(policy_spec)
             self._policy_spec = policy_spec
-        critic_spec, task_spec = plain(cfg.get("critic")), plain(cfg["task"])
-        wanted = (critic_spec, task_spec) if has_critic(critic_spec) else None
         if wanted != self._critic_specs:
             self._drop("critic")
             if wanted is not None:
+                critic_spec, task_spec = wanted
                 prepare_process(critic_spec.get("threads"))
                 self.critic = build_critic(critic_spec, build_task(task_spec) if task_spec else None)
             self._critic_specs = wanted
