@@ -6,6 +6,7 @@ slices, not arithmetic, bounds them. These kernels do the walks in one compiled 
 - `sibling_list`: a node's children, following `next_sibling` through its batches;
 - `child_score`: the PUCT/UCT score of one child (the formula in `search.selection`);
 - `best_child`: the open child with the highest score (ties to the lowest id);
+- `children_fall_short`: the widening margin test (no child as good as the node promised);
 - `descend`: follow best children from a node down to an unexpanded node (or to a node
   that should widen), taking a virtual loss on each child chosen;
 - `backup`: one visit and one value on every node of a path, releasing virtual loss;
@@ -118,6 +119,16 @@ def should_widen(node, parent, first_child, next_sibling, can_widen, samples, vi
     elif math.isnan(own):
         k = k0_root if parent[node] < 0 else k0
         return samples[node] < allowed_samples(k, visits[node], alpha)
+    return children_fall_short(node, first_child, next_sibling, visits, value_sum, value_max, critic_value,
+                               max_backup, margin)
+
+
+@njit(cache=True, nogil=True)
+def children_fall_short(node, first_child, next_sibling, visits, value_sum, value_max, critic_value,
+                        max_backup, margin):
+    """Whether no child of `node` is as good as it promised: with `margin` >= 0 (< 0: never),
+    its best child's Q (children without a Q left out; none: -inf) is below its critic
+    value by more than `margin`. The node must have a critic value."""
     if margin < 0:
         return False
     best = -np.inf
@@ -127,7 +138,7 @@ def should_widen(node, parent, first_child, next_sibling, can_widen, samples, vi
         if not math.isnan(q) and q > best:
             best = q
         child = next_sibling[child]
-    return best < own - margin
+    return best < np.float64(critic_value[node]) - margin
 
 
 @njit(cache=True, nogil=True)

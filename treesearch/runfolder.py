@@ -289,11 +289,11 @@ class RunFolder:
                 "choose another job.output_dir"
             )
         engines = list(old.get("engines") or [])
-        if engines and engine not in engines:
-            logger.warning("run folder %s was written by treesearch %s; this run uses %s, so its results may come "
-                           "from both (the manifest lists every engine that wrote to it)", self.path,
-                           " and ".join(engines), engine)
         if engine not in engines:
+            if engines:  # (a folder from before engines were recorded just records this one)
+                logger.warning("run folder %s was written by treesearch %s; this run uses %s, so its results may "
+                               "come from both (the manifest lists every engine that wrote to it)", self.path,
+                               " and ".join(engines), engine)
             old = {**old, "engines": engines + [engine]}
             write_atomic(manifest, json.dumps(old, indent=1).encode())
         recorded = old.get("contents") or {}

@@ -58,7 +58,6 @@ from treesearch.search.selection import Q_TRANSFORMS, SELECTION_RULES, Descent, 
 BACKUPS = ("mean", "max")
 
 
-
 # A saturated node widens again once its visits reach this multiple of its visits when it
 # saturated, then progressively (see `MCTSStar._resampled`). Measured on the controlled
 # benchmark (BENCHMARKS.md): resuming at once (1) found most at 16-32 solutions but lost
@@ -211,9 +210,7 @@ class MCTSStar(SearchAlgorithm):
         stands (as a terminal is visited): back up its Q along the path at no token
         cost, so its visits grow and pace its next widening, and its ancestors' visits
         grow so selection there also weighs its siblings."""
-        value = float(tree.value(node, self.config.backup))
-        if np.isnan(value):
-            value = float(tree.critic_value[node])
+        value = float(tree.value(node, self.config.backup))  # (the critic's value while unvisited)
         if np.isnan(value):
             return -1, float("nan")
         tree.backup(path, value, release_virtual_loss=True)
@@ -318,14 +315,13 @@ class MCTSStar(SearchAlgorithm):
         """`node`'s children fall short of what it promised: it has no critic value (the
         root), or its best child's Q is below that value by more than `widening_margin`
         (never, without a margin)."""
-        own = float(tree.critic_value[node])
-        if np.isnan(own):
+        if np.isnan(tree.critic_value[node]):
             return True
         margin = self.config.widening_margin
-        if margin is None:
-            return False
-        q = np.asarray(tree.value(tree.children(node), self.config.backup), dtype=np.float64)
-        return bool(np.isnan(q).all() or np.nanmax(q) < own - margin)
+        return bool(kernels.children_fall_short(
+            int(node), tree.first_child, tree.next_sibling, tree.visits, tree.value_sum, tree.value_max,
+            tree.critic_value, self.config.backup == "max", -1.0 if margin is None else float(margin),
+        ))
 
     @staticmethod
     def _saturated(tree, node: int) -> bool:
