@@ -18,6 +18,9 @@ sleep-based latency, deterministic steps), so the suite runs on a CPU in minutes
   error rows and a bounded number of restarts (the pool's breaker).
 - `poison_problem`: one problem crashes its actor on every request; it gets one error
   row, the others finish.
+- `cluster_stop`: the job's own Ray cluster (started with `ray start --head`, joined by
+  address) is killed mid-job; the driver must stop with a clear error that keeps the
+  finished problems, and a rerun on a new cluster must finish the rest (not in --quick).
 - `memory`: the driver's peak resident memory for jobs of `--memory / 2` and `--memory`
   problems (growth per 1,000 problems; results are written as they finish, not held).
 
@@ -27,11 +30,13 @@ Writes a JSON report (`--out`, default benchmarks/results/chaos.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -193,6 +198,90 @@ def poison_problem(workdir: Path, problems: int) -> dict:
     return {"poisoned": 1, **crashing_job(workdir, "poison", problems, "+policy.poison=poison-3")}
 
 
+class ExternalCluster:
+    """A Ray cluster started with `ray start --head` in a temp dir of its own, as a user's
+    cluster is, so that `kill()` stops it (SIGKILL to its processes and their children,
+    as when its head machine dies) without touching any other Ray cluster on the machine."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.temp_dir = tempfile.mkdtemp(prefix="tsr", dir="/tmp")  # short: Ray's socket paths have a limit
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        ray_cli = Path(sys.executable).with_name("ray")  # the ray of this Python, even when not on PATH
+        subprocess.run([str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", f"--port={self.port}", "--num-cpus=4", "--include-dashboard=false",
+                        f"--temp-dir={self.temp_dir}"], env=self.env, check=True, capture_output=True)
+
+    def kill(self) -> None:
+        parents: dict[int, int] = {}
+        own = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if self.temp_dir in cmdline:
+                own.add(int(entry.name))
+        grown = True
+        while grown:  # workers and agents renamed themselves: find them as children
+            more = {pid for pid, parent in parents.items() if parent in own} - own
+            own |= more
+            grown = bool(more)
+        for pid in own:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def cluster_stop(workdir: Path, problems: int, rng: random.Random) -> dict:
+    """The job's (external) Ray cluster is killed mid-job: the driver must stop with a
+    clear error soon, keeping what finished; a rerun on a new cluster resumes it."""
+    data = workdir / "cluster_stop.jsonl"
+    write_problems(data, problems)
+    out = workdir / "cluster_stop"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",  # the cluster's workers import simulated_engine
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("RAY_ADDRESS", None)
+    cluster = ExternalCluster(env)
+    command = [sys.executable, "-m", "treesearch.cli", "search",
+               *overrides(data, out, f"cluster.address={cluster.address}")]
+    results = out / "results"
+    try:
+        cluster.start()
+        proc = subprocess.Popen(command, cwd=str(workdir), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        target = max(1, int(problems * rng.uniform(0.2, 0.5)))
+        while proc.poll() is None and len(list(results.glob("*.json"))) < target:
+            time.sleep(0.01)
+        at_stop = len(list(results.glob("*.json")))
+        stopped = time.perf_counter()
+        cluster.kill()
+        try:
+            output, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        stop_s = time.perf_counter() - stopped
+        finished = {path.name: path.stat().st_mtime_ns for path in results.glob("*.json")}
+        message = next((line for line in output.splitlines() if "rerun the same command" in line), None)
+        cluster.start()
+        resumed = subprocess.run(command, cwd=str(workdir), env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        cluster.kill()
+    recomputed = sum(1 for name, mtime in finished.items() if (results / name).stat().st_mtime_ns != mtime)
+    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+    return {"problems": problems, "results_at_stop": at_stop, "exit_code": proc.returncode,
+            "stopped_after_s": stop_s, "message": message, "finished_before_resume": len(finished),
+            "resume_exit_code": resumed.returncode, "skipped_by_resume": metrics.get("resumed_skipped"),
+            "recomputed": recomputed, **census(out, problems)}
+
+
 MEMORY = """
 import json, resource, sys
 sys.path[:0] = [{here!r}, {root!r}]
@@ -254,6 +343,8 @@ def main(argv=None) -> dict:
         report["driver_kills"] = driver_kills(workdir, args.problems, args.driver_kills, rng)
         report["dead_replica"] = dead_replica(workdir, max(8, args.problems // 4))
         report["poison_problem"] = poison_problem(workdir, max(8, args.problems // 4))
+        if not args.quick:
+            report["cluster_stop"] = cluster_stop(workdir, max(60, args.problems), rng)
         if args.memory:
             report["memory"] = memory(workdir, [args.memory // 2, args.memory])
     finally:

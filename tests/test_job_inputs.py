@@ -41,8 +41,10 @@ def mawps_job(data: Path, out: Path, *extra):
         (GOOD + '{"input": "   ", "target": 3}\n', 2, "input", "empty"),
         (GOOD.encode() + b'{"input": "caf\xe9 au lait?", "target": 3}\n', 2, "input", "invalid UTF-8"),
         (GOOD + GOOD + '{"input": "How many?", "target": "banana"}\n', 3, "target", "'banana' is not a number"),
+        (GOOD + json.dumps({"input": "x" * 5_000_000, "target": 3}) + "\n", 2, "input",
+         "5,000,000 characters long; the limit is 100,000"),
     ],
-    ids=["malformed-json", "missing-field", "empty-question", "invalid-utf8", "gold-not-a-number"],
+    ids=["malformed-json", "missing-field", "empty-question", "invalid-utf8", "gold-not-a-number", "5MB-line"],
 )
 def test_bad_rows_are_located_before_any_model_loads(tmp_path, content, line, field, reason):
     data = tmp_path / "problems.jsonl"
@@ -206,3 +208,26 @@ def test_resume_redoes_a_problem_whose_gold_answer_was_edited_and_keeps_the_rest
     log = (folder / "job.log").read_text()  # both runs, appended, with what each did
     assert log.count("job started: 4 problems") == 2
     assert "changed since their results were written" in log and "job finished: 1 computed, 3 skipped as done" in log
+
+
+@pytest.mark.slow  # runs the CLI in a subprocess
+def test_a_missing_model_is_one_line_naming_it_not_a_traceback(tmp_path):
+    data = tmp_path / "problems.jsonl"
+    data.write_text(GOOD)
+    args = [*mawps_job(data, tmp_path / "run"), "cluster=inprocess"]
+    proc = subprocess.run([sys.executable, "-m", "treesearch.cli", "search", *args], capture_output=True, text=True,
+                          cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 1
+    assert "treesearch search: error:" in proc.stderr and "/nonexistent/model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_model_that_cannot_be_built_in_its_actor_is_named_in_one_line(tmp_path):
+    from treesearch.cluster import ModelLoadError
+
+    data = tmp_path / "problems.jsonl"
+    data.write_text(GOOD)
+    with pytest.raises(ModelLoadError, match=r"the policy model could not be built: FileNotFoundError: .*/nonexistent/model"):
+        run_job(compose(mawps_job(data, tmp_path / "run")))
+

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -67,87 +63,6 @@ def test_job_writes_a_complete_run_folder(tiny_model_dir, tmp_path):
     assert page.parent == folder / "view" and "<details" in text and "#0</span>" in text
 
 
-def test_killed_policy_actor_does_not_lose_or_repeat_problems(tiny_model_dir, tmp_path):
-    import ray
-
-    from treesearch import cluster
-
-    created = []
-    original = cluster.ActorPool._start
-
-    def spy(self):
-        actor = original(self)
-        created.append((self.name, actor))
-        return actor
-
-    cluster.ActorPool._start = spy
-    killed = []
-
-    def killer():
-        # kill the first policy actor as soon as it has served a request
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            policies = [a for name, a in created if name == "policy"]
-            if policies and list((tmp_path / "run" / "results").glob("*.json")):
-                ray.kill(policies[0])
-                killed.append(policies[0])
-                return
-            time.sleep(0.05)
-
-    import threading
-
-    thread = threading.Thread(target=killer)
-    thread.start()
-    try:
-        folder = run_job(compose(tiny_job(tiny_model_dir, tmp_path / "run", "task.limit=12", "job.trees_in_flight=2")))
-    finally:
-        cluster.ActorPool._start = original
-        thread.join()
-    assert killed, "the test did not get to kill the actor"
-    rows = results(folder)
-    ids = [r["id"] for r in rows]
-    assert len(ids) == 12 and len(set(ids)) == 12
-    assert all(r["error"] is None for r in rows), [r["error"] for r in rows]
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["last_session"]["replacements"]["policy"] >= 1
-
-
-def test_driver_killed_mid_job_resumes_without_recomputing(tiny_model_dir, tmp_path):
-    import ray
-
-    out = tmp_path / "run"
-    # the killed driver joins this session's cluster, so killing it orphans no Ray processes
-    address = ray.get_runtime_context().gcs_address
-    overrides = tiny_job(tiny_model_dir, out, "task.limit=10", "job.trees_in_flight=1", f"cluster.address={address}")
-    script = (
-        "import sys; from tests.test_jobs import compose; from treesearch.jobs import run_job; "
-        f"run_job(compose({overrides!r}))"
-    )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=str(tmp_path))
-    results_dir = out / "results"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(results_dir.glob("*.json"))) < 3:
-        if proc.poll() is not None:
-            pytest.fail(f"the job ended (rc {proc.returncode}) before it could be killed")
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait()
-    before = {p.name: p.stat().st_mtime_ns for p in results_dir.glob("*.json")}
-    assert 3 <= len(before) < 10, "kill the job mid-way"
-
-    folder = run_job(compose(overrides[:-1]))  # resume from this process (same cluster)
-    rows = results(folder)
-    assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
-    after = {p.name: p.stat().st_mtime_ns for p in results_dir.glob("*.json")}
-    assert all(after[name] == mtime for name, mtime in before.items()), "finished problems were recomputed"
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["resumed_skipped"] == len(before)
-    # the folder refuses a different job
-    with pytest.raises(ValueError, match="holds a different job"):
-        run_job(compose(tiny_job(tiny_model_dir, out, "task.limit=10", "search.options.c_puct=3.0")))
-
-
 def test_pools_are_reused_and_reloaded_in_place_between_jobs(tiny_model_dir, tmp_path):
     import shutil
 
@@ -205,47 +120,3 @@ def test_failed_searches_are_retried_on_resume_but_bad_input_rows_are_not(tmp_pa
     (folder.results / "p2.json").write_text(json.dumps({"id": "p2", "error": None}))
     assert folder.finished() == {"p2", "bad-line-3"}
     assert folder.finished(redo_errors=False) == {"p1", "p2", "bad-line-3"}
-
-
-def test_an_unset_cluster_address_starts_a_private_ray_unless_ray_address_names_one(tmp_path):
-    """A cluster that merely runs on the machine (found by Ray's own discovery) is not
-    joined; one named by RAY_ADDRESS (as `ray job submit` sets it) is."""
-    import ray
-
-    running = ray.get_runtime_context().gcs_address
-    script = (
-        "import ray, ray._private.services as services; from treesearch.cluster import init_ray; "
-        f"services.get_ray_address_from_environment = lambda *a, **k: {running!r}; "  # as if discovered
-        "init_ray(None, num_cpus=1); print(ray.get_runtime_context().gcs_address); ray.shutdown()"
-    )
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    for extra, joins in (({}, False), ({"RAY_ADDRESS": running}, True)):
-        done = subprocess.run([sys.executable, "-c", script], env={**env, **extra, "PYTHONPATH": root},
-                              cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert (done.stdout.strip().splitlines()[-1] == running) == joins, extra
-
-
-def test_a_policy_that_never_comes_back_ends_the_job_fast_with_error_rows(tmp_path):
-    """A pool-level breaker: the replica is taken out after a bounded number of failed
-    calls instead of being restarted for every remaining problem."""
-    data = tmp_path / "problems.jsonl"
-    data.write_text("".join(json.dumps({"input": f"Q{i}?", "target": i}) + "\n" for i in range(12)))
-    env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}}
-    overrides = [
-        "task=mawps", f"task.path={data}", "task.limit=null", "critic=none", "search=greedy",
-        "policy=target", "policy._target_=tests.doubles.CrashingPolicy",
-        "cluster.policy.max_restarts=0", "cluster.policy.max_task_retries=0",
-        f"job.output_dir={tmp_path / 'run'}", "job.progress=false", "job.trees_in_flight=2",
-    ]
-    cfg = compose(overrides)
-    cfg.cluster.policy.runtime_env = env  # the actor imports tests.doubles
-    started = time.perf_counter()
-    folder = run_job(cfg)
-    rows = results(folder)
-    assert len(rows) == 12 and all(r["error"] for r in rows)
-    assert any("is down" in r["error"] for r in rows)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["last_session"]["replacements"]["policy"] <= 12, "bounded restarts, not three per problem"
-    assert time.perf_counter() - started < 120

@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Hashable, Sequence
 
+from treesearch.types import JobStopped
+
 BatchFn = Callable[[Hashable, list[Any]], Awaitable[Sequence[Any]]]
 
 
@@ -195,11 +197,13 @@ class Batcher:
             for (_, fut), result in zip(live, results):
                 if not fut.done():
                     fut.set_result(result)
-        elif len(live) > 1:
+        elif len(live) > 1 and not isinstance(error, JobStopped):
             for single in live:
                 await self._dispatch(key, [single])
-        elif not live[0][1].done():
-            live[0][1].set_exception(error)
+        else:  # one request, or nothing can go on (JobStopped): every waiter gets the error
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(error)
 
     async def close(self) -> None:
         """Stop the worker: calls in flight finish; requests still queued fail."""

@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from treesearch.config import config_dir, register_schemas
+from treesearch.types import JobStopped
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, JobStopped)
+"""What a command reports as one line naming the problem (bad data, config or model, a
+stopped cluster); anything else is a bug and keeps its traceback."""
 
 USAGE = """usage: treesearch <command> [options]
 
@@ -44,7 +49,11 @@ def _hydra_command(config_name: str, body: Callable, args: Sequence[str]) -> Non
 
     @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
     def entry(cfg):
-        return body(cfg)
+        try:
+            return body(cfg)
+        except USER_ERRORS as err:  # bad input or a stopped job: one line, not a traceback
+            print(f"treesearch {config_name}: error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     saved = sys.argv
     sys.argv = [f"treesearch {config_name}", *args]
@@ -137,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from treesearch.harvest_cli import main as harvest_main
 
             return harvest_main(rest)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except USER_ERRORS as err:
         print(f"treesearch {command}: error: {err}", file=sys.stderr)
         return 1
     print(f"treesearch: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 import zlib
 from typing import Any, Mapping, Optional, Sequence
 
@@ -22,7 +24,7 @@ from treesearch.components import build_critic, build_policy, build_task, plain
 from treesearch.config import ClusterConfig, PoolConfig, with_defaults
 from treesearch.hosting import Clients, prepare_process, release, wanted_models
 from treesearch.policy.base import per_state_counts, per_state_params
-from treesearch.types import State
+from treesearch.types import JobStopped, State
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,62 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        gcs = _known_gcs_address(address)
+        if gcs is not None and not gcs_answers(gcs):  # ray.init would wait for minutes, silently
+            raise ClusterLost(
+                f"cluster.address={address}: no Ray cluster answers at {gcs} (waited {GCS_WAIT_S:.0f} s). "
+                "Start one (`ray start --head`) or leave cluster.address unset for a private local cluster"
+            )
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
+
+
+class ClusterLost(JobStopped):
+    """The Ray cluster a job runs on does not answer: stopped, or never there."""
+
+
+GCS_WAIT_S = 10.0  # how long a silent cluster gets before a job gives up on it
+
+
+def gcs_answers(address: str, wait_s: Optional[float] = None) -> bool:
+    """Whether the Ray cluster's control store (GCS, "host:port") accepts a connection
+    within `wait_s` seconds (default `GCS_WAIT_S`)."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + (GCS_WAIT_S if wait_s is None else wait_s)
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
+def current_gcs_address() -> str:
+    """The GCS "host:port" of the cluster this process is connected to."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def _known_gcs_address(address: str) -> Optional[str]:
+    """The GCS "host:port" that `address` leads to, where that can be told without Ray
+    ("auto" reads the address Ray saved for the machine's latest cluster); None otherwise
+    (a Ray client address, "ray://...", or no saved cluster: ray.init says why)."""
+    if address.startswith("ray://"):
+        return None
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+
+            address = get_ray_address_from_environment("auto", None)
+        except Exception:  # no cluster saved, or Ray moved this helper: ray.init decides
+            return None
+    host, _, port = (address or "").rpartition(":")
+    return address if host and port.isdigit() else None
 
 
 class _PolicyHost:
@@ -111,6 +165,21 @@ def _actor_classes():
     return ray.remote(_PolicyHost), ray.remote(_CriticHost)
 
 
+class ModelLoadError(ValueError):
+    """A pool's model could not be built (a missing folder, a bad checkpoint...)."""
+
+
+def root_cause(err: Exception) -> str:
+    """The last "SomeError: message" line of a Ray error (the actor's own exception, at
+    the bottom of the traceback Ray carries), else its first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if ":" in line and " " not in head and head.rsplit(".", 1)[-1].endswith(("Error", "Exception")):
+            return line
+    return lines[0] if lines else type(err).__name__
+
+
 class ReplicaDown(RuntimeError):
     """A model replica was taken out after its calls kept failing (see `ActorPool.call`)."""
 
@@ -144,6 +213,7 @@ class ActorPool:
         self.failures = [0] * self.replicas  # attempts failed in a row, per replica
         self.failed_problems: list[set] = [set() for _ in range(self.replicas)]  # failed alone since a success
         self.broken: list[Optional[str]] = [None] * self.replicas  # why a replica was taken out
+        self.lost: Optional[str] = None  # why the cluster is known to be gone
 
     def _start(self):
         return self.actor_class.options(**self.options).remote(*self.args)
@@ -152,7 +222,10 @@ class ActorPool:
         """Block until every replica has built its model (surfaces load errors early)."""
         import ray
 
-        ray.get([a.ping.remote() for a in self.actors], timeout=timeout)
+        try:
+            ray.get([a.ping.remote() for a in self.actors], timeout=timeout)
+        except ray.exceptions.RayActorError as err:  # its model failed to build: say why, in one line
+            raise ModelLoadError(f"the {self.name} model could not be built: {root_cause(err)}") from err
 
     def reload(self, *args: Any, timeout: float = 600.0) -> None:
         """Rebuild every replica's model from new constructor arguments, in place: the
@@ -192,12 +265,15 @@ class ActorPool:
         import ray
 
         for attempt in range(self.retries + 1):
+            if self.lost is not None:
+                raise ClusterLost(self.lost)
             if self.broken[replica] is not None:
                 raise ReplicaDown(f"{self.name} replica {replica} is down: {self.broken[replica]}")
             actor = self.actors[replica]
             try:
                 result = await getattr(actor, method).remote(*args)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+                await self._check_cluster(err)
                 if self._count_failure(replica, problems, err):
                     if self.actors[replica] is actor:
                         ray.kill(actor, no_restart=True)
@@ -214,6 +290,17 @@ class ActorPool:
                 self.failures[replica], self.failed_problems[replica] = 0, set()
                 return result
         raise AssertionError("unreachable")
+
+    async def _check_cluster(self, err: Exception) -> None:
+        """Raise `ClusterLost` when a failed call's cluster is gone (no replacement could
+        start): the job stops with its finished results kept, instead of retrying every
+        problem until Ray ends the process."""
+        address = current_gcs_address()
+        if self.lost is None and not await asyncio.to_thread(gcs_answers, address):
+            self.lost = (f"the Ray cluster at {address} stopped answering while {self.name} replicas were "
+                         f"serving (the last failure: {type(err).__name__})")
+        if self.lost is not None:
+            raise ClusterLost(self.lost) from err
 
     def _count_failure(self, replica: int, problems: frozenset, err: Exception) -> bool:
         """Record a failed attempt; True when the replica is (now) taken out."""

@@ -21,7 +21,7 @@ from treesearch.hosting import LocalModels, ModelHosts, cluster_kind
 from treesearch.runfolder import BAD_INPUT, RunFolder, content_digest
 from treesearch.search.budget import Budget
 from treesearch.result import SearchResult
-from treesearch.types import Problem
+from treesearch.types import JobStopped, Problem
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,21 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
             else:
                 models.configure(cfg)
             progress = Progress(len(todo), job["progress"])
+            stopped: Optional[JobStopped] = None
             try:
                 stats = asyncio.run(_search(cfg, task, todo, folder, progress, models, budget))
+            except JobStopped as err:
+                stopped = err
             finally:
                 progress.close()
-                if own:
+                if own and stopped is None:  # a stopped job's cluster may be gone: nothing to stop
                     models.shutdown()
+            if stopped is not None:
+                kept = len(folder.finished(redo_errors=job["redo_errors"]) & set(ids))
+                message = (f"{stopped}. The run folder {folder.path} keeps the {kept} of {len(ids)} problems "
+                           "finished so far: rerun the same command to resume")
+                log.error("job stopped: %s", message)
+                raise type(stopped)(message) from stopped
         rows = folder.rows(ids + bad_ids)
         folder.write_table(rows)
         metrics = compute_metrics(rows, stats)

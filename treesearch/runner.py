@@ -25,7 +25,7 @@ from treesearch.search.base import grade_terminals
 from treesearch.search.budget import DEFAULT_BUDGET, Budget
 from treesearch.tasks import Task
 from treesearch.result import SearchResult
-from treesearch.types import PolicyRequest, Problem, State
+from treesearch.types import JobStopped, PolicyRequest, Problem, State
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,8 @@ class Runner:
         error = None
         try:
             await algo.search(ctx)
+        except JobStopped:  # nothing can go on: not an error row per problem
+            raise
         except Exception as exc:  # one failing problem must not sink the others
             error = f"{type(exc).__name__}: {exc}"
         ctx.accounting.stop()

@@ -127,3 +127,9 @@ class PolicyRequest:
     def batch_key(self) -> tuple:
         """Requests batch together when all but their seeds agree."""
         return (self.kind, dataclasses.replace(self.params, seed=None))
+
+
+class JobStopped(RuntimeError):
+    """Raised by a model host when no problem of the job can go on (its Ray cluster is
+    gone, say): the runner stops the job instead of writing an error row per problem, and
+    the run folder keeps every result finished so far for a resume."""

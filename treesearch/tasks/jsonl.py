@@ -27,6 +27,10 @@ LATEX_INSTRUCTION = (
 )
 
 
+MAX_QUESTION_CHARS = 100_000
+"""A longer question is a bad row: about 25k tokens, past the context of the models served."""
+
+
 class DataError(ValueError):
     """A data set cannot be read: says where (file, line, field) and why."""
 
@@ -315,6 +319,9 @@ class JSONLTask(Task):
             raise FieldError(self.question_field, f"expected text, got {type(question).__name__}")
         if not question.strip():
             raise FieldError(self.question_field, "empty question")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise FieldError(self.question_field, f"{len(question):,} characters long; the limit is "
+                                                  f"{MAX_QUESTION_CHARS:,} (no served model has the context for more)")
         gold = self.row_gold(row)
         problem_id = default_id
         if self.id_field is not None:
