@@ -327,6 +327,36 @@ def test_a_cluster_stopped_mid_job_ends_it_with_a_clear_error_and_a_resumable_fo
     assert row["recomputed"] == 0 and row["lost"] == 0 and row["duplicated"] == 0 and row["errors"] == 0
 
 
+@pytest.mark.slow  # runs two jobs in subprocesses
+def test_a_second_job_on_a_run_folder_fails_at_once_and_a_killed_jobs_lock_is_taken_over(tmp_path):
+    chaos = load_chaos()
+    data, out = tmp_path / "problems.jsonl", tmp_path / "run"
+    chaos.write_problems(data, 30)
+    command = [sys.executable, "-m", "treesearch.cli", "search", *chaos.overrides(data, out, "cluster=inprocess"),
+               "policy.fixed_s=0.2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)])}
+    first = subprocess.Popen(command, env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list((out / "results").glob("*.json")):
+            assert first.poll() is None and time.time() < deadline, "the first job did not get going"
+            time.sleep(0.05)
+        started = time.perf_counter()
+        second = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and time.perf_counter() - started < 30
+        assert f"is in use by another job (pid {first.pid} on " in second.stderr and "Traceback" not in second.stderr
+        assert first.poll() is None, "the second job left the first alone"
+    finally:
+        first.kill()
+        first.wait()
+    finished = len(list((out / "results").glob("*.json")))
+    assert 0 < finished < 30
+    resumed = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]  # the killed job's lock went with it
+    assert chaos.census(out, 30) == {"rows": 30, "unique": 30, "errors": 0, "lost": 0, "duplicated": 0}
+    assert json.loads((out / "metrics.json").read_text())["resumed_skipped"] == finished
+
+
 def load_chaos():
     spec = importlib.util.spec_from_file_location("bench_chaos", ROOT / "benchmarks" / "chaos.py")
     module = importlib.util.module_from_spec(spec)

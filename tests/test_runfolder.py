@@ -81,12 +81,15 @@ def test_a_result_file_that_is_not_a_row_counts_as_unfinished(tmp_path):
 
 def test_one_job_at_a_time_holds_a_folder(tmp_path):
     import os
+    import socket
     import subprocess
     import sys
 
+    from treesearch.runfolder import FolderInUse
+
     folder = RunFolder(tmp_path)
     with folder.lock():
-        with pytest.raises(RuntimeError, match=rf"in use by another job \(pid {os.getpid()}\)"):
+        with pytest.raises(FolderInUse, match=rf"in use by another job \(pid {os.getpid()} on {socket.gethostname()}\)"):
             with RunFolder(tmp_path).lock():
                 pass
         code = f"from treesearch.runfolder import RunFolder\nwith RunFolder({str(tmp_path)!r}).lock(): pass"

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from treesearch.config import config_dir, register_schemas
+from treesearch.runfolder import FolderInUse
 from treesearch.types import JobStopped
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, JobStopped)
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, JobStopped, FolderInUse)
 """What a command reports as one line naming the problem (bad data, config or model, a
-stopped cluster); anything else is a bug and keeps its traceback."""
+stopped cluster, a run folder another job holds); anything else is a bug and keeps its traceback."""
 
 USAGE = """usage: treesearch <command> [options]
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import zlib
 from pathlib import Path
@@ -153,6 +154,10 @@ def _read_row(path: Path) -> Optional[dict]:
     return row if isinstance(row, dict) else None
 
 
+class FolderInUse(RuntimeError):
+    """Another job holds the run folder (see `RunFolder.lock`)."""
+
+
 class RunFolder:
     """The files of one job's run, and the rules that make resume exact."""
 
@@ -237,9 +242,10 @@ class RunFolder:
     @contextlib.contextmanager
     def lock(self) -> Iterator["RunFolder"]:
         """Hold the folder for one job: a second job on it (in this or another process)
-        fails at once, naming the folder and the holder's pid, instead of computing and
-        writing the same results twice. The lock (`flock` on `.lock`) goes with the
-        process, so a crashed job leaves none behind."""
+        fails at once (`FolderInUse`), naming the folder and the holder's pid and host,
+        instead of computing and writing the same results twice. The lock (`flock` on
+        `.lock`) goes with the process, so a killed job's lock is stale at once and the
+        next job takes it over."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not on Linux/macOS: no locking
@@ -252,16 +258,16 @@ class RunFolder:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
-                holder = handle.read().strip() or "unknown"
-                raise RuntimeError(
-                    f"run folder {self.path} is in use by another job (pid {holder}); wait for it to finish, "
+                holder = handle.read().strip() or "an unknown process"
+                raise FolderInUse(
+                    f"run folder {self.path} is in use by another job ({holder}); wait for it to finish, "
                     "or give this job another job.output_dir"
                 ) from None
             except OSError as err:  # a file system without flock (some network mounts)
                 logger.warning("run folder %s: cannot lock it (%s); not guarding against a second job", self.path, err)
             handle.seek(0)
             handle.truncate()
-            handle.write(str(os.getpid()))
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
             handle.flush()
             yield self
         finally:
