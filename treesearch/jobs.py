@@ -19,6 +19,7 @@ from treesearch.components import build_task, load_problems, plain
 from treesearch.config import JobConfig, require_values, with_defaults
 from treesearch.hosting import LocalModels, ModelHosts, cluster_kind
 from treesearch.runfolder import BAD_INPUT, RunFolder, content_digest
+from treesearch.search import make_algorithm
 from treesearch.search.budget import Budget
 from treesearch.result import SearchResult
 from treesearch.types import JobStopped, Problem
@@ -172,6 +173,8 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
         raise ValueError(f"task {where}: no problems to search (an empty data file, or task.offset/limit select none)")
     # bad values fail here, before any model loads
     budget = Budget.parse(plain(cfg["search"]).get("budget") or {}, "search.budget")
+    search = plain(cfg["search"])
+    make_algorithm(search["algorithm"], **search.get("options", {}))  # bad option values fail here too
     ids = [p.id for p in problems]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
