@@ -210,6 +210,20 @@ def test_resume_redoes_a_problem_whose_gold_answer_was_edited_and_keeps_the_rest
     assert "changed since their results were written" in log and "job finished: 1 computed, 3 skipped as done" in log
 
 
+def test_ids_that_an_older_file_naming_merged_each_get_their_own_row(tmp_path):
+    ids = ["a b", "a_b-806c5cd3", "x" * 100, "x" * 80 + "y" * 20, "a/b", "a_b"]
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps({"id": pid, "input": f"Question {i}?", "target": i}) + "\n"
+                            for i, pid in enumerate(ids)))
+    folder = run_job(compose(scripted_job(data, tmp_path / "run", "task.id_field=id")))
+    rows = pq.read_table(folder / "results.parquet").to_pylist()
+    assert [r["id"] for r in rows] == ids and [r["gold"] for r in rows] == [str(i) for i in range(len(ids))]
+    assert len(list((folder / "results").iterdir())) == len(ids)
+    again = run_job(compose(scripted_job(data, tmp_path / "run", "task.id_field=id")))  # a rerun swaps nothing
+    assert pq.read_table(again / "results.parquet").to_pylist() == rows
+    assert json.loads((again / "metrics.json").read_text())["resumed_skipped"] == len(ids)
+
+
 @pytest.mark.slow  # runs the CLI in a subprocess
 def test_a_missing_model_is_one_line_naming_it_not_a_traceback(tmp_path):
     data = tmp_path / "problems.jsonl"
