@@ -1,18 +1,52 @@
 """Scoring with a causal language model: the shared plumbing of the model-based critics.
 
-Texts are encoded as token ids and right-padded into a batch; forward passes run in a
-worker thread (one at a time per model) so the event loop keeps gathering requests.
+What `self_eval` and `loglik` need of a model is a `TokenScorer`: its tokenizer and two
+kinds of log-probabilities. `LMScorer` gives them with transformers (texts encoded as
+token ids and padded into a batch; forward passes in a worker thread, one at a time per
+model, so the event loop keeps gathering requests); a policy engine that offers them
+(`VLLMPolicy`) can be passed instead, so the critic scores with the policy's weights
+instead of loading a second copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from treesearch.models import load_causal_lm
 
-ModelArg = Union[str, tuple]
+
+@runtime_checkable
+class TokenScorer(Protocol):
+    """A model's tokenizer and log-probabilities, as the model-based critics use them."""
+
+    tokenizer: Any
+
+    async def next_token_logprobs(self, sequences: Sequence[Sequence[int]],
+                                  candidates: Sequence[int]) -> list[list[float]]:
+        """For each token sequence, the log-probability of each candidate token next."""
+
+    async def token_logprobs(self, items: Sequence[tuple[Sequence[int], int]]) -> list[list[float]]:
+        """For each `(sequence, start)`, the log-probability of every token of
+        `sequence[start:]` given the tokens before it (`start` >= 1)."""
+
+
+ModelArg = Union[str, tuple, TokenScorer]
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """`text` as token ids, with no special tokens added."""
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def scorer_for(model: ModelArg, *, device: str = "auto", dtype: Any = "auto", threads: Optional[int] = None,
+               max_batch_size: int = 16) -> TokenScorer:
+    """The scorer a critic uses: `model` itself when it is one (a policy engine that
+    offers log-probabilities), else an `LMScorer` over the named (or given) model."""
+    if isinstance(model, TokenScorer) and not isinstance(model, (str, tuple)):
+        return model
+    return LMScorer(model, device=device, dtype=dtype, threads=threads, max_batch_size=max_batch_size)
 
 
 def resolve_model(model: ModelArg, device: str, dtype: Any, threads: Optional[int]) -> tuple[Any, Any]:
@@ -27,7 +61,8 @@ def resolve_model(model: ModelArg, device: str, dtype: Any, threads: Optional[in
 
 
 class LMScorer:
-    """Holds a model and tokenizer and runs batched forward passes off the event loop."""
+    """Holds a model and tokenizer and runs batched forward passes off the event loop (a
+    `TokenScorer` with transformers)."""
 
     def __init__(
         self,
@@ -48,7 +83,7 @@ class LMScorer:
         return next(self.model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return encode_text(self.tokenizer, text)
 
     def pad(self, sequences: Sequence[Sequence[int]]):
         """Right-padded `(input_ids, attention_mask)` tensors on the model's device."""
@@ -100,3 +135,28 @@ class LMScorer:
 
     async def run(self, fn: Callable[[list], list], items: Sequence) -> list:
         return await asyncio.to_thread(self.run_batched, fn, items)
+
+    async def next_token_logprobs(self, sequences: Sequence[Sequence[int]],
+                                  candidates: Sequence[int]) -> list[list[float]]:
+        def forward(batch: list) -> list:
+            import torch
+
+            logprobs = torch.log_softmax(self.next_token_logits(batch), dim=-1)
+            return logprobs[:, list(candidates)].tolist()
+
+        return await self.run(forward, list(sequences))
+
+    async def token_logprobs(self, items: Sequence[tuple[Sequence[int], int]]) -> list[list[float]]:
+        def forward(batch: list) -> list:
+            import torch
+
+            ids, mask = self.pad([seq for seq, _ in batch])
+            logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            out = []
+            for i, (seq, start) in enumerate(batch):
+                targets = ids[i, start: len(seq)]
+                out.append(logprobs[i, start - 1: len(seq) - 1].gather(1, targets[:, None]).squeeze(1).tolist())
+            return out
+
+        return await self.run(forward, list(items))
+

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from critics.registry import register_critic
-from critics.lm import LMScorer, ModelArg
+from critics.lm import ModelArg, encode_text, scorer_for
 from treesearch.prompting import render_prompt
 from treesearch.types import State
 
@@ -23,7 +23,8 @@ class SelfEvalCritic:
 
     `question` is formatted with `{question}` (the problem) and `{solution}` (the steps).
     `model` is a name/folder (loaded and shared through the model cache, so the policy's
-    weights are reused) or a ready `(model, tokenizer)` pair.
+    weights are reused), a ready `(model, tokenizer)` pair, or a `TokenScorer` such as
+    the policy's vLLM engine.
     """
 
     def __init__(
@@ -38,13 +39,13 @@ class SelfEvalCritic:
         no: str = "No",
         max_batch_size: int = 16,
     ):
-        self.lm = LMScorer(model, device=device, dtype=dtype, threads=threads, max_batch_size=max_batch_size)
+        self.lm = scorer_for(model, device=device, dtype=dtype, threads=threads, max_batch_size=max_batch_size)
         self.question = question
         self.yes_id = self._single_token(yes)
         self.no_id = self._single_token(no)
 
     def _single_token(self, word: str) -> int:
-        ids = self.lm.encode(word)
+        ids = encode_text(self.lm.tokenizer, word)
         if len(ids) != 1:
             raise ValueError(f"self-eval answer {word!r} is {len(ids)} tokens; it must be one token")
         return ids[0]
@@ -54,16 +55,12 @@ class SelfEvalCritic:
         content = self.question.format(question=state.problem.question, solution=state.solution.strip())
         return render_prompt(self.lm.tokenizer, [{"role": "user", "content": content}])
 
-    def _forward(self, sequences: list[list[int]]) -> list[float]:
-        import torch
-
-        rows = self.lm.next_token_logits(sequences)
-        pair = torch.stack([rows[:, self.yes_id], rows[:, self.no_id]], dim=1)
-        return torch.softmax(pair, dim=1)[:, 0].tolist()
-
     async def score(self, states: Sequence[State]) -> np.ndarray:
-        sequences = [self.lm.encode(self.judge_text(s)) for s in states]
-        return np.asarray(await self.lm.run(self._forward, sequences), dtype=np.float64)
+        sequences = [encode_text(self.lm.tokenizer, self.judge_text(s)) for s in states]
+        pairs = np.asarray(await self.lm.next_token_logprobs(sequences, [self.yes_id, self.no_id]), dtype=np.float64)
+        pairs = pairs.reshape(len(states), 2)
+        # P(yes) / (P(yes) + P(no)): a softmax over the two
+        return 1.0 / (1.0 + np.exp(pairs[:, 1] - pairs[:, 0]))
 
 
 register_critic("self_eval", SelfEvalCritic)

@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,18 +55,10 @@ def test_missing_vllm_gives_install_hint():
 
 
 @pytest.fixture(scope="module")
-def loop():
-    """One event loop for the module: the engine's output handler lives on it."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory, loop):
+def engine(tmp_path_factory):
     from treesearch.policy.vllm import VLLMPolicy
 
-    async def build():
+    def build():  # the tests call it through asyncio.run: a new event loop for every call
         return VLLMPolicy(
             "smollm2",
             export_dir=tmp_path_factory.mktemp("smollm2-hf"),
@@ -74,16 +67,16 @@ def engine(tmp_path_factory, loop):
             enforce_eager=True,
         )
 
-    policy = loop.run_until_complete(build())
+    policy = build()
     yield policy
     policy.shutdown()
 
 
 @needs_engine
-def test_expansion_samples_steps(engine, loop):
+def test_expansion_samples_steps(engine):
     assert isinstance(engine, Policy)
     params = SamplingParams(temperature=0.8, max_new_tokens=48, stop=("\n",), seed=0)
-    [steps] = loop.run_until_complete(engine.expand([make_state()], 4, params))
+    [steps] = asyncio.run(engine.expand([make_state()], 4, params))
     assert len(steps) == 4
     assert len({s.text for s in steps}) >= 2
     for s in steps:
@@ -95,27 +88,26 @@ def test_expansion_samples_steps(engine, loop):
 
 
 @needs_engine
-def test_counts_order_seeds_and_limits(engine, loop):
+def test_counts_order_seeds_and_limits(engine):
     states = [make_state(), make_state("What is 7 times 6?"), make_state(steps=("16 - 3 = 13.\n",))]
     params = SamplingParams(temperature=1.0, max_new_tokens=16, stop=("\n",), seed=5)
-    a = loop.run_until_complete(engine.expand(states, [1, 3, 2], params))
-    b = loop.run_until_complete(engine.expand(states, [1, 3, 2], params))
-    assert [len(r) for r in a] == [1, 3, 2]
-    assert [[s.text for s in r] for r in a] == [[s.text for s in r] for r in b]
+    a = asyncio.run(engine.expand(states, [1, 3, 2], params))
+    b = asyncio.run(engine.expand(states, [1, 3, 2], params))
+    assert [len(r) for r in a] == [1, 3, 2] == [len(r) for r in b]  # vLLM does not promise equal texts
     short = SamplingParams(temperature=1.0, max_new_tokens=5, seed=1)
-    out = loop.run_until_complete(engine.expand(states, 2, short))
+    out = asyncio.run(engine.expand(states, 2, short))
     for s in (s for r in out for s in r):
         assert s.num_tokens <= 5
         assert s.finish_reason in ("length", "eos")
-    mixed = loop.run_until_complete(engine.expand(states[:2], 2, [params, short]))
+    mixed = asyncio.run(engine.expand(states[:2], 2, [params, short]))
     assert [len(r) for r in mixed] == [2, 2]
     assert all(s.num_tokens <= 5 for s in mixed[1])
 
 
 @needs_engine
-def test_complete_splits_into_steps(engine, loop):
+def test_complete_splits_into_steps(engine):
     params = SamplingParams(temperature=0.7, max_new_tokens=128, stop=("\n",), seed=2)
-    [steps] = loop.run_until_complete(engine.complete([make_state()], params))
+    [steps] = asyncio.run(engine.complete([make_state()], params))
     assert steps
     assert all(s.finish_reason == "stop" for s in steps[:-1])
     assert steps[-1].finish_reason in ("eos", "length")
@@ -125,11 +117,11 @@ def test_complete_splits_into_steps(engine, loop):
 
 
 @needs_engine
-def test_prefix_counters(engine, loop):
+def test_prefix_counters(engine):
     before = engine.prompt_tokens_naive
     state = make_state()
     params = SamplingParams(temperature=0.8, max_new_tokens=4, seed=0)
-    loop.run_until_complete(engine.expand([state], 8, params))
+    asyncio.run(engine.expand([state], 8, params))
     length = len(engine._encode(state))
     assert engine.prompt_tokens_naive - before == 8 * length
 
@@ -143,37 +135,167 @@ class _ContractSamplingParams:
         self.n, self.temperature, self.rest = n, temperature, rest
 
 
-class _FakeEngine:
-    """Answers every request with `n` outputs of one step ("step one" and a newline)."""
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+VOCAB = 49152  # SmolLM2's
 
-    def __init__(self):
-        self.requests = []
+
+def fake_logprobs(previous: int) -> np.ndarray:
+    """The stand-in engine's next-token distribution after token `previous` (log-probabilities)."""
+    logits = ((previous * 31 + np.arange(VOCAB) * 17) % 101) / 10.0
+    return logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+
+
+class _ContractEngine:
+    """Stands in for vLLM's AsyncLLM and enforces its loop rule: the output handler is
+    bound to the event loop of the first request, and a request from another loop fails.
+    Answers every request with `n` outputs of one step ("step one" and a newline)."""
+
+    def __init__(self, args):
+        self.args, self.requests, self.loop, self.stopped = args, [], None, False
+
+    @classmethod
+    def from_engine_args(cls, args):
+        return cls(args)
 
     async def generate(self, prompt, sampling, request_id):
         from types import SimpleNamespace
 
+        loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = loop
+        elif loop is not self.loop:
+            raise RuntimeError("the engine's output handler is bound to another event loop")
         self.requests.append(sampling)
+        wanted, prompt_wanted = sampling.rest.get("logprobs"), sampling.rest.get("prompt_logprobs")
+        if wanted is not None and wanted > MAX_LOGPROBS:  # vLLM's max_logprobs check
+            raise ValueError(f"Requested sample logprobs of {wanted}, which is greater than max allowed: {MAX_LOGPROBS}")
+        if wanted or prompt_wanted is not None:  # a scoring request (top log-probabilities): one greedy token
+            after = fake_logprobs(prompt[-1])
+            top = [int(t) for t in np.argsort(-after, kind="stable")[: max(wanted or 0, 1)]]
+            logprobs = [{t: SimpleNamespace(logprob=float(after[t])) for t in top}] if wanted is not None else None
+            outputs = [SimpleNamespace(index=0, token_ids=[top[0]], logprobs=logprobs, text="x",
+                                       finish_reason="length", stop_reason=None)]
+            prompt_logprobs = None
+            if prompt_wanted is not None:
+                prompt_logprobs = [None] + [{prompt[i]: SimpleNamespace(logprob=float(fake_logprobs(prompt[i - 1])[prompt[i]]))}
+                                            for i in range(1, len(prompt))]
+            yield SimpleNamespace(outputs=outputs, num_cached_tokens=0, prompt_logprobs=prompt_logprobs)
+            return
         outputs = [SimpleNamespace(index=i, token_ids=[11, 12, 13], logprobs=None, text="step one\n",
                                    finish_reason="stop", stop_reason="\n") for i in range(sampling.n)]
         yield SimpleNamespace(outputs=outputs, num_cached_tokens=0)
 
+    def shutdown(self):
+        self.stopped = True
 
-def test_greedy_expansion_of_several_samples_keeps_vllms_contract_on_cpu(smollm2_tokenizer):
+
+@pytest.fixture
+def contract_policy(monkeypatch, smollm2_tokenizer):
+    """A VLLMPolicy built by its own constructor on the contract-enforcing stand-ins."""
+    from types import SimpleNamespace
+
+    import treesearch.models
+    import treesearch.policy.vllm as module
+
+    fakes = (_ContractEngine, lambda **kw: SimpleNamespace(**kw), _ContractSamplingParams,
+             lambda prompt_token_ids: prompt_token_ids, SimpleNamespace(FINAL_ONLY="final"))
+    monkeypatch.setattr(module, "_import_vllm", lambda: fakes)
+    monkeypatch.setattr(treesearch.models, "load_tokenizer", lambda name: smollm2_tokenizer)
+    policy = module.VLLMPolicy("/models/any", gpu_memory_utilization=0.4)
+    yield policy
+    policy.shutdown()
+
+
+def test_the_stand_in_engine_refuses_a_second_event_loop():
+    engine = _ContractEngine(None)
+
+    async def one():
+        return [out async for out in engine.generate([1], _ContractSamplingParams(), "r")]
+
+    asyncio.run(one())
+    with pytest.raises(RuntimeError, match="bound to another event loop"):
+        asyncio.run(one())
+
+
+def test_repeated_searches_share_one_engine_on_its_own_loop(contract_policy):
+    """Each `asyncio.run` (each `treesearch.search()` call) brings a new loop; the engine
+    keeps its own, so a second search works."""
+    params = SamplingParams(temperature=0.7, max_new_tokens=16, stop=("\n",), seed=1)
+    first = asyncio.run(contract_policy.expand([make_state()], 2, params))
+    second = asyncio.run(contract_policy.expand([make_state()], 2, params))
+    (done,) = asyncio.run(contract_policy.complete([make_state()], params))
+    assert [s.text for s in first[0]] == [s.text for s in second[0]] == ["step one\n"] * 2 and done
+
+    async def both():  # two requests at once from one caller's loop
+        return await asyncio.gather(contract_policy.expand([make_state()], 1, params),
+                                    contract_policy.expand([make_state("What is 7 times 6?")], 3, params))
+
+    assert [len(r[0]) for r in asyncio.run(both())] == [1, 3]
+    engine = contract_policy.engine
+    assert engine.args.gpu_memory_utilization == 0.4 and engine.args.enable_prefix_caching
+    assert len(engine.requests) == 5 and engine.loop is contract_policy._engine_thread.loop
+    seeds = [r.rest["seed"] for r in engine.requests[:2]]
+    assert seeds[0] == seeds[1] is not None, "the same seeded call sends the same per-request seed"
+
+
+def test_greedy_expansion_of_several_samples_keeps_vllms_contract(contract_policy):
     """vLLM refuses n > 1 with temperature 0: the policy asks once and repeats the step, as
     the transformers backend's identical greedy rows give."""
-    import itertools
-
-    from treesearch.policy.vllm import VLLMPolicy
-
-    policy = VLLMPolicy.__new__(VLLMPolicy)  # everything but the engine build
-    policy._VSamplingParams, policy._TokensPrompt = _ContractSamplingParams, (lambda prompt_token_ids: prompt_token_ids)
-    policy._final_only, policy.tokenizer, policy.engine = None, smollm2_tokenizer, _FakeEngine()
-    policy._ids = itertools.count()
-    policy.reset_counters()
     greedy = SamplingParams(temperature=0.0, max_new_tokens=16, stop=("\n",))
-    (steps,) = asyncio.run(policy.expand([make_state()], 3, greedy))
-    assert [s.text for s in steps] == ["step one\n"] * 3 and [r.n for r in policy.engine.requests] == [1]
-    assert policy.generated_tokens == 9  # three samples' worth, as if each was generated
-    (sampled,) = asyncio.run(policy.expand([make_state()], 3, SamplingParams(temperature=0.7, max_new_tokens=16,
-                                                                          stop=("\n",), seed=1)))
-    assert len(sampled) == 3 and policy.engine.requests[-1].n == 3
+    (steps,) = asyncio.run(contract_policy.expand([make_state()], 3, greedy))
+    engine = contract_policy.engine
+    assert [s.text for s in steps] == ["step one\n"] * 3 and [r.n for r in engine.requests] == [1]
+    assert engine.requests[0].rest["seed"] is None  # greedy: no seed
+    assert contract_policy.generated_tokens == 9  # three samples' worth, as if each was generated
+    (sampled,) = asyncio.run(contract_policy.expand([make_state()], 3, SamplingParams(
+        temperature=0.7, max_new_tokens=16, stop=("\n",), seed=1)))
+    assert len(sampled) == 3 and engine.requests[-1].n == 3
+
+
+def test_shutdown_stops_the_engine_and_its_loop(contract_policy):
+    engine, thread = contract_policy.engine, contract_policy._engine_thread
+    contract_policy.shutdown()
+    assert engine.stopped and not thread.thread.is_alive() and thread.loop.is_closed()
+    contract_policy.shutdown = lambda: None  # the fixture's second shutdown has nothing to do
+
+
+def test_the_policy_engine_gives_the_critics_their_log_probabilities(contract_policy):
+    """`next_token_logprobs` reads the top log-probabilities of one generated token and
+    falls back to exact prompt log-probabilities outside them; `token_logprobs` reads
+    the prompt's. Scoring requests stay out of the policy's prompt counters."""
+    sequence = [5, 9, 1200]
+    after = fake_logprobs(sequence[-1])
+    best, far = int(np.argmax(after)), int(np.argmin(after))  # inside and outside the top 20
+    (got,) = asyncio.run(contract_policy.next_token_logprobs([sequence], [best, far]))
+    assert got == pytest.approx([after[best], after[far]])
+    engine = contract_policy.engine
+    assert [r.rest.get("logprobs") for r in engine.requests] == [MAX_LOGPROBS, None]
+    assert engine.requests[1].rest["prompt_logprobs"] == 0
+    (per_token,) = asyncio.run(contract_policy.token_logprobs([(sequence + [7, 8], 3)]))
+    assert per_token == pytest.approx([fake_logprobs(1200)[7], fake_logprobs(7)[8]])
+    assert contract_policy.prompt_tokens_naive == 0 and contract_policy.generated_tokens == 0
+    with pytest.raises(ValueError, match="start must be in 1..2"):
+        asyncio.run(contract_policy.token_logprobs([([1, 2], 0)]))
+
+
+def test_self_eval_and_loglik_score_with_the_policy_engine(contract_policy):
+    from critics.lm import encode_text
+    from critics.loglik import LogLikelihoodCritic
+    from critics.self_eval import SelfEvalCritic
+    from treesearch.prompting import render_prompt
+
+    states = [make_state(steps=("16 - 3 - 4 = 9.\n",)), make_state("What is 7 times 6?", ("7 * 6 = 42.\n",))]
+    judge = SelfEvalCritic(contract_policy)
+    assert judge.lm is contract_policy, "no second model is loaded"
+    values = asyncio.run(judge.score(states))
+    for state, value in zip(states, values):
+        last = encode_text(contract_policy.tokenizer, judge.judge_text(state))[-1]
+        yes, no = fake_logprobs(last)[[judge.yes_id, judge.no_id]]
+        assert value == pytest.approx(1 / (1 + math.exp(no - yes)))
+    likelihood = LogLikelihoodCritic(contract_policy)
+    tokenizer = contract_policy.tokenizer
+    prompt = encode_text(tokenizer, render_prompt(tokenizer, states[0].prompt))
+    ids = prompt + encode_text(tokenizer, states[0].solution)
+    expected = math.exp(np.mean([fake_logprobs(ids[i - 1])[ids[i]] for i in range(len(prompt), len(ids))]))
+    assert asyncio.run(likelihood.score(states[:1]))[0] == pytest.approx(expected)
+

@@ -9,8 +9,9 @@ tokenized by the model's Hugging Face tokenizer; a step includes its stop string
 whitespace-only steps are continued (vLLM stops at the first stop string it sees, so such
 a sample is resubmitted with its tokens appended to the prompt, which the prefix cache
 makes cheap); `logprob` is under the unscaled distribution (vLLM's default
-`logprobs_mode="raw_logprobs"`). Use one policy within one event loop: the engine's
-output handler lives on the loop of its first request.
+`logprobs_mode="raw_logprobs"`). The engine lives on an event loop of its own
+(`EngineThread`): vLLM binds its output handler to the loop of the first request, and
+each `treesearch.search()` call, like each `asyncio.run`, brings a new loop.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
+from treesearch.policy.engine_thread import EngineThread
 from treesearch.policy.steps import find_stop, request_seed, split_completion
 from treesearch.prompting import encode_state
 from treesearch.types import SamplingParams, State, Step
 
 INSTALL_HINT = "pip install 'treesearch[vllm]' on a CUDA machine"
+TOP_LOGPROBS = 20  # vLLM's default max_logprobs: the most log-probabilities one request may ask for
 
 
 def _import_vllm():
@@ -46,6 +49,10 @@ def _import_vllm():
     return AsyncLLM, AsyncEngineArgs, VSamplingParams, TokensPrompt, RequestOutputKind
 
 
+async def _gathered(jobs: list) -> list:
+    return list(await asyncio.gather(*jobs))
+
+
 class VLLMPolicy(BackendCounters):
     """A `Policy` on a vLLM engine (GPU), with prefix caching switched on.
 
@@ -53,7 +60,8 @@ class VLLMPolicy(BackendCounters):
     file to a plain folder (`export_dir`, default ~/.cache/treesearch/smollm2-hf).
     `engine_kwargs` go to `AsyncEngineArgs` (e.g. tensor_parallel_size, max_model_len).
     Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (prompt tokens not served
-    from the prefix cache, as vLLM reports), `generated_tokens`, `calls`.
+    from the prefix cache, as vLLM reports), `generated_tokens`, `calls`. It is also a
+    `critics.lm.TokenScorer`, so `self_eval` and `loglik` can score with its engine.
     """
 
     def __init__(
@@ -89,13 +97,15 @@ class VLLMPolicy(BackendCounters):
             enforce_eager=enforce_eager,
             **engine_kwargs,
         )
-        self.engine = AsyncLLM.from_engine_args(args)
+        self._engine_thread = EngineThread(lambda: AsyncLLM.from_engine_args(args), name="vllm-policy")
+        self.engine = self._engine_thread.engine
         self._ids = itertools.count()
         self.reset_counters()
 
     def shutdown(self) -> None:
-        """Stop the engine (its background process and GPU memory)."""
+        """Stop the engine (its background process and GPU memory) and its loop."""
         self.engine.shutdown()
+        self._engine_thread.close()
 
     # -- Policy protocol ------------------------------------------------------------------
 
@@ -107,15 +117,15 @@ class VLLMPolicy(BackendCounters):
         counts = per_state_counts(states, n)
         per_state = per_state_params(states, params)
         self.calls += 1
-        jobs = (self._expand_one(s, c, p) for s, c, p in zip(states, counts, per_state))
-        return list(await asyncio.gather(*jobs))
+        jobs = [self._expand_one(s, c, p) for s, c, p in zip(states, counts, per_state)]
+        return await self._engine_thread.call(_gathered(jobs))
 
     async def complete(self, states: Sequence[State], params: ParamsArg) -> list[list[Step]]:
         """For each state, one completion to EOS or `max_new_tokens`, split into steps."""
         per_state = per_state_params(states, params)
         self.calls += 1
-        jobs = (self._complete_one(s, p) for s, p in zip(states, per_state))
-        return list(await asyncio.gather(*jobs))
+        jobs = [self._complete_one(s, p) for s, p in zip(states, per_state)]
+        return await self._engine_thread.call(_gathered(jobs))
 
     # -- internals ------------------------------------------------------------------------
 
@@ -142,7 +152,47 @@ class VLLMPolicy(BackendCounters):
             skip_special_tokens=True,
         )
 
-    async def _generate(self, prompt_ids: list[int], sampling) -> Any:
+    # -- log-probabilities for the critics that share this engine (critics.lm.TokenScorer)
+
+    async def next_token_logprobs(self, sequences: Sequence[Sequence[int]],
+                                  candidates: Sequence[int]) -> list[list[float]]:
+        """For each token sequence, the log-probability of each candidate token next: from
+        the top `TOP_LOGPROBS` of one generated token (the prompt's prefix is cached), and
+        exactly from the prompt's log-probabilities for a candidate outside them."""
+        jobs = [self._next_logprobs(list(seq), list(candidates)) for seq in sequences]
+        return await self._engine_thread.call(_gathered(jobs))
+
+    async def token_logprobs(self, items: Sequence[tuple[Sequence[int], int]]) -> list[list[float]]:
+        """For each `(sequence, start)`, the log-probability of every token of
+        `sequence[start:]` given the tokens before it (vLLM's prompt log-probabilities,
+        which it computes without its prefix cache)."""
+        jobs = [self._prompt_logprobs(list(seq), start) for seq, start in items]
+        return await self._engine_thread.call(_gathered(jobs))
+
+    async def _next_logprobs(self, sequence: list[int], candidates: list[int]) -> list[float]:
+        sampling = self._VSamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=TOP_LOGPROBS,
+                                         output_kind=self._final_only)
+        top = (await self._generate(sequence, sampling, counted=False)).outputs[0].logprobs[0]
+        out = []
+        for token in candidates:
+            if token in top:
+                out.append(float(top[token].logprob))
+            else:
+                (exact,) = await self._prompt_logprobs(sequence + [token], len(sequence))
+                out.append(exact)
+        return out
+
+    async def _prompt_logprobs(self, sequence: list[int], start: int) -> list[float]:
+        if not 1 <= start <= len(sequence):
+            raise ValueError(f"token_logprobs: start must be in 1..{len(sequence)}, got {start}")
+        sampling = self._VSamplingParams(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0,
+                                         output_kind=self._final_only)
+        entries = (await self._generate(sequence, sampling, counted=False)).prompt_logprobs
+        return [float(entries[i][sequence[i]].logprob) for i in range(start, len(sequence))]
+
+    async def _generate(self, prompt_ids: list[int], sampling, counted: bool = True) -> Any:
+        """One vLLM request; `counted`: its prompt tokens go to the policy's counters (not
+        for the critics' scoring requests)."""
         final = None
         request_id = f"treesearch-{next(self._ids)}"
         prompt = self._TokensPrompt(prompt_token_ids=prompt_ids)
@@ -150,9 +200,10 @@ class VLLMPolicy(BackendCounters):
             final = output
         if final is None:
             raise RuntimeError(f"vLLM returned no output for request {request_id}")
-        cached = getattr(final, "num_cached_tokens", None) or 0
-        self.prompt_tokens_naive += len(prompt_ids) * sampling.n
-        self.prompt_tokens_encoded += max(0, len(prompt_ids) - cached)
+        if counted:
+            cached = getattr(final, "num_cached_tokens", None) or 0
+            self.prompt_tokens_naive += len(prompt_ids) * sampling.n
+            self.prompt_tokens_encoded += max(0, len(prompt_ids) - cached)
         return final
 
     @staticmethod
