@@ -114,3 +114,28 @@ def test_throughput_quick_with_a_tiny_model(tmp_path, tiny_model_dir, monkeypatc
     assert report["batching"]["rows"][1]["mean_policy_batch"] > report["batching"]["rows"][0]["mean_policy_batch"]
     overhead = report["overhead"]
     assert overhead["nodes"] > 8 and 0 <= overhead["engine_share"] < 1
+
+
+def test_gpu_check_reports_every_check_and_goes_on_after_a_failure(tmp_path, capsys):
+    """The GPU check's table (its checks themselves need a CUDA GPU: BENCHMARKS.md says
+    where it ran); here its bookkeeping, and the job it would run composed on the CPU."""
+    import torch
+
+    from treesearch.config import compose
+    from treesearch.hosting import critic_shares_policy
+
+    gpu_check = load("gpu_check")
+
+    def broken(ctx):
+        raise RuntimeError("no engine\nsecond line")
+
+    rows = gpu_check.run_checks({"have": True}, [("first", lambda ctx: "fine", ""), ("second", broken, ""),
+                                                  ("third", lambda ctx: "ran", "have"), ("fourth", broken, "absent")])
+    assert [(r["check"], r["status"]) for r in rows] == [("first", "pass"), ("second", "fail"), ("third", "pass"),
+                                                         ("fourth", "skip")]
+    assert rows[1]["detail"] == "RuntimeError: no engine" and rows[3]["detail"] == "needs absent"
+    job = compose("search", gpu_check._job_overrides({"model": "smollm2"}, tmp_path / "job"))
+    assert job.cluster.policy.num_gpus == 1 and critic_shares_policy(job)
+    if not torch.cuda.is_available():
+        assert gpu_check.main(["--out", str(tmp_path / "gpu.json")]) == 2
+        assert "no CUDA GPU here" in capsys.readouterr().err and not (tmp_path / "gpu.json").exists()

@@ -102,9 +102,15 @@ def test_every_task_policy_and_critic_option_selects_its_schema_and_sets_only_wh
         assert set(files) - {"target"} == set(options), group  # every option has a schema, every schema a file
         for name, schema in options.items():
             body = OmegaConf.load(files[name])
-            assert f"/schema/{group}/{name}@_here_" in [str(d) for d in body.defaults], files[name]
+            # a global file (policy=vllm, which also asks the cluster for a GPU) keeps its
+            # own section under the group's key and may set nothing else but `cluster`
+            global_file = "# @package _global_" in files[name].read_text()
+            package = group if global_file else "_here_"
+            assert f"/schema/{group}/{name}@{package}" in [str(d) for d in body.defaults], files[name]
+            if global_file:
+                assert set(body) - {"defaults", group, "cluster"} == set(), files[name]
             defaults = _schema_values(schema)
-            for key, value in _set_values(files[name]).items():
+            for key, value in _set_values(files[name], group if global_file else None).items():
                 assert key in defaults, f"{files[name]}: {key} is not in {schema.__name__}"
                 assert value != defaults[key], f"{files[name]}: {key}: {value!r} repeats {schema.__name__}'s default"
         if "target" in files:  # a plug-in whose keys are the user's code's: no schema

@@ -4,6 +4,7 @@ guard is checked and the engine tests are skipped with the reason."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import math
 
@@ -299,3 +300,90 @@ def test_self_eval_and_loglik_score_with_the_policy_engine(contract_policy):
     expected = math.exp(np.mean([fake_logprobs(ids[i - 1])[ids[i]] for i in range(len(prompt), len(ids))]))
     assert asyncio.run(likelihood.score(states[:1]))[0] == pytest.approx(expected)
 
+
+
+# -- where the critic runs on a vLLM job (no GPU needed) --------------------------------
+
+VLLM_JOB = ["policy=vllm", "policy.model=/models/any"]
+
+
+@pytest.mark.parametrize("overrides, shares", [
+    ([], True),  # the default critic, self_eval on ${policy.model}
+    (["critic=loglik"], True),
+    (["critic=rollout"], True),  # rollout_policy: ${policy}
+    (["critic=self_eval", "critic.model=/models/judge"], False),  # another model: its own pool
+    (["critic=rollout", "critic.rollout_policy={backend: vllm, model: /models/small}"], False),
+    (["critic=prm", "critic.model=/models/prm"], False),
+    (["critic=verifier"], False),
+    (["cluster.critic_on_policy_engine=false"], False),
+])
+def test_a_critic_on_the_vllm_policys_model_runs_on_its_engine(overrides, shares):
+    from treesearch.config import compose
+    from treesearch.hosting import critic_shares_policy
+
+    cfg = compose("search", [*VLLM_JOB, *overrides])
+    assert critic_shares_policy(cfg) is shares
+    assert cfg.cluster.policy.num_gpus == 1 and cfg.cluster.critic.num_gpus == 0  # policy=vllm asks for a GPU
+    assert critic_shares_policy(compose("search", overrides)) is False  # the CPU default: separate actors
+
+
+def test_an_explicit_gpu_share_on_the_command_line_wins():
+    from treesearch.config import compose
+
+    assert compose("search", [*VLLM_JOB, "cluster.policy.num_gpus=0.5"]).cluster.policy.num_gpus == 0.5
+    assert compose("selftrain", [*VLLM_JOB, "selftrain.dev.path=d.jsonl"]).cluster.policy.num_gpus == 1
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, smollm2_tokenizer):
+    """vLLM's classes replaced by the contract-enforcing stand-ins, for code that builds
+    a VLLMPolicy itself from a config."""
+    from types import SimpleNamespace
+
+    import treesearch.models
+    import treesearch.policy.vllm as module
+
+    fakes = (_ContractEngine, lambda **kw: SimpleNamespace(**kw), _ContractSamplingParams,
+             lambda prompt_token_ids: prompt_token_ids, SimpleNamespace(FINAL_ONLY="final"))
+    monkeypatch.setattr(module, "_import_vllm", lambda: fakes)
+    monkeypatch.setattr(treesearch.models, "load_tokenizer", lambda name: smollm2_tokenizer)
+
+
+@pytest.mark.parametrize("critic", ["self_eval", "loglik", "rollout"])
+def test_in_process_hosts_build_the_shared_critic_on_the_policy(fake_vllm, critic):
+    from treesearch.config import compose
+    from treesearch.hosting import LocalModels
+
+    models = LocalModels(compose("search", [*VLLM_JOB, f"critic={critic}", "cluster=inprocess"]))
+    try:
+        shared = models.critic.policy if critic == "rollout" else models.critic.lm
+        assert shared is models.policy
+        state = make_state(steps=("16 - 3 - 4 = 9.\n",))
+        state = dataclasses.replace(state, problem=dataclasses.replace(state.problem, gold="18"))  # rollouts grade
+        values = asyncio.run(models.clients().critic.score([state]))
+        assert values.shape == (1,) and 0 <= values[0] <= 1
+    finally:
+        models.shutdown()
+
+
+def test_a_policy_actor_hosts_the_shared_critic_and_rebuilds_it_with_the_policy(fake_vllm):
+    """The body of the Ray policy actor, run here: the critic scores on the actor's own
+    policy engine; a reload swaps both."""
+    from treesearch import cluster
+    from treesearch.components import plain
+    from treesearch.config import compose
+
+    cfg = compose("search", VLLM_JOB)
+    spec, shared = plain(cfg.policy), (plain(cfg.critic), plain(cfg.task))
+    host = cluster._PolicyHost(spec, shared)
+    try:
+        assert host.critic.lm is host.policy
+        values, tokens = asyncio.run(host.score_with_cost([make_state(steps=("16 - 3 - 4 = 9.\n",))]))
+        assert 0 <= values[0] <= 1 and tokens[0] == 0
+        old = host.policy
+        host.reload(spec, None)
+        assert host.policy is not old and host.critic is None
+        with pytest.raises(RuntimeError, match="hosts no critic"):
+            asyncio.run(host.score_with_cost([make_state()]))
+    finally:
+        host.policy.shutdown()

@@ -22,7 +22,8 @@ import numpy as np
 from critics.base import score_with_cost
 from treesearch.components import build_critic, build_policy, build_task, plain
 from treesearch.config import ClusterConfig, PoolConfig, with_defaults
-from treesearch.hosting import Clients, prepare_process, release, wanted_models
+from treesearch.hosting import (Clients, critic_shares_policy, log_shared_critic, prepare_process, release,
+                                wanted_models)
 from treesearch.policy.base import per_state_counts, per_state_params
 from treesearch.types import JobStopped, State
 
@@ -102,19 +103,26 @@ def _known_gcs_address(address: str) -> Optional[str]:
 
 
 class _PolicyHost:
-    """Body of `PolicyActor`: a policy backend built from its config."""
+    """Body of `PolicyActor`: a policy backend built from its config, and the critic that
+    runs on it when the job has one (`shared`: its critic and task specs; see
+    `hosting.critic_shares_policy`)."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, shared: Optional[tuple[dict, Optional[dict]]] = None):
         prepare_process(spec.get("threads"))
         self.spec = spec
         self.policy = build_policy(spec)
+        self.critic = None
+        if shared is not None:
+            critic_spec, task_spec = shared
+            self.critic = build_critic(critic_spec, build_task(task_spec) if task_spec else None, policy=self.policy)
 
-    def reload(self, spec: dict) -> bool:
-        """Swap in another policy (e.g. the next self-training round's weights); the old
-        one's memory is freed first."""
+    def reload(self, spec: dict, shared: Optional[tuple[dict, Optional[dict]]] = None) -> bool:
+        """Swap in another policy (e.g. the next self-training round's weights) and its
+        critic; the old ones' memory is freed first."""
+        self.critic = None
         release(self.policy)
         self.policy = None
-        self.__init__(spec)
+        self.__init__(spec, shared)
         return True
 
     async def expand(self, states, n, params):
@@ -122,6 +130,11 @@ class _PolicyHost:
 
     async def complete(self, states, params):
         return await self.policy.complete(states, params)
+
+    async def score_with_cost(self, states):
+        if self.critic is None:
+            raise RuntimeError("this policy actor hosts no critic")
+        return await score_with_cost(self.critic, states)
 
     def ping(self) -> bool:
         return True
@@ -412,17 +425,23 @@ class ModelPools:
         cluster = with_defaults(ClusterConfig, cfg.get("cluster"))
         init_ray(cluster.get("address"), cluster.get("num_cpus"))
         self.resources = cluster
-        self.policy_spec = plain(cfg["policy"])
-        self.policy = policy_pool(self.policy_spec, cluster["policy"])
-        self.critic: Optional[ActorPool] = None
+        self.policy_spec, wanted = wanted_models(cfg)
+        self.shared = wanted if critic_shares_policy(cfg) else None  # the critic the policy actors host
+        self.policy = policy_pool(self.policy_spec, self.shared, cluster["policy"])
+        log_shared_critic(self.shared)
+        self.critic: Optional[ActorPool] = None  # a critic in a pool of its own
         self.critic_specs: Optional[tuple[dict, dict]] = None  # (critic, task) the critic pool was built for
         self.configure(cfg)
 
     def configure(self, cfg: Mapping) -> None:
         policy_spec, wanted = wanted_models(cfg)
-        if policy_spec != self.policy_spec:
-            self.policy.reload(policy_spec)
-            self.policy_spec = policy_spec
+        shared = wanted if critic_shares_policy(cfg) else None
+        if (policy_spec, shared) != (self.policy_spec, self.shared):
+            self.policy.reload(policy_spec, shared)
+            self.policy_spec, self.shared = policy_spec, shared
+            log_shared_critic(shared)
+        if shared is not None:
+            wanted = None  # no pool of its own
         if wanted is None and self.critic is not None:
             self.critic.shutdown()
             self.critic = None
@@ -439,9 +458,10 @@ class ModelPools:
             pool.ready()
 
     def clients(self) -> Clients:
-        critic = RemoteCritic(self.critic) if self.critic is not None else None
+        critic_pool = self.policy if self.shared is not None else self.critic
+        critic = RemoteCritic(critic_pool) if critic_pool is not None else None
         return Clients(RemotePolicy(self.policy), critic, self.policy.replicas,
-                       self.critic.replicas if self.critic is not None else 1)
+                       critic_pool.replicas if critic_pool is not None else 1)
 
     def replacements(self) -> dict:
         return {pool.name: pool.replacements for pool in self.pools()}
@@ -454,9 +474,10 @@ class ModelPools:
             pool.shutdown()
 
 
-def policy_pool(policy_cfg: Mapping, resources: Mapping) -> ActorPool:
+def policy_pool(policy_cfg: Mapping, shared: Optional[tuple], resources: Mapping) -> ActorPool:
+    """The policy's pool; `shared`: the (critic, task) specs of a critic its actors host."""
     policy_actor, _ = _actor_classes()
-    return ActorPool(policy_actor, (plain(policy_cfg),), resources, name="policy")
+    return ActorPool(policy_actor, (plain(policy_cfg), shared), resources, name="policy")
 
 
 def critic_pool(critic_cfg: Mapping, task_cfg: Mapping, resources: Mapping) -> ActorPool:

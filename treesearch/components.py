@@ -95,13 +95,15 @@ def has_critic(cfg: Optional[Mapping]) -> bool:
     return spec.get("name") is not None or TARGET in spec
 
 
-def build_critic(cfg: Optional[Mapping], task: Optional[Task] = None):
+def build_critic(cfg: Optional[Mapping], task: Optional[Task] = None, policy: Any = None):
     """A critic from `{name: ..., ...}`, or the user's own from `{_target_:
     pkg.module.factory, ...}` (a Critic or a value function; `name` is then only a label);
     None when neither is set.
 
     `verifier` and `rollout` get the task (for grading); `rollout` builds its own policy
-    from `rollout_policy` (a policy config)."""
+    from `rollout_policy` (a policy config). `policy`: the job's policy, for a critic that
+    runs on it (`hosting.critic_shares_policy`): `self_eval` and `loglik` score with its
+    engine, `rollout` rolls out with it."""
     from critics import make_critic
 
     spec = plain(cfg)
@@ -116,7 +118,10 @@ def build_critic(cfg: Optional[Mapping], task: Optional[Task] = None):
     if name in ("verifier", "rollout"):
         spec["task"] = task
     if name == "rollout":
-        spec["policy"] = build_policy(spec.pop("rollout_policy"))
+        rollout_policy = spec.pop("rollout_policy")
+        spec["policy"] = policy if policy is not None else build_policy(rollout_policy)
+    elif policy is not None:
+        spec["model"] = policy
     return make_critic(name, **spec)
 
 

@@ -67,11 +67,15 @@ class PoolConfig:
 class ClusterConfig:
     """`cluster`: `kind` "ray" hosts the models in Ray actor pools (`address` None starts a
     local cluster; "auto" or "ray://host:10001" joins one); "inprocess" builds them in
-    this process (a notebook, a debugger, a machine without Ray); pools are then unused."""
+    this process (a notebook, a debugger, a machine without Ray); pools are then unused.
+    `critic_on_policy_engine`: a `self_eval`, `loglik` or `rollout` critic on a vLLM
+    policy's own model runs on the policy's engine, beside it (in the policy actors), so
+    no second copy of the model loads; false gives it its own pool and copy."""
 
     kind: str = "ray"
     address: Optional[str] = None
     num_cpus: Optional[int] = None
+    critic_on_policy_engine: bool = True
     policy: PoolConfig = field(default_factory=PoolConfig)
     critic: PoolConfig = field(default_factory=PoolConfig)
 

@@ -8,12 +8,15 @@ results are the same (`treesearch.jobs.start_models` picks one).
 from __future__ import annotations
 
 import gc
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Protocol, runtime_checkable
 
-from treesearch.components import build_critic, build_policy, build_task, has_critic, plain
+from treesearch.components import TARGET, build_critic, build_policy, build_task, has_critic, plain
 from treesearch.config import CLUSTER_KINDS, ClusterConfig, with_defaults
 from treesearch.types import State
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -80,6 +83,34 @@ def wanted_models(cfg: Mapping) -> tuple[dict, Optional[tuple[dict, dict]]]:
     return plain(cfg["policy"]), critic
 
 
+SHARED_ENGINE_BACKENDS = ("vllm",)  # policies whose engine scores for the critics (critics.lm.TokenScorer)
+
+
+def critic_shares_policy(cfg: Mapping) -> bool:
+    """Whether the job's critic runs on the policy's own model, built where the policy
+    lives: a policy engine that can score (vLLM) with `self_eval` or `loglik` on the
+    policy's model, or `rollout` with the policy itself as rollout policy, unless
+    `cluster.critic_on_policy_engine` is false. A second copy of the model (on the GPU, a
+    second engine) then never loads."""
+    policy, critic = plain(cfg["policy"]), plain(cfg.get("critic"))
+    if not with_defaults(ClusterConfig, cfg.get("cluster"))["critic_on_policy_engine"]:
+        return False
+    if policy.get("backend") not in SHARED_ENGINE_BACKENDS or TARGET in critic:
+        return False
+    if critic.get("name") in ("self_eval", "loglik"):
+        return critic.get("model") == policy.get("model")
+    if critic.get("name") == "rollout":
+        return critic.get("rollout_policy") == policy
+    return False
+
+
+def log_shared_critic(shared: Optional[tuple]) -> None:
+    """Say where a critic that runs on the policy's engine went (`shared`: its specs)."""
+    if shared is not None:
+        log.info("critic %s runs on the policy's engine, beside the policy (no second copy of the model)",
+                 shared[0].get("name"))
+
+
 def prepare_process(threads: Optional[int]) -> None:
     """Set-up of a process that hosts a model: torch's thread count, and no download
     progress bars."""
@@ -127,18 +158,23 @@ class LocalModels:
 
     def configure(self, cfg: Mapping) -> None:
         policy_spec, wanted = wanted_models(cfg)
-        if policy_spec != self._policy_spec:
+        shared = critic_shares_policy(cfg)
+        rebuilt = policy_spec != self._policy_spec
+        if rebuilt:
+            self._drop("critic")  # it may hold the old policy
             self._drop("policy")
             prepare_process(policy_spec.get("threads"))
             self.policy = build_policy(policy_spec)
             self._policy_spec = policy_spec
-        if wanted != self._critic_specs:
+        if rebuilt or (wanted, shared) != self._critic_specs:
             self._drop("critic")
             if wanted is not None:
                 critic_spec, task_spec = wanted
                 prepare_process(critic_spec.get("threads"))
-                self.critic = build_critic(critic_spec, build_task(task_spec) if task_spec else None)
-            self._critic_specs = wanted
+                self.critic = build_critic(critic_spec, build_task(task_spec) if task_spec else None,
+                                           policy=self.policy if shared else None)
+                log_shared_critic(wanted if shared else None)
+            self._critic_specs = (wanted, shared)
 
     def _drop(self, which: str) -> None:
         model = getattr(self, which)
