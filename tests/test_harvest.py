@@ -558,6 +558,29 @@ def test_a_label_free_harvest_trains_on_the_majority_and_reports_pseudo_label_ac
         harvest([run], tmp_path / "out2", labels="oracle")
 
 
+def test_the_self_verified_label_weighs_each_answer_by_the_critics_belief_in_it(tmp_path):
+    from treesearch.pseudo_labels import pseudo_label, verified_label, vote_label
+    from treesearch.tasks import Task
+
+    task = Task()
+    tree = majority_wrong_tree()
+    tree.critic_value[[1, 2, 3]] = [0.2, 0.9, 0.1]  # "6": 2 x 0.2 + 1 x 0.1 = 0.5; "5": 1 x 0.9
+    assert vote_label(tree, task) == "6" and verified_label(tree, task) == "5"
+    tree.critic_value[2] = np.nan  # no opinion: 0.5, a tie with "6", which was reached first
+    assert verified_label(tree, task) == "6"
+    tree.critic_value[2] = 0.51
+    assert pseudo_label(tree, task, "self_verify") == "5" and pseudo_label(tree, task, "vote") == "6"
+    with pytest.raises(ValueError, match="label-free sources: vote, self_verify"):
+        pseudo_label(tree, task, "gold")
+
+    run = tmp_path / "run"
+    believed = majority_wrong_tree("wrong")
+    believed.critic_value[[1, 2, 3]] = [0.2, 0.9, 0.1]
+    write_run(run, [fig_tree("fig"), believed])  # both problems' gold is 5
+    record = json.loads(harvest([run], tmp_path / "out", labels="self_verify")["manifest"].read_text())
+    assert record["counts"]["pseudo_label_accuracy"] == 1.0  # the plain vote got 0.5 on these two
+
+
 def test_target_ranking_shows_inferred_targets_ranking_by_depth_across_the_tree():
     """The issue's 4-step chain: right steps get 0.25 / 0.5 / 0.75 / 1.0 (inferred), a
     wrong step at depth 4 gets 0.625, above the right steps at depths 1 and 2."""

@@ -60,7 +60,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, vote_label
+from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, pseudo_label
 from treesearch.schemas import HarvestConfig
 from treesearch.tree import Tree
 from treesearch.value_targets import (
@@ -380,9 +380,11 @@ def harvest(
     and the SFT ranking fallback. `top_k`: SFT traces kept per problem. `margin`: least
     target difference of a preference pair. `min_visits`: least visits of a sibling that
     takes part in a pair. `labels`: "gold" (terminals graded against the gold answers at
-    search time) or "vote" (label-free: each tree's terminals graded against its own
-    majority answer, `treesearch.pseudo_labels`; where gold answers exist, the share of
-    right pseudo-labels is recorded).
+    search time), "vote" (label-free: each tree's terminals graded against its own
+    majority answer) or "self_verify" (label-free: the majority weighted by each
+    terminal's critic value, e.g. the policy's own verification under `critic=self_eval`;
+    `treesearch.pseudo_labels`); label-free harvests record the share of right
+    pseudo-labels where gold answers exist.
     """
     if isinstance(runs, (str, os.PathLike)):
         runs = [runs]
@@ -406,8 +408,8 @@ def harvest(
         for tree in run.trees():
             counts["trees"] += 1
             problems.add(tree.problem_id)
-            if labels == "vote":
-                pseudo = vote_label(tree, run.task)
+            if labels != "gold":
+                pseudo = pseudo_label(tree, run.task, labels)
                 apply_label(tree, run.task, pseudo)
                 gold = (run.folder.result(tree.problem_id) or {}).get("gold")
                 if gold is not None:
@@ -444,7 +446,7 @@ def harvest(
         "problems_with_sft": len({row["problem_id"] for row in rows["sft"]}),
         **{name: len(rows[name]) for name in FILES},
     }
-    if labels == "vote":
+    if labels != "gold":
         counts["pseudo_labels_checked"] = len(pseudo_checks)
         counts["pseudo_label_accuracy"] = sum(pseudo_checks) / len(pseudo_checks) if pseudo_checks else None
     record = _manifest_record(parameters, counts, feats, lineage)

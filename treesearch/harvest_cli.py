@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from treesearch.pseudo_labels import LABEL_SOURCES
 from treesearch.schemas import HarvestConfig
 
 USAGE_DESCRIPTION = (
@@ -34,9 +35,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--labels",
-        choices=("gold", "vote"),
+        choices=LABEL_SOURCES,
         default=defaults.labels,
-        help="gold: terminals graded against gold answers; vote: label-free, against each tree's majority answer",
+        help="gold: terminals graded against gold answers; vote: label-free, against each tree's majority answer; "
+        "self_verify: label-free, against the majority weighted by each terminal's critic value",
     )
     return p
 

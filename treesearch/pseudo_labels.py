@@ -8,6 +8,13 @@ gold-answer grading of a search would, so harvesting (value targets, SFT traces,
 preference pairs) runs unchanged on pseudo-labelled trees. This is majority-vote
 self-consistency as the training signal (the "sharpening" line of work: the model is
 trained towards the answers it already agrees on most).
+
+`verified_label(tree, task)`: the same vote with each terminal weighted by its critic
+value as well, the search's own judgment of the finished solution. With `critic=self_eval`
+that is the policy verifying its answer (P("Yes") that the solution is right), as in the
+self-verification and self-judging lines of work: an answer many samples reach but the
+model does not believe loses to one it does. A terminal without a critic value weighs
+0.5 (no opinion).
 """
 
 from __future__ import annotations
@@ -19,17 +26,40 @@ import numpy as np
 from treesearch.tasks import Task
 from treesearch.tree import Tree
 
-LABEL_SOURCES = ("gold", "vote")
+LABEL_SOURCES = ("gold", "vote", "self_verify")
+NO_OPINION = 0.5  # the weight of a terminal's critic value when it has none
 
 
 def vote_label(tree: Tree, task: Task) -> Optional[str]:
     """The majority answer among the tree's terminals; None when none has an answer."""
+    return _weighted_vote(tree, task, verified=False)
+
+
+def verified_label(tree: Tree, task: Task) -> Optional[str]:
+    """The answer with the most critic-weighted votes among the tree's terminals (each
+    terminal: its samples times its critic value); None when none has an answer."""
+    return _weighted_vote(tree, task, verified=True)
+
+
+def pseudo_label(tree: Tree, task: Task, source: str) -> Optional[str]:
+    """The label-free label of `tree` from `source` ("vote" or "self_verify")."""
+    if source == "vote":
+        return vote_label(tree, task)
+    if source == "self_verify":
+        return verified_label(tree, task)
+    raise ValueError(f"no pseudo-labels from {source!r}; label-free sources: vote, self_verify")
+
+
+def _weighted_vote(tree: Tree, task: Task, verified: bool) -> Optional[str]:
     groups: list[list] = []  # [representative answer, weight]
     for node in tree.terminal_nodes():
         answer = tree.answer[int(node)]
         if answer is None:
             continue
-        weight = 1 + int(tree.duplicates[node])
+        weight = float(1 + int(tree.duplicates[node]))
+        if verified:
+            value = float(tree.critic_value[node])
+            weight *= NO_OPINION if np.isnan(value) else value
         for group in groups:
             if task.grade(answer, group[0]):
                 group[1] += weight

@@ -249,7 +249,8 @@ class DevSplit:
 class HarvestConfig:
     """`selftrain.harvest`: `treesearch.harvest.harvest`'s options (its defaults, and
     `treesearch harvest`'s). `values`: "inferred" (ReST-MCTS*) or "mc" (Monte Carlo
-    estimates); `labels`: "gold", or "vote" (label-free: each tree's majority answer).
+    estimates); `labels`: "gold", "vote" (label-free: each tree's majority answer), or
+    "self_verify" (label-free: the majority weighted by each terminal's critic value).
     `+selftrain.harvest.min_visits=N` adds harvest's other option."""
 
     top_k: int = 4

@@ -1,0 +1,142 @@
+"""Which value targets train the better PRM: ReST-MCTS* inferred values or Monte Carlo
+estimates, judged on problems neither PRM saw, against the same ground truth.
+
+    python benchmarks/prm_targets.py RUN [--prm inferred=DIR] [--prm mc=DIR] [--epochs 1]
+        [--eval-fraction 0.1] [--threads 2] [--work DIR] [--out benchmarks/results/prm_targets.json]
+
+RUN is a search run folder with trees (e.g. a self-training round's `search`). Both
+target kinds are harvested from its trees; the same problems (`--eval-fraction` of them,
+by problem id, seeded) are held out of both training sets; a PRM is trained on each kind
+(or taken from `--prm KIND=DIR`, which must have been trained without the held-out
+problems: the split is the one `train_prm` makes on the inferred rows with seed 0, as a
+self-training round does). On every held-out tree each PRM scores each step whose outcome
+is decided (`value_targets.step_outcomes`: a correct answer below it, or decided ends
+and none correct), and the report gives, per PRM:
+
+- `any_depth_accuracy`: the share of (right step, wrong step) pairs within a tree, any
+  depths, where the right one scores higher (ties half), pooled over trees (an AUC within
+  trees);
+- `sibling_accuracy`: the same over pairs with the same parent (the choice a search makes);
+- the same two figures for the raw targets themselves, on the held-out trees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+KINDS = ("inferred", "mc")
+
+
+def held_out_problems(run: Path, fraction: float, seed: int = 0) -> set[str]:
+    """The problems `train_prm` holds out of the inferred rows of `run` (as in a
+    self-training round: harvest, then train with `eval_fraction`, `seed`)."""
+    from treesearch.harvest import _Run, prm_rows
+    from treesearch.train.prm import split_eval
+    from treesearch.value_targets import value_targets
+
+    rows = []
+    for tree in _Run(run).trees():
+        rows += [{"problem_id": tree.problem_id, **r} for r in prm_rows(tree, value_targets(tree, "inferred"))]
+    _, held = split_eval(rows, fraction, seed)
+    return {r["problem_id"] for r in held}
+
+
+def harvested(run: Path, work: Path, kind: str) -> Path:
+    from treesearch.harvest import harvest
+
+    return harvest(run, work / f"harvest-{kind}", values=kind)["prm"]
+
+
+def train(kind: str, prm_rows: Path, held: set[str], work: Path, epochs: float, threads: int) -> Path:
+    import pyarrow.parquet as pq
+
+    from treesearch.train.prm import train_prm
+
+    rows = pq.read_table(prm_rows).to_pylist()
+    train_rows = [r for r in rows if r["problem_id"] not in held]
+    eval_rows = [r for r in rows if r["problem_id"] in held]
+    out = work / f"prm-{kind}"
+    metrics = train_prm("smollm2", train_rows, out, epochs=epochs, threads=threads, eval_data=eval_rows or None)
+    print(f"{kind}: trained on {metrics['num_train_rows']} rows in {metrics.get('train_runtime', 0):.0f} s, "
+          f"held-out AUC on its own targets {metrics.get('eval_auc')}", flush=True)
+    return out
+
+
+def evaluate(run: Path, held: set[str], prms: dict[str, Path], threads: int) -> dict:
+    """Rank right steps above wrong ones on the held-out trees, with each PRM and with
+    each kind of raw target."""
+    import numpy as np
+
+    from critics.prm import PRMCritic
+    from treesearch.harvest import _Run
+    from treesearch.types import Problem, State
+    from treesearch.value_targets import TargetRanking, step_outcomes
+
+    source = _Run(run)
+    trees = [t for t in source.trees() if t.problem_id in held]
+    critics = {kind: PRMCritic(str(path), threads=threads) for kind, path in prms.items()}
+    rankings = {f"prm_{kind}": TargetRanking(kind) for kind in critics}
+    rankings.update({f"targets_{kind}": TargetRanking(kind) for kind in KINDS})
+    steps_scored = 0
+    for tree in trees:
+        for kind in KINDS:
+            rankings[f"targets_{kind}"].add(tree)
+        outcome = step_outcomes(tree)
+        nodes = [int(i) for i in np.flatnonzero(~np.isnan(outcome)) if i != 0]
+        if not nodes:
+            continue
+        prompt = source.prompt(tree)
+        problem = Problem(id=tree.problem_id, question="")  # the PRM reads the prompt and the steps
+        states = [State(problem=problem, prompt=prompt, steps=tuple(tree.steps(i))) for i in nodes]
+        steps_scored += len(states)
+        for kind, critic in critics.items():
+            scores = np.full(len(tree), np.nan)
+            scores[nodes] = asyncio.run(critic.score(states))
+            rankings[f"prm_{kind}"].add(tree, scores)
+    return {"held_out_trees": len(trees), "steps_scored": steps_scored,
+            **{name: ranking.as_dict() for name, ranking in rankings.items()}}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--prm", action="append", default=[], help="KIND=DIR: a PRM already trained on KIND targets")
+    parser.add_argument("--epochs", type=float, default=1)
+    parser.add_argument("--eval-fraction", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--out", default="benchmarks/results/prm_targets.json")
+    args = parser.parse_args(argv)
+    given = dict(item.split("=", 1) for item in args.prm)
+    unknown = set(given) - set(KINDS)
+    if unknown:
+        parser.error(f"--prm: unknown target kinds {sorted(unknown)}; use {KINDS}")
+    work = args.work or Path(tempfile.mkdtemp(prefix="treesearch-prm-targets-"))
+    started = time.perf_counter()
+    held = held_out_problems(args.run, args.eval_fraction)
+    prms = {}
+    for kind in KINDS:
+        if kind in given:
+            prms[kind] = Path(given[kind])
+        else:
+            prms[kind] = train(kind, harvested(args.run, work, kind), held, work, args.epochs, args.threads)
+    report = {"command": "python benchmarks/prm_targets.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "run": str(args.run), "held_out_problems": len(held), "prms": {k: str(v) for k, v in prms.items()},
+              **evaluate(args.run, held, prms, args.threads), "wall_s": time.perf_counter() - started}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    for name, value in report.items():
+        print(f"{name}: {value}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
