@@ -235,8 +235,18 @@ class ActorPool:
         """Block until every replica has built its model (surfaces load errors early)."""
         import ray
 
+        pings = [a.ping.remote() for a in self.actors]
+        pending = pings
+        deadline = time.monotonic() + timeout
         try:
-            ray.get([a.ping.remote() for a in self.actors], timeout=timeout)
+            while pending:  # a model takes minutes to load: check between waits that the cluster is still there
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(30.0, timeout))
+                if pending and not gcs_answers(current_gcs_address()):
+                    self.lost = f"the Ray cluster at {current_gcs_address()} stopped answering while {self.name} models loaded"
+                    raise ClusterLost(self.lost)
+                if pending and time.monotonic() > deadline:
+                    raise TimeoutError(f"the {self.name} model did not load within {timeout:.0f} s")
+            ray.get(pings, timeout=timeout)  # raises a load error, if any
         except ray.exceptions.RayActorError as err:  # its model failed to build: say why, in one line
             raise ModelLoadError(f"the {self.name} model could not be built: {root_cause(err)}") from err
 
