@@ -387,3 +387,22 @@ def test_a_policy_actor_hosts_the_shared_critic_and_rebuilds_it_with_the_policy(
             asyncio.run(host.score_with_cost([make_state()]))
     finally:
         host.policy.shutdown()
+
+
+def test_a_policy_change_rebuilds_a_shared_critic_and_keeps_a_critic_of_its_own(fake_vllm):
+    from treesearch.config import compose
+    from treesearch.hosting import LocalModels
+
+    base = [*VLLM_JOB, "cluster=inprocess"]
+    models = LocalModels(compose("search", base))  # self_eval on the policy's engine
+    try:
+        first = models.policy
+        models.configure(compose("search", [*base, "policy.max_model_len=1024"]))  # a new round's policy
+        assert models.policy is not first and models.critic.lm is models.policy
+        own = [*base, "critic=verifier"]
+        models.configure(compose("search", own))
+        verifier = models.critic
+        models.configure(compose("search", [*own, "policy.max_model_len=2048"]))
+        assert models.critic is verifier, "a critic of its own is not rebuilt for a new policy"
+    finally:
+        models.shutdown()

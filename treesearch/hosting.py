@@ -161,12 +161,14 @@ class LocalModels:
         shared = critic_shares_policy(cfg)
         rebuilt = policy_spec != self._policy_spec
         if rebuilt:
-            self._drop("critic")  # it may hold the old policy
+            if self._critic_specs is not None and self._critic_specs[1]:
+                self._drop("critic")  # it runs on the policy being replaced
+                self._critic_specs = None
             self._drop("policy")
             prepare_process(policy_spec.get("threads"))
             self.policy = build_policy(policy_spec)
             self._policy_spec = policy_spec
-        if rebuilt or (wanted, shared) != self._critic_specs:
+        if (wanted, shared) != self._critic_specs:
             self._drop("critic")
             if wanted is not None:
                 critic_spec, task_spec = wanted
