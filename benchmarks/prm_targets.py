@@ -17,7 +17,9 @@ and none correct), and the report gives, per PRM:
   depths, where the right one scores higher (ties half), pooled over trees (an AUC within
   trees);
 - `sibling_accuracy`: the same over pairs with the same parent (the choice a search makes);
-- the same two figures for the raw targets themselves, on the held-out trees.
+- the same two figures for the raw targets themselves, on the held-out trees;
+- `mc_minus_inferred`: the difference of the two PRMs' figures, with a 95% interval from
+  resampling the held-out trees (paired: both PRMs score the same trees).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def evaluate(run: Path, held: set[str], prms: dict[str, Path], threads: int) -> 
     critics = {kind: PRMCritic(str(path), threads=threads) for kind, path in prms.items()}
     rankings = {f"prm_{kind}": TargetRanking(kind) for kind in critics}
     rankings.update({f"targets_{kind}": TargetRanking(kind) for kind in KINDS})
+    per_tree: dict[str, list] = {}
     steps_scored = 0
     for tree in trees:
         for kind in KINDS:
@@ -94,15 +97,46 @@ def evaluate(run: Path, held: set[str], prms: dict[str, Path], threads: int) -> 
         if not nodes:
             continue
         prompt = source.prompt(tree)
-        problem = Problem(id=tree.problem_id, question="")  # the PRM reads the prompt and the steps
+        problem = Problem(id=tree.problem_id, question="(held out)")  # the PRM reads the prompt and the steps
         states = [State(problem=problem, prompt=prompt, steps=tuple(tree.steps(i))) for i in nodes]
         steps_scored += len(states)
         for kind, critic in critics.items():
             scores = np.full(len(tree), np.nan)
             scores[nodes] = asyncio.run(critic.score(states))
             rankings[f"prm_{kind}"].add(tree, scores)
-    return {"held_out_trees": len(trees), "steps_scored": steps_scored,
-            **{name: ranking.as_dict() for name, ranking in rankings.items()}}
+            one = TargetRanking(kind)  # this tree's pairs alone, for the bootstrap
+            one.add(tree, scores)
+            per_tree.setdefault(kind, []).append(one)
+    report = {"held_out_trees": len(trees), "steps_scored": steps_scored,
+              **{name: ranking.as_dict() for name, ranking in rankings.items()}}
+    if set(per_tree) == set(KINDS):
+        report["mc_minus_inferred"] = paired_bootstrap(per_tree["mc"], per_tree["inferred"])
+    return report
+
+
+def paired_bootstrap(first: list, second: list, resamples: int = 2000, seed: int = 0) -> dict:
+    """The pooled accuracy of `first` minus `second` (per-tree `TargetRanking`s of two PRMs
+    on the same trees), with a 95% interval from resampling the trees."""
+    import numpy as np
+
+    from treesearch.value_targets import TargetRanking
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for kind in TargetRanking.KINDS:
+        scores = np.array([[a.scores[kind], b.scores[kind]] for a, b in zip(first, second)])
+        pairs = np.array([a.pairs[kind] for a in first], dtype=float)
+        if pairs.sum() == 0:
+            continue
+
+        def difference(index):
+            total = pairs[index].sum()
+            return (scores[index, 0].sum() - scores[index, 1].sum()) / total if total else 0.0
+
+        draws = [difference(rng.integers(0, len(pairs), len(pairs))) for _ in range(resamples)]
+        out[kind] = {"difference": difference(np.arange(len(pairs))),
+                     "ci95": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))]}
+    return out
 
 
 def main(argv=None) -> dict:

@@ -139,3 +139,21 @@ def test_gpu_check_reports_every_check_and_goes_on_after_a_failure(tmp_path, cap
     if not torch.cuda.is_available():
         assert gpu_check.main(["--out", str(tmp_path / "gpu.json")]) == 2
         assert "no CUDA GPU here" in capsys.readouterr().err and not (tmp_path / "gpu.json").exists()
+
+
+def test_prm_targets_bootstraps_the_paired_difference_over_trees():
+    from treesearch.value_targets import TargetRanking
+
+    def ranking(right_share, pairs):
+        r = TargetRanking("mc")
+        r.scores = {"sibling": right_share * pairs, "any_depth": right_share * pairs * 2}
+        r.pairs = {"sibling": pairs, "any_depth": pairs * 2}
+        return r
+
+    better = [ranking(1.0, 10), ranking(0.8, 30), ranking(0.9, 20)]
+    worse = [ranking(0.5, 10), ranking(0.5, 30), ranking(0.6, 20)]
+    out = load("prm_targets").paired_bootstrap(better, worse, resamples=500)
+    expected = ((10 + 24 + 18) - (5 + 15 + 12)) / 60
+    for kind in ("sibling", "any_depth"):
+        low, high = out[kind]["ci95"]
+        assert out[kind]["difference"] == pytest.approx(expected) and 0 < low <= expected <= high

@@ -22,3 +22,17 @@ def test_job_and_self_training_digests_are_those_of_the_configs_before_the_schem
         if key not in INFORMATIVE and now[case].get(key) != value
     ]
     assert not changed, "digests changed (run folders would not resume):\n" + "\n".join(changed)
+
+
+def test_the_default_value_targets_changed_what_a_round_computes_and_so_its_folder():
+    """Monte Carlo targets became the default on purpose: a default self-training command
+    gets a new folder; the old one resumes with selftrain.harvest.values=inferred (above)."""
+    from tests.config_digests import SELFTRAIN_BASE
+    from treesearch.config import compose
+    from treesearch.selftrain import selftrain_digest
+
+    pinned = json.loads(PINNED.read_text())["selftrain: selftrain"]["selftrain"]
+    default = compose("selftrain", [o for o in SELFTRAIN_BASE if not o.startswith("selftrain.harvest.values")])
+    assert default.selftrain.harvest["values"] == "mc" and selftrain_digest(default) != pinned
+    assert selftrain_digest(compose("selftrain", SELFTRAIN_BASE)) == pinned
+

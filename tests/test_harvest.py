@@ -279,7 +279,7 @@ def test_harvest_writes_files_that_load_with_their_features(two_runs, tmp_path):
     import datasets
 
     out = tmp_path / "out"
-    paths = harvest(two_runs, out, top_k=2)
+    paths = harvest(two_runs, out, top_k=2, values="inferred")  # the hand-computed targets below are inferred
     from treesearch.harvest import load_table
 
     assert len(load_table(out, "prm")) == len(datasets.load_dataset("parquet", data_files=str(paths["prm"]),
@@ -327,6 +327,9 @@ def test_harvest_writes_files_that_load_with_their_features(two_runs, tmp_path):
     assert [r["name"] for r in record["runs"]] == ["run1", "run2"]
     assert record["runs"][0]["trees"] == 2 and record["runs"][0]["task"] == "numeric"
     assert record["parameters"] == {"top_k": 2, "values": "inferred", "margin": 0.2, "min_visits": 0, "labels": "gold"}
+    default = harvest(two_runs, tmp_path / "default")  # Monte Carlo targets unless asked otherwise
+    assert json.loads(default["manifest"].read_text())["parameters"]["values"] == "mc"
+    assert set(datasets.load_dataset("parquet", data_files=str(default["prm"]), split="train")["source"]) == {"mc"}
 
 
 def test_harvest_mc_source_and_empty_tables(tmp_path):

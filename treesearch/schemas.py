@@ -248,13 +248,14 @@ class DevSplit:
 @dataclass
 class HarvestConfig:
     """`selftrain.harvest`: `treesearch.harvest.harvest`'s options (its defaults, and
-    `treesearch harvest`'s). `values`: "inferred" (ReST-MCTS*) or "mc" (Monte Carlo
-    estimates); `labels`: "gold", "vote" (label-free: each tree's majority answer), or
+    `treesearch harvest`'s). `values`: "mc" (Monte Carlo estimates: a PRM trained on them
+    ranked held-out steps better, BENCHMARKS.md "PRM value targets") or "inferred"
+    (ReST-MCTS*); `labels`: "gold", "vote" (label-free: each tree's majority answer), or
     "self_verify" (label-free: the majority weighted by each terminal's critic value).
     `+selftrain.harvest.min_visits=N` adds harvest's other option."""
 
     top_k: int = 4
-    values: str = "inferred"
+    values: str = "mc"
     margin: Number = 0.2
     labels: str = "gold"
 
