@@ -583,6 +583,14 @@ def test_the_self_verified_label_weighs_each_answer_by_the_critics_belief_in_it(
     record = json.loads(harvest([run], tmp_path / "out", labels="self_verify")["manifest"].read_text())
     assert record["counts"]["pseudo_label_accuracy"] == 1.0  # the plain vote got 0.5 on these two
 
+    # a search whose critic read the gold answers would leak them into label-free labels
+    config = run / "config.yaml"
+    config.write_text(config.read_text() + "critic:\n  name: verifier\n")
+    for labels in ("vote", "self_verify"):
+        with pytest.raises(ValueError, match=rf"labels={labels} is for data without gold answers, but critic=verifier"):
+            harvest([run], tmp_path / f"leak-{labels}", labels=labels)
+    assert harvest([run], tmp_path / "gold")["prm"].exists()  # gold labels from a verifier search are fine
+
 
 def test_target_ranking_shows_inferred_targets_ranking_by_depth_across_the_tree():
     """The issue's 4-step chain: right steps get 0.25 / 0.5 / 0.75 / 1.0 (inferred), a

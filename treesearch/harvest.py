@@ -60,7 +60,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, pseudo_label
+from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, check_label_free_critic, pseudo_label
 from treesearch.schemas import HarvestConfig
 from treesearch.tree import Tree
 from treesearch.value_targets import (
@@ -314,6 +314,7 @@ class _Run:
         if "task" not in cfg:
             raise ValueError(f"{self.path / RunFolder.CONFIG}: no 'task' section")
         self.task_cfg = plain(cfg["task"])
+        self.critic = plain(cfg.get("critic")).get("name")
         self.task = build_task(self.task_cfg)
         self._problems: Optional[dict] = None
         self.skipped = {"unfinished": 0, "errors": 0, "missing_trees": 0}
@@ -391,6 +392,8 @@ def harvest(
     parameters = _checked_parameters(runs, top_k, values, margin, min_visits, labels)
     feats = _features()
     folders = [_Run(r) for r in runs]  # fail on a bad folder before writing anything
+    for run in folders:
+        check_label_free_critic(labels, run.critic, f"harvest of {run.path}")
     seen = [f.path for f in folders]
     if len(set(seen)) != len(seen):
         raise ValueError(f"harvest: a run folder is given twice: {sorted({str(p) for p in seen if seen.count(p) > 1})}")

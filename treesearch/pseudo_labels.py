@@ -30,6 +30,17 @@ LABEL_SOURCES = ("gold", "vote", "self_verify")
 NO_OPINION = 0.5  # the weight of a terminal's critic value when it has none
 
 
+GOLD_READING_CRITICS = ("verifier", "rollout")  # critics that grade against the gold answer
+
+
+def check_label_free_critic(labels: str, critic: Optional[str], where: str) -> None:
+    """Refuse label-free labels on searches whose critic read the gold answers: their
+    values (which `self_verify` weighs by) and trees would leak the labels they stand in for."""
+    if labels != "gold" and critic in GOLD_READING_CRITICS:
+        raise ValueError(f"{where}: labels={labels} is for data without gold answers, but critic={critic} "
+                         "grades against them: choose a critic that does not (critic=self_eval, or a PRM)")
+
+
 def vote_label(tree: Tree, task: Task) -> Optional[str]:
     """The majority answer among the tree's terminals; None when none has an answer."""
     return _weighted_vote(tree, task, verified=False)

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from treesearch.components import plain
 from treesearch.config import JobConfig, require_values
 from treesearch.jobs import JOB_SECTIONS, job_digest, without_neutral_defaults
+from treesearch.pseudo_labels import check_label_free_critic
 from treesearch.runfolder import RunFolder, write_atomic
 from treesearch.schemas import BStarConfig, EvalConfig, HarvestConfig, PolicyTraining, PRMTraining
 from treesearch.search.base import SearchConfig
@@ -94,10 +95,7 @@ class SelfTraining:
         self.root = Path(root)
         self.models = None
         labels = (self.st.get("harvest") or {}).get("labels", HarvestConfig.labels)
-        critic = plain(cfg.get("critic")).get("name")
-        if labels != "gold" and critic in ("verifier", "rollout"):
-            raise ValueError(f"selftrain.harvest.labels={labels} is for data without gold answers, but critic={critic} "
-                             "grades against them: choose a critic that does not (critic=self_eval, or a PRM)")
+        check_label_free_critic(labels, plain(cfg.get("critic")).get("name"), "selftrain.harvest")
 
     # ---------------------------------------------------------------- configs
     def dev_task(self) -> dict:
