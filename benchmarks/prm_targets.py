@@ -37,17 +37,14 @@ ROOT = HERE.parent
 KINDS = ("inferred", "mc")
 
 
-def held_out_problems(run: Path, fraction: float, seed: int = 0) -> set[str]:
-    """The problems `train_prm` holds out of the inferred rows of `run` (as in a
+def held_out_problems(inferred_rows: Path, fraction: float, seed: int = 0) -> set[str]:
+    """The problems `train_prm` holds out of a run's harvested inferred rows (as in a
     self-training round: harvest, then train with `eval_fraction`, `seed`)."""
-    from treesearch.harvest import _Run, prm_rows
-    from treesearch.train.prm import split_eval
-    from treesearch.value_targets import value_targets
+    import pyarrow.parquet as pq
 
-    rows = []
-    for tree in _Run(run).trees():
-        rows += [{"problem_id": tree.problem_id, **r} for r in prm_rows(tree, value_targets(tree, "inferred"))]
-    _, held = split_eval(rows, fraction, seed)
+    from treesearch.train.prm import split_eval
+
+    _, held = split_eval(pq.read_table(inferred_rows).to_pylist(), fraction, seed)
     return {r["problem_id"] for r in held}
 
 
@@ -155,13 +152,14 @@ def main(argv=None) -> dict:
         parser.error(f"--prm: unknown target kinds {sorted(unknown)}; use {KINDS}")
     work = args.work or Path(tempfile.mkdtemp(prefix="treesearch-prm-targets-"))
     started = time.perf_counter()
-    held = held_out_problems(args.run, args.eval_fraction)
+    rows = {kind: harvested(args.run, work, kind) for kind in KINDS}
+    held = held_out_problems(rows["inferred"], args.eval_fraction)
     prms = {}
     for kind in KINDS:
         if kind in given:
             prms[kind] = Path(given[kind])
         else:
-            prms[kind] = train(kind, harvested(args.run, work, kind), held, work, args.epochs, args.threads)
+            prms[kind] = train(kind, rows[kind], held, work, args.epochs, args.threads)
     report = {"command": "python benchmarks/prm_targets.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "run": str(args.run), "held_out_problems": len(held), "prms": {k: str(v) for k, v in prms.items()},
               **evaluate(args.run, held, prms, args.threads), "wall_s": time.perf_counter() - started}

@@ -20,10 +20,10 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from critics.base import score_with_cost
-from treesearch.components import build_critic, build_policy, build_task, plain
+from treesearch.components import build_policy, plain
 from treesearch.config import ClusterConfig, PoolConfig, with_defaults
-from treesearch.hosting import (Clients, critic_shares_policy, log_shared_critic, prepare_process, release,
-                                wanted_models)
+from treesearch.hosting import (Clients, critic_from_specs, critic_shares_policy, log_shared_critic, prepare_process,
+                                release, wanted_models)
 from treesearch.policy.base import per_state_counts, per_state_params
 from treesearch.types import JobStopped, State
 
@@ -111,10 +111,7 @@ class _PolicyHost:
         prepare_process(spec.get("threads"))
         self.spec = spec
         self.policy = build_policy(spec)
-        self.critic = None
-        if shared is not None:
-            critic_spec, task_spec = shared
-            self.critic = build_critic(critic_spec, build_task(task_spec) if task_spec else None, policy=self.policy)
+        self.critic = critic_from_specs(shared, policy=self.policy) if shared is not None else None
 
     def reload(self, spec: dict, shared: Optional[tuple[dict, Optional[dict]]] = None) -> bool:
         """Swap in another policy (e.g. the next self-training round's weights) and its
@@ -150,8 +147,7 @@ class _CriticHost:
     def __init__(self, spec: dict, task_spec: Optional[dict]):
         prepare_process(spec.get("threads"))
         self.spec = spec
-        task = build_task(task_spec) if task_spec else None
-        self.critic = build_critic(spec, task)
+        self.critic = critic_from_specs((spec, task_spec))
 
     def reload(self, spec: dict, task_spec: Optional[dict]) -> bool:
         """Swap in another critic (e.g. a newly trained PRM); the old one's memory is
@@ -241,8 +237,7 @@ class ActorPool:
         try:
             while pending:  # a model takes minutes to load: check between waits that the cluster is still there
                 _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(30.0, timeout))
-                if pending and not gcs_answers(current_gcs_address()):
-                    self.lost = f"the Ray cluster at {current_gcs_address()} stopped answering while {self.name} models loaded"
+                if pending and self._cluster_gone(f"{self.name} models loaded"):
                     raise ClusterLost(self.lost)
                 if pending and time.monotonic() > deadline:
                     raise TimeoutError(f"the {self.name} model did not load within {timeout:.0f} s")
@@ -318,12 +313,18 @@ class ActorPool:
         """Raise `ClusterLost` when a failed call's cluster is gone (no replacement could
         start): the job stops with its finished results kept, instead of retrying every
         problem until Ray ends the process."""
-        address = current_gcs_address()
-        if self.lost is None and not await asyncio.to_thread(gcs_answers, address):
-            self.lost = (f"the Ray cluster at {address} stopped answering while {self.name} replicas were "
-                         f"serving (the last failure: {type(err).__name__})")
-        if self.lost is not None:
+        during = f"{self.name} replicas were serving (the last failure: {type(err).__name__})"
+        if await asyncio.to_thread(self._cluster_gone, during):
             raise ClusterLost(self.lost) from err
+
+    def _cluster_gone(self, during: str) -> bool:
+        """Whether the cluster is gone: probed once (`gcs_answers`); once gone, `lost`
+        says so, and later calls fail without a probe."""
+        if self.lost is None:
+            address = current_gcs_address()
+            if not gcs_answers(address):
+                self.lost = f"the Ray cluster at {address} stopped answering while {during}"
+        return self.lost is not None
 
     def _count_failure(self, replica: int, problems: frozenset, err: Exception) -> bool:
         """Record a failed attempt; True when the replica is (now) taken out."""

@@ -104,6 +104,13 @@ def critic_shares_policy(cfg: Mapping) -> bool:
     return False
 
 
+def critic_from_specs(wanted: tuple[dict, Optional[dict]], policy: Any = None) -> Any:
+    """The critic of `wanted` (its spec and the task's, as `wanted_models` gives them),
+    built in this process; `policy`: the policy it runs on, for a shared critic."""
+    critic_spec, task_spec = wanted
+    return build_critic(critic_spec, build_task(task_spec) if task_spec else None, policy=policy)
+
+
 def log_shared_critic(shared: Optional[tuple]) -> None:
     """Say where a critic that runs on the policy's engine went (`shared`: its specs)."""
     if shared is not None:
@@ -171,10 +178,8 @@ class LocalModels:
         if (wanted, shared) != self._critic_specs:
             self._drop("critic")
             if wanted is not None:
-                critic_spec, task_spec = wanted
-                prepare_process(critic_spec.get("threads"))
-                self.critic = build_critic(critic_spec, build_task(task_spec) if task_spec else None,
-                                           policy=self.policy if shared else None)
+                prepare_process(wanted[0].get("threads"))
+                self.critic = critic_from_specs(wanted, policy=self.policy if shared else None)
                 log_shared_critic(wanted if shared else None)
             self._critic_specs = (wanted, shared)
 

@@ -172,8 +172,8 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
         where = cfg["task"].get("path") or cfg["task"].get("name")
         raise ValueError(f"task {where}: no problems to search (an empty data file, or task.offset/limit select none)")
     # bad values fail here, before any model loads
-    budget = Budget.parse(plain(cfg["search"]).get("budget") or {}, "search.budget")
     search = plain(cfg["search"])
+    budget = Budget.parse(search.get("budget") or {}, "search.budget")
     make_algorithm(search["algorithm"], **search.get("options", {}))  # bad option values fail here too
     ids = [p.id for p in problems]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -26,10 +26,7 @@ import numpy as np
 from treesearch.tasks import Task
 from treesearch.tree import Tree
 
-LABEL_SOURCES = ("gold", "vote", "self_verify")
 NO_OPINION = 0.5  # the weight of a terminal's critic value when it has none
-
-
 GOLD_READING_CRITICS = ("verifier", "rollout")  # critics that grade against the gold answer
 
 
@@ -52,13 +49,15 @@ def verified_label(tree: Tree, task: Task) -> Optional[str]:
     return _weighted_vote(tree, task, verified=True)
 
 
+PSEUDO_LABELS = {"vote": vote_label, "self_verify": verified_label}  # the label-free sources
+LABEL_SOURCES = ("gold", *PSEUDO_LABELS)
+
+
 def pseudo_label(tree: Tree, task: Task, source: str) -> Optional[str]:
     """The label-free label of `tree` from `source` ("vote" or "self_verify")."""
-    if source == "vote":
-        return vote_label(tree, task)
-    if source == "self_verify":
-        return verified_label(tree, task)
-    raise ValueError(f"no pseudo-labels from {source!r}; label-free sources: vote, self_verify")
+    if source not in PSEUDO_LABELS:
+        raise ValueError(f"no pseudo-labels from {source!r}; label-free sources: {', '.join(PSEUDO_LABELS)}")
+    return PSEUDO_LABELS[source](tree, task)
 
 
 def _weighted_vote(tree: Tree, task: Task, verified: bool) -> Optional[str]:
