@@ -11,7 +11,6 @@ test_tasks.py; `benchmarks/chaos.py` holds the long runs whose figures are in BE
 """
 
 import asyncio
-import importlib.util
 import json
 import os
 import random
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import ray.exceptions
 
+from tests.test_benchmarks import load
 from tests.test_jobs import compose, results, tiny_job
 from treesearch import cluster
 from treesearch.batching import Batcher
@@ -307,7 +307,7 @@ def test_a_policy_that_never_comes_back_ends_the_job_fast_with_error_rows(tmp_pa
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_chaos_quick_loses_and_duplicates_nothing_and_recomputes_no_finished_problem(tmp_path):
-    report = load_chaos().main(["--quick", "--out", str(tmp_path / "chaos.json")])
+    report = load("chaos").main(["--quick", "--out", str(tmp_path / "chaos.json")])
     for name in ("actor_kills", "driver_kills", "dead_replica", "poison_problem"):
         row = report[name]
         assert row["lost"] == 0 and row["duplicated"] == 0 and row["rows"] == row["problems"], name
@@ -319,7 +319,7 @@ def test_chaos_quick_loses_and_duplicates_nothing_and_recomputes_no_finished_pro
 
 @pytest.mark.slow  # starts its own Ray cluster with `ray start`, beside the session's
 def test_a_cluster_stopped_mid_job_ends_it_with_a_clear_error_and_a_resumable_folder(tmp_path):
-    row = load_chaos().cluster_stop(tmp_path, 40, random.Random(1))
+    row = load("chaos").cluster_stop(tmp_path, 40, random.Random(1))
     assert row["exit_code"] == 1 and row["stopped_after_s"] < 60, row
     assert row["message"] and f"keeps the {row['finished_before_resume']} of 40 problems" in row["message"]
     assert 0 < row["finished_before_resume"] < 40
@@ -329,7 +329,7 @@ def test_a_cluster_stopped_mid_job_ends_it_with_a_clear_error_and_a_resumable_fo
 
 @pytest.mark.slow  # runs two jobs in subprocesses
 def test_a_second_job_on_a_run_folder_fails_at_once_and_a_killed_jobs_lock_is_taken_over(tmp_path):
-    chaos = load_chaos()
+    chaos = load("chaos")
     data, out = tmp_path / "problems.jsonl", tmp_path / "run"
     chaos.write_problems(data, 30)
     command = [sys.executable, "-m", "treesearch.cli", "search", *chaos.overrides(data, out, "cluster=inprocess"),
@@ -355,10 +355,3 @@ def test_a_second_job_on_a_run_folder_fails_at_once_and_a_killed_jobs_lock_is_ta
     assert resumed.returncode == 0, resumed.stderr[-2000:]  # the killed job's lock went with it
     assert chaos.census(out, 30) == {"rows": 30, "unique": 30, "errors": 0, "lost": 0, "duplicated": 0}
     assert json.loads((out / "metrics.json").read_text())["resumed_skipped"] == finished
-
-
-def load_chaos():
-    spec = importlib.util.spec_from_file_location("bench_chaos", ROOT / "benchmarks" / "chaos.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
