@@ -62,6 +62,7 @@ import numpy as np
 
 from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, check_label_free_critic, pseudo_label
 from treesearch.schemas import HarvestConfig
+from treesearch.step_checks import lucky_terminals
 from treesearch.tree import Tree
 from treesearch.value_targets import (
     VALUE_SOURCES,
@@ -373,6 +374,7 @@ def harvest(
     margin: float = HarvestConfig.margin,
     min_visits: int = 0,
     labels: str = HarvestConfig.labels,
+    reject_lucky: str = HarvestConfig.reject_lucky,
 ) -> dict[str, Path]:
     """Turn the trees of run folders into out/{sft,prm,preference}.parquet and
     out/harvest.json; return their paths by name ("sft", "prm", "preference", "manifest").
@@ -385,11 +387,13 @@ def harvest(
     majority answer) or "self_verify" (label-free: the majority weighted by each
     terminal's critic value, e.g. the policy's own verification under `critic=self_eval`;
     `treesearch.pseudo_labels`); label-free harvests record the share of right
-    pseudo-labels where gold answers exist.
+    pseudo-labels where gold answers exist. `reject_lucky`: "arithmetic" counts a correct
+    terminal with a step whose arithmetic is wrong ("3 + 4 = 8", `treesearch.step_checks`)
+    as not correct, so it is no SFT trace and lifts no value target; "none" keeps it.
     """
     if isinstance(runs, (str, os.PathLike)):
         runs = [runs]
-    parameters = _checked_parameters(runs, top_k, values, margin, min_visits, labels)
+    parameters = _checked_parameters(runs, top_k, values, margin, min_visits, labels, reject_lucky)
     feats = _features()
     folders = [_Run(r) for r in runs]  # fail on a bad folder before writing anything
     for run in folders:
@@ -407,7 +411,7 @@ def harvest(
     pseudo_checks: list[bool] = []  # label-free: whether each pseudo-label matches the gold answer
     rankings = {source: TargetRanking(source) for source in VALUE_SOURCES}
     for run in folders:
-        counts = {"trees": 0, "prm": 0, "preference": 0, "sft_candidates": 0}
+        counts = {"trees": 0, "prm": 0, "preference": 0, "sft_candidates": 0, "lucky_terminals": 0}
         for tree in run.trees():
             counts["trees"] += 1
             problems.add(tree.problem_id)
@@ -417,6 +421,10 @@ def harvest(
                 gold = (run.folder.result(tree.problem_id) or {}).get("gold")
                 if gold is not None:
                     pseudo_checks.append(pseudo is not None and bool(run.task.grade(pseudo, gold)))
+            if reject_lucky == "arithmetic":
+                lucky = lucky_terminals(tree)
+                tree.reward[lucky] = 0.0
+                counts["lucky_terminals"] += len(lucky)
             for ranking in rankings.values():
                 ranking.add(tree)
             candidates, prm, pairs = _tree_rows(run, tree, values, margin, min_visits)
@@ -447,6 +455,7 @@ def harvest(
         "trees": sum(r["trees"] for r in lineage),
         "problems": len(problems),
         "problems_with_sft": len({row["problem_id"] for row in rows["sft"]}),
+        "lucky_terminals": sum(r["lucky_terminals"] for r in lineage),
         **{name: len(rows[name]) for name in FILES},
     }
     if labels != "gold":
@@ -460,7 +469,11 @@ def harvest(
     return paths
 
 
-def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, min_visits: int, labels: str) -> dict:
+LUCKY_CHECKS = ("arithmetic", "none")
+
+
+def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, min_visits: int, labels: str,
+                        reject_lucky: str) -> dict:
     if not runs:
         raise ValueError("harvest: no run folders given")
     if values not in VALUE_SOURCES:
@@ -473,8 +486,10 @@ def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, 
         raise ValueError(f"harvest: min_visits must be >= 0, got {min_visits}")
     if labels not in LABEL_SOURCES:
         raise ValueError(f"harvest: labels must be one of {LABEL_SOURCES}, got {labels!r}")
+    if reject_lucky not in LUCKY_CHECKS:
+        raise ValueError(f"harvest: reject_lucky must be one of {LUCKY_CHECKS}, got {reject_lucky!r}")
     return {"top_k": int(top_k), "values": values, "margin": float(margin), "min_visits": int(min_visits),
-            "labels": labels}
+            "labels": labels, "reject_lucky": reject_lucky}
 
 
 def _tree_rows(run: _Run, tree: Tree, values: str, margin: float, min_visits: int) -> tuple[list, list, list]:

@@ -40,6 +40,13 @@ def parser() -> argparse.ArgumentParser:
         help="gold: terminals graded against gold answers; vote: label-free, against each tree's majority answer; "
         "self_verify: label-free, against the majority weighted by each terminal's critic value",
     )
+    p.add_argument(
+        "--reject-lucky",
+        choices=("arithmetic", "none"),
+        default=defaults.reject_lucky,
+        help="arithmetic: a correct solution with a step whose arithmetic is wrong counts as not correct "
+        f"(right by luck); none: keep it (default {defaults.reject_lucky})",
+    )
     return p
 
 
@@ -54,7 +61,7 @@ def main(args: Sequence[str]) -> int:
     try:
         paths = harvest(
             ns.runs, ns.out, top_k=ns.top_k, values=ns.values, margin=ns.margin, min_visits=ns.min_visits,
-            labels=ns.labels,
+            labels=ns.labels, reject_lucky=ns.reject_lucky,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"treesearch harvest: error: {err}", file=sys.stderr)

@@ -251,13 +251,16 @@ class HarvestConfig:
     `treesearch harvest`'s). `values`: "mc" (Monte Carlo estimates: a PRM trained on them
     ranked held-out steps better, BENCHMARKS.md "PRM value targets") or "inferred"
     (ReST-MCTS*); `labels`: "gold", "vote" (label-free: each tree's majority answer), or
-    "self_verify" (label-free: the majority weighted by each terminal's critic value).
-    `+selftrain.harvest.min_visits=N` adds harvest's other option."""
+    "self_verify" (label-free: the majority weighted by each terminal's critic value);
+    `reject_lucky`: "arithmetic" (a correct solution with a step whose arithmetic is wrong
+    counts as not correct) or "none". `+selftrain.harvest.min_visits=N` adds harvest's
+    other option."""
 
     top_k: int = 4
     values: str = "mc"
     margin: Number = 0.2
     labels: str = "gold"
+    reject_lucky: str = "arithmetic"
 
 
 @dataclass

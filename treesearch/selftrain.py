@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 
 
 # keys added to the selftrain section later, left out of its digest at their default
-SELFTRAIN_NEUTRAL_DEFAULTS = {("harvest", "labels"): "gold", ("policy_training", "report_to"): "none",
-                              ("prm_training", "report_to"): "none"}
+SELFTRAIN_NEUTRAL_DEFAULTS = {("harvest", "labels"): "gold", ("harvest", "reject_lucky"): "arithmetic",
+                              ("policy_training", "report_to"): "none", ("prm_training", "report_to"): "none",
+                              ("eval", "search_limit"): None}
 
 
 def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
