@@ -326,7 +326,8 @@ def test_harvest_writes_files_that_load_with_their_features(two_runs, tmp_path):
     assert [r["path"] for r in record["runs"]] == [str(p.resolve()) for p in two_runs]
     assert [r["name"] for r in record["runs"]] == ["run1", "run2"]
     assert record["runs"][0]["trees"] == 2 and record["runs"][0]["task"] == "numeric"
-    assert record["parameters"] == {"top_k": 2, "values": "inferred", "margin": 0.2, "min_visits": 0, "labels": "gold"}
+    assert record["parameters"] == {"top_k": 2, "values": "inferred", "margin": 0.2, "min_visits": 0, "labels": "gold",
+                                    "reject_lucky": "arithmetic"}
     default = harvest(two_runs, tmp_path / "default")  # Monte Carlo targets unless asked otherwise
     assert json.loads(default["manifest"].read_text())["parameters"]["values"] == "mc"
     assert set(datasets.load_dataset("parquet", data_files=str(default["prm"]), split="train")["source"]) == {"mc"}
