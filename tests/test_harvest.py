@@ -390,7 +390,8 @@ def test_harvest_cli(two_runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "sft.parquet" in printed and "prm.parquet" in printed
     record = json.loads((out / "harvest.json").read_text())
-    assert record["parameters"] == {"top_k": 1, "values": "mc", "margin": 0.3, "min_visits": 0, "labels": "gold"}
+    assert record["parameters"] == {"top_k": 1, "values": "mc", "margin": 0.3, "min_visits": 0, "labels": "gold",
+                                    "reject_lucky": "arithmetic"}
     assert record["counts"]["sft"] == 2  # one per problem
     assert harvest_main([str(two_runs[0])]) == 2  # OUT missing: usage error
     assert harvest_main([str(tmp_path / "nope"), str(out)]) == 1
