@@ -92,6 +92,9 @@ def test_a_round_writes_every_stage_and_its_models_load(answering_model_dir, tmp
         "search.options.max_depth=3",
         "job.progress=false",
         "job.trees_in_flight=4",
+        f"selftrain.extra_train=[{{path: {dev}, limit: 2, label: more}}]",
+        f"selftrain.extra_dev=[{{path: {train}, limit: 2, label: also}}]",
+        "selftrain.eval.search_limit=2",
     ]
     from treesearch.selftrain import SelfTraining
 
@@ -104,8 +107,20 @@ def test_a_round_writes_every_stage_and_its_models_load(answering_model_dir, tmp
         assert (folder / stage).exists(), stage
     assert record["data_counts"]["sft"] > 0 and record["data_counts"]["prm"] > 0
     assert record["policy_out"] == str(folder / "policy") and record["prm_out"] == str(folder / "prm")
-    assert record["dev_greedy"]["graded"] == 3 and record["dev_search"]["graded"] == 3
+    assert record["dev_greedy"]["graded"] == 3 and record["dev_search"]["graded"] == 2  # eval.search_limit
     assert summary["baseline"]["dev_greedy"]["graded"] == 3
+    # the extra train split is searched and harvested with the main one
+    assert (folder / "search-more" / "results.parquet").exists() and record["search_extra"]["more"]["graded"] == 2
+    assert [run["name"] for run in json.loads((folder / "data" / "harvest.json").read_text())["runs"]] == [
+        "search", "search-more"]
+    # every dev split is evaluated, with standard errors and paired differences against the baseline
+    also = record["extra_dev"]["also"]
+    assert also["dev_greedy"]["graded"] == 2 and also["dev_search"]["graded"] == 2
+    assert summary["baseline"]["extra_dev"]["also"]["dev_greedy"]["graded"] == 2
+    assert also["dev_greedy"]["vs_baseline"]["problems"] == 2 and record["dev_greedy"]["vs_baseline"]["problems"] == 3
+    assert 0 <= record["dev_greedy"]["se"] <= 0.5
+    assert {"search", "harvest", "evaluation", "bstar"} <= set(record["seconds"])
+    assert (out / "accuracy_by_round.png").is_file()
     bstar = record["bstar"]["by_temperature"]
     assert len(bstar) == 1 and 0 <= next(iter(bstar.values()))["balance_score"] <= 1
     lineage = json.loads((folder / "round.json").read_text())

@@ -87,11 +87,14 @@ def _selftrain(cfg) -> None:
 
 
 def _accuracies(record: dict) -> str:
+    from treesearch.round_stats import evaluations
+
     parts = []
-    for key in ("dev_greedy", "dev_search"):
-        if record.get(key):
-            acc = record[key]["accuracy"]
-            parts.append(f"{key} {'n/a' if acc is None else f'{acc:.1%}'}")
+    for label, key, metrics in evaluations(record, ""):
+        acc, se = metrics.get("accuracy"), metrics.get("se")
+        text = "n/a" if acc is None else f"{acc:.1%}" + (f" ± {se:.1%}" if se is not None else "")
+        name = f"{key}[{label}]" if label else key
+        parts.append(f"{name} {text}")
     return ", ".join(parts) or "no evaluation"
 
 

@@ -298,10 +298,12 @@ class PRMTraining:
 @dataclass
 class EvalConfig:
     """`selftrain.eval`: dev-split evaluations after each round: `greedy` (the new policy)
-    and `search` (the configured search with the new PRM as critic)."""
+    and `search` (the configured search with the new PRM as critic, on the first
+    `search_limit` problems of each dev split; None: all)."""
 
     greedy: bool = True
     search: bool = True
+    search_limit: Optional[int] = None
 
 
 @dataclass
@@ -336,12 +338,18 @@ class BStarConfig:
 class SelftrainConfig:
     """`selftrain`: rounds of search -> harvest -> train policy and PRM -> evaluate.
     `output_dir` None: `<job.output_root>/selftrain-<config digest>` (a rerun resumes);
-    `initial_prm`: a PRM folder to evaluate the starting policy with."""
+    `initial_prm`: a PRM folder to evaluate the starting policy with. `extra_train` /
+    `extra_dev`: more splits, each a mapping of task keys over the train task's (`path`,
+    `offset`, `limit`, ...; `task: gsm8k` starts from another task's defaults; `label`
+    names it, default the file's name): each round searches every train split and
+    harvests them together, and evaluates on every dev split."""
 
     rounds: int = 2
     output_dir: Optional[str] = None
     initial_prm: Optional[str] = None
     dev: DevSplit = field(default_factory=DevSplit)
+    extra_train: List[Any] = field(default_factory=list)
+    extra_dev: List[Any] = field(default_factory=list)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
     policy_training: PolicyTraining = field(default_factory=PolicyTraining)
     prm_training: PRMTraining = field(default_factory=PRMTraining)

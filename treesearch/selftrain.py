@@ -5,14 +5,21 @@ Folder layout (`selftrain.output_dir`, default `<output_root>/selftrain-<digest>
     baseline/eval_greedy/        the starting policy, greedy on the dev split
     round-<r>/search/            batch search of the train split (training-data mode: the
                                  critic is the gold-answer verifier unless configured)
+    round-<r>/search-<label>/    the same for each `selftrain.extra_train` split
     round-<r>/data/              harvested SFT / PRM / preference datasets
     round-<r>/policy/            the SFT-trained policy (a Hugging Face folder)
     round-<r>/prm/               the trained PRM (value head; critics.prm.PRMCritic loads it)
     round-<r>/eval_greedy/       new policy, greedy, dev split
     round-<r>/eval_search/       new policy + new PRM, the configured search, dev split
+                                 (its first `eval.search_limit` problems)
+    round-<r>/eval_greedy-<label>/, eval_search-<label>/   each `selftrain.extra_dev` split
     round-<r>/bstar/             k samples per dev problem (best-of-N) for B-STaR figures
     round-<r>/round.json         lineage (models and data in and out) and metrics
     summary.json                 every round's metrics
+    accuracy_by_round.png        dev accuracy by round, one line per split and evaluation
+
+Dev figures carry their standard error and, from round 0 on, paired differences on the
+same problems against the baseline and the previous round (`treesearch.round_stats`).
 
 Every stage's output is its own marker: a rerun skips finished stages and resumes a
 half-done search job, so a crashed round resumes where it stopped. The policy and critic
@@ -21,10 +28,12 @@ actors stay up across all stages; new weights are loaded into them in place.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -34,8 +43,9 @@ from treesearch.components import plain
 from treesearch.config import JobConfig, require_values
 from treesearch.jobs import JOB_SECTIONS, job_digest, without_neutral_defaults
 from treesearch.pseudo_labels import check_label_free_critic
+from treesearch.round_stats import add_comparisons, plot_rounds, standard_error
 from treesearch.runfolder import RunFolder, write_atomic
-from treesearch.schemas import BStarConfig, EvalConfig, HarvestConfig, PolicyTraining, PRMTraining
+from treesearch.schemas import TASK_SCHEMAS, BStarConfig, EvalConfig, HarvestConfig, PolicyTraining, PRMTraining
 from treesearch.search.base import SearchConfig
 
 log = logging.getLogger(__name__)
@@ -57,6 +67,9 @@ def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
     folders still resume."""
     st = {k: v for k, v in plain(cfg["selftrain"]).items() if k != "rounds"}
     st = without_neutral_defaults(st, SELFTRAIN_NEUTRAL_DEFAULTS)
+    for key in EXTRA_SPLITS:  # added later: absent (no extra splits) leaves older digests as they were
+        if not st.get(key):
+            st.pop(key, None)
     bstar = dict(st.get("bstar") or {})
     if legacy:
         bstar.pop("quantiles", None)
@@ -65,6 +78,9 @@ def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
     elif not bstar.get("choose_temperature", False):
         st.pop("bstar", None)
     return hashlib.sha256((job_digest(cfg) + json.dumps(st, sort_keys=True, default=str)).encode()).hexdigest()
+
+
+EXTRA_SPLITS = ("extra_train", "extra_dev")
 
 
 def _derive(cfg: DictConfig, **sections: Any) -> DictConfig:
@@ -102,10 +118,46 @@ class SelfTraining:
     def dev_task(self) -> dict:
         """The train task's config with the dev split's keys over it (a train `offset`
         is not inherited: dev starts at its own `offset`, default 0)."""
-        task = plain(self.cfg["task"])
+        return self.split_task(plain(self.st["dev"]))
+
+    def split_task(self, split: Mapping) -> dict:
+        """A task config for a split: its keys over the train task's (from offset 0), or,
+        with `task: <option>` (`gsm8k`, `mawps`, `math500`), over that task's defaults."""
+        split = dict(split)
+        split.pop("label", None)
+        option = split.pop("task", None)
+        if option is None:
+            task = plain(self.cfg["task"])
+        elif option in TASK_SCHEMAS:
+            task = plain(OmegaConf.structured(TASK_SCHEMAS[option]))
+        else:
+            raise ValueError(f"selftrain split {dict(split)}: task must be one of {sorted(TASK_SCHEMAS)}, got {option!r}")
         task["offset"] = 0
-        task.update(plain(self.st["dev"]))
+        task.update(split)
         return task
+
+    def primary_label(self, section: str) -> str:
+        """The name of the train (`task`) or dev (`dev`) split in figures and folders."""
+        spec = plain(self.cfg["task"]) if section == "task" else plain(self.st["dev"])
+        return _split_label(spec) or "dev"
+
+    def extra_splits(self, key: str) -> dict[str, dict]:
+        """`selftrain.extra_train` / `extra_dev`: {label: task config}, labels from each
+        split's `label` or its file's name."""
+        primary = self.primary_label("task" if key == "extra_train" else "dev")
+        out: dict[str, dict] = {}
+        for i, split in enumerate(self.st.get(key) or []):
+            if not isinstance(split, Mapping):
+                raise ValueError(f"selftrain.{key}[{i}] must be a mapping of task keys (path, offset, limit, ...), "
+                                 f"got {split!r}")
+            label = str(split.get("label") or _split_label(split) or "")
+            if not label or not all(c.isalnum() or c in "-_." for c in label):
+                raise ValueError(f"selftrain.{key}[{i}]: give it a label of letters, digits, '-', '_' or '.' "
+                                 f"(label: ...), got {label!r}")
+            if label in out or label == primary:
+                raise ValueError(f"selftrain.{key}[{i}]: the label {label!r} is taken; give each split its own label")
+            out[label] = self.split_task(split)
+        return out
 
     def job_cfg(self, folder: Path, policy_model: str, *, task=None, critic=None, search=None) -> DictConfig:
         """A search-job config for one stage."""
@@ -128,17 +180,27 @@ class SelfTraining:
         return run_job(cfg, self.models)
 
     def evaluate(self, folder: Path, policy: str, prm: Optional[str]) -> dict:
-        """Greedy (and, with a PRM, search) accuracy on the dev split."""
-        out: dict[str, Any] = {}
-        dev = self.dev_task()
-        if self.st["eval"].get("greedy", EvalConfig.greedy):
-            greedy = _flat_search(self.cfg, "greedy", 1, answer_selection="value")
-            cfg = self.job_cfg(folder / "eval_greedy", policy, task=dev, critic={"name": None}, search=greedy)
-            out["dev_greedy"] = _metrics(self._run_job(cfg))
+        """Greedy (and, with a PRM, search) accuracy on the dev split and each extra one."""
         if self.st["eval"].get("search", EvalConfig.search) and prm is None:
             log.warning("no PRM yet (none trained, no selftrain.initial_prm): dev search evaluation skipped")
-        if self.st["eval"].get("search", EvalConfig.search) and prm is not None:
-            cfg = self.job_cfg(folder / "eval_search", policy, task=dev, critic=self.prm_critic(prm))
+        out = self._evaluate_split(folder, "", self.dev_task(), policy, prm)
+        extra = {label: self._evaluate_split(folder, f"-{label}", task, policy, prm)
+                 for label, task in self.extra_splits("extra_dev").items()}
+        if extra:
+            out["extra_dev"] = extra
+        return out
+
+    def _evaluate_split(self, folder: Path, suffix: str, dev: dict, policy: str, prm: Optional[str]) -> dict:
+        out: dict[str, Any] = {}
+        evaluation = self.st["eval"]
+        if evaluation.get("greedy", EvalConfig.greedy):
+            greedy = _flat_search(self.cfg, "greedy", 1, answer_selection="value")
+            cfg = self.job_cfg(folder / f"eval_greedy{suffix}", policy, task=dev, critic={"name": None}, search=greedy)
+            out["dev_greedy"] = _metrics(self._run_job(cfg))
+        if evaluation.get("search", EvalConfig.search) and prm is not None:
+            limit = evaluation.get("search_limit", EvalConfig.search_limit)
+            task = dev if limit is None else dict(dev, limit=limit if dev.get("limit") is None else min(limit, dev["limit"]))
+            cfg = self.job_cfg(folder / f"eval_search{suffix}", policy, task=task, critic=self.prm_critic(prm))
             out["dev_search"] = _metrics(self._run_job(cfg))
         return out
 
@@ -201,6 +263,7 @@ class SelfTraining:
         prm: Optional[str] = self.st.get("initial_prm")
         temperature = plain(self.cfg["search"])["options"].get("temperature", SearchConfig.temperature)
         summary: dict[str, Any] = {"rounds": []}
+        dev_label = self.primary_label("dev")
         try:
             baseline = self.root / "baseline"
             summary["baseline"] = _json(baseline / "metrics.json") or self.evaluate(baseline, policy, prm)
@@ -210,6 +273,8 @@ class SelfTraining:
                 record = _json(folder / "round.json")
                 if record is None:
                     record = self._round(folder, r, policy, prm, temperature, harvest, train_sft, train_prm)
+                    previous = summary["rounds"][-1] if summary["rounds"] else None
+                    add_comparisons(record, dev_label, summary["baseline"], previous)
                     write_atomic(folder / "round.json", json.dumps(record, indent=2, default=str).encode())
                 policy, prm = record["policy_out"], record["prm_out"]
                 temperature = record.get("next_temperature", temperature)
@@ -217,6 +282,7 @@ class SelfTraining:
                 if on_round is not None:
                     on_round(record)
                 write_atomic(self.root / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+                plot_rounds(summary, dev_label, self.root / "accuracy_by_round.png")
         finally:
             if self.models is not None:
                 self.models.shutdown()
@@ -225,12 +291,17 @@ class SelfTraining:
 
     def _round(self, folder, r, policy, prm, temperature, harvest, train_sft, train_prm) -> dict:
         st = self.st
+        clock = _StageClock()
         search = copy.deepcopy(plain(self.cfg["search"]))
         search["options"]["temperature"] = temperature
-        run = self._run_job(self.job_cfg(folder / "search", policy, search=search))
+        with clock("search"):
+            run = self._run_job(self.job_cfg(folder / "search", policy, search=search))
+            extra_runs = {label: self._run_job(self.job_cfg(folder / f"search-{label}", policy, task=task, search=search))
+                          for label, task in self.extra_splits("extra_train").items()}
         data_dir = folder / "data"
-        if not (data_dir / "harvest.json").is_file():
-            harvest([run], data_dir, **st["harvest"])
+        with clock("harvest"):
+            if not (data_dir / "harvest.json").is_file():
+                harvest([run, *extra_runs.values()], data_dir, **st["harvest"])
         counts = json.loads((data_dir / "harvest.json").read_text()).get("counts", {})
         record: dict[str, Any] = {
             "round": r,
@@ -241,7 +312,10 @@ class SelfTraining:
             "search": _metrics(run),
             "data": str(data_dir),
             "data_counts": counts,
+            "seconds": clock.seconds,
         }
+        if extra_runs:
+            record["search_extra"] = {label: _metrics(path) for label, path in extra_runs.items()}
         new_policy, new_prm = policy, prm
         train_p, train_v = st["policy_training"], st["prm_training"]
         if train_p.get("enabled", PolicyTraining.enabled) and counts.get("sft", 0) == 0:
@@ -251,7 +325,8 @@ class SelfTraining:
             metrics = _json(out / "train_metrics.json")
             if metrics is None:
                 options = {k: v for k, v in train_p.items() if k != "enabled"}
-                metrics = train_sft(policy, data_dir / "sft.parquet", out, **options)
+                with clock("policy_training"):
+                    metrics = train_sft(policy, data_dir / "sft.parquet", out, **options)
                 write_atomic(out / "train_metrics.json", json.dumps(metrics, indent=2, default=str).encode())
             record["policy_training"] = metrics
             new_policy = str(out)
@@ -260,14 +335,17 @@ class SelfTraining:
             metrics = _json(out / "train_metrics.json")
             if metrics is None:
                 options = {k: v for k, v in train_v.items() if k not in ("enabled", "base_model")}
-                metrics = train_prm(train_v.get("base_model") or policy, data_dir / "prm.parquet", out, **options)
+                with clock("prm_training"):
+                    metrics = train_prm(train_v.get("base_model") or policy, data_dir / "prm.parquet", out, **options)
                 metrics["base_model"] = str(train_v.get("base_model") or policy)
                 write_atomic(out / "train_metrics.json", json.dumps(metrics, indent=2, default=str).encode())
             record["prm_training"] = metrics
             new_prm = str(out)
         record["policy_out"], record["prm_out"] = new_policy, new_prm
-        record.update(self.evaluate(folder, new_policy, new_prm))
-        bstar = self.bstar(folder, new_policy, new_prm)
+        with clock("evaluation"):
+            record.update(self.evaluate(folder, new_policy, new_prm))
+        with clock("bstar"):
+            bstar = self.bstar(folder, new_policy, new_prm)
         if bstar:
             record["bstar"] = bstar
             if st["bstar"].get("choose_temperature", BStarConfig.choose_temperature):
@@ -290,13 +368,37 @@ def _flat_search(cfg: Mapping, algorithm: str, solutions: int, **options: Any) -
     }
 
 
+class _StageClock:
+    """Wall seconds per stage of a round (`with clock("search"): ...`), summed by name."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 1)
+
+
+def _split_label(spec: Mapping) -> Optional[str]:
+    """A split's default name: its file's name without the extension, else its task option."""
+    if spec.get("path"):
+        return Path(str(spec["path"])).stem
+    return spec.get("task") or spec.get("name")
+
+
 def _metrics(run: Path) -> dict:
     m = RunFolder(Path(run)).metrics()
+    correct, graded = m.get("correct"), m.get("graded")
     return {
         "run": str(run),
         "accuracy": m.get("accuracy"),
-        "correct": m.get("correct"),
-        "graded": m.get("graded"),
+        "se": standard_error(correct or 0, graded or 0) if graded else None,
+        "correct": correct,
+        "graded": graded,
         "errors": m.get("errors"),
         "mean_generated_tokens": (m.get("generated_tokens") or {}).get("mean"),
     }
