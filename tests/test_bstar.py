@@ -70,3 +70,25 @@ def test_a_relative_threshold_still_selects_when_the_critic_scores_sit_far_below
     assert [c["balance_score"] for c in best["candidates"]][0] == 0.0 and len(best["candidates"]) == 3
     with pytest.raises(ValueError, match="quantile must be in"):
         bstar_metrics(problems, threshold=None, quantile=1.5)
+
+
+def test_the_sample_count_is_the_smallest_near_the_best_balance():
+    from treesearch.bstar import choose_sample_count
+
+    right = [Sample(f"right {i}", 0.9, True) for i in range(4)]
+    wrong = [Sample(f"wrong {i}", 0.1, False) for i in range(4)]
+    # problem A: its first 2 samples hold both right ones, later samples are wrong;
+    # problem B: right answers keep coming up to the 8th sample
+    a = [right[0], right[1], wrong[0], wrong[1], wrong[2], wrong[3], wrong[0], wrong[1]]
+    b = [right[0], wrong[0], right[1], wrong[1], right[2], wrong[2], right[3], wrong[3]]
+    out = choose_sample_count([a, b], [2, 4, 8], thresholds=[0.5], n_star=4)
+    # by hand (threshold 0.5 selects the right ones only, so n' = n):
+    # c=2: A 2/4, B 1/4 -> 0.375; c=4: A 2/4, B 2/4 -> 0.5; c=8: A 2/4, B 4/4 -> 0.75
+    assert [out["by_count"][c]["balance_score"] for c in (2, 4, 8)] == [0.375, 0.5, 0.75]
+    assert out["chosen_sample_count"] == 8
+    assert choose_sample_count([a, b], [2, 4, 8], thresholds=[0.5], n_star=4, tolerance=0.6)["chosen_sample_count"] == 4
+    assert choose_sample_count([a, b], [2, 4, 8], thresholds=[0.5], n_star=4, tolerance=0.5)["chosen_sample_count"] == 2
+    # nothing right anywhere: sample the most
+    assert choose_sample_count([wrong, wrong], [2, 4], thresholds=[0.5])["chosen_sample_count"] == 4
+    with pytest.raises(ValueError, match="sample counts"):
+        choose_sample_count([a], [0, 4], thresholds=[0.5])

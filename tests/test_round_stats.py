@@ -114,3 +114,23 @@ def test_extra_splits_change_the_digest_only_when_given(tmp_path):
     assert selftrain_digest(trainer(tmp_path, "selftrain.eval.search_limit=null").cfg) == plain_digest
     assert selftrain_digest(trainer(tmp_path, "selftrain.extra_dev=[{path: a.jsonl}]").cfg) != plain_digest
     assert selftrain_digest(trainer(tmp_path, "selftrain.eval.search_limit=50").cfg) != plain_digest
+
+
+def test_a_round_searches_with_the_budget_b_star_chose(tmp_path):
+    from treesearch.components import plain
+
+    t = trainer(tmp_path, "search.budget.generated_tokens=256", "search.budget.simulations=null")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(cfg):
+        seen.append(plain(cfg["search"]))
+        raise Stop
+
+    t._run_job = capture
+    with pytest.raises(Stop):
+        t._round(tmp_path / "round-1", 1, "policy", None, 1.0, 0.5, None, None, None)
+    assert seen[0]["budget"]["generated_tokens"] == 128 and seen[0]["budget"]["simulations"] is None
+    assert seen[0]["options"]["temperature"] == 1.0

@@ -95,6 +95,7 @@ def test_a_round_writes_every_stage_and_its_models_load(answering_model_dir, tmp
         f"selftrain.extra_train=[{{path: {dev}, limit: 2, label: more}}]",
         f"selftrain.extra_dev=[{{path: {train}, limit: 2, label: also}}]",
         "selftrain.eval.search_limit=2",
+        "selftrain.bstar.sample_counts=[2,4]",
     ]
     from treesearch.selftrain import SelfTraining
 
@@ -123,6 +124,8 @@ def test_a_round_writes_every_stage_and_its_models_load(answering_model_dir, tmp
     assert (out / "accuracy_by_round.png").is_file()
     bstar = record["bstar"]["by_temperature"]
     assert len(bstar) == 1 and 0 <= next(iter(bstar.values()))["balance_score"] <= 1
+    chosen = record["bstar"]["chosen_sample_count"]  # B-STaR's sample count scales the next round's budget
+    assert set(record["bstar"]["by_sample_count"]) == {"2", "4"} and record["next_budget_scale"] == chosen / 4
     lineage = json.loads((folder / "round.json").read_text())
     assert lineage["policy_in"] == str(answering_model_dir)
 

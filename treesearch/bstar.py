@@ -15,7 +15,10 @@ From k sampled solutions per problem, each with a critic value and a correctness
 
 The selection threshold may be absolute or a quantile of the round's critic values
 (`best_balanced` tries several and keeps the best-balanced, as B-STaR chooses its
-configuration per round by the balance score).
+configuration per round by the balance score). `choose_sample_count` does the same for
+the number of samples per problem: more samples can only add distinct correct ones, so it
+keeps the smallest count whose balance score is within `tolerance` of the best, the
+count past which sampling more buys little balance.
 """
 
 from __future__ import annotations
@@ -123,3 +126,25 @@ def best_balanced(per_problem: Iterable[Sequence[Sample]], thresholds: Sequence[
         raise ValueError("best_balanced needs at least one threshold or quantile")
     best = max(candidates, key=lambda m: m.get("balance_score", 0.0))
     return {**best, "candidates": candidates}
+
+
+def choose_sample_count(per_problem: Iterable[Sequence[Sample]], counts: Sequence[int],
+                        thresholds: Sequence[float] = (), quantiles: Sequence[float] = (), n_star: int = 8,
+                        tolerance: float = 0.9) -> dict:
+    """The best-balanced figures of the first `c` samples of each problem, for each count
+    `c` in `counts`, and the chosen count: the smallest whose balance score reaches
+    `tolerance` times the best (the largest when every score is 0: nothing is selected
+    right yet, so explore more). `{"by_count": {c: figures}, "chosen_sample_count": c}`."""
+    if not counts or any(int(c) < 1 for c in counts):
+        raise ValueError(f"sample counts must be integers >= 1, got {list(counts)}")
+    if not 0.0 < tolerance <= 1.0:
+        raise ValueError(f"tolerance must be in (0, 1], got {tolerance}")
+    problems = [list(samples) for samples in per_problem if samples]
+    by_count = {}
+    for c in sorted({int(c) for c in counts}):
+        figures = best_balanced([samples[:c] for samples in problems], thresholds, quantiles, n_star)
+        by_count[c] = {k: v for k, v in figures.items() if k != "candidates"}
+    best = max(m.get("balance_score", 0.0) for m in by_count.values())
+    chosen = max(by_count) if best <= 0 else min(c for c, m in by_count.items()
+                                                 if m.get("balance_score", 0.0) >= tolerance * best)
+    return {"by_count": by_count, "chosen_sample_count": chosen}

@@ -322,7 +322,10 @@ class BStarConfig:
     `threshold`: an absolute PRM score for selection (None: relative, the best-balanced of
     `quantiles` of the round's scores); `n_star`: distinct correct responses wanted (the
     paper's value); `choose_temperature`: try `temperatures` and use the best-balanced one
-    next round (else the first is used)."""
+    next round (else the first is used); `sample_counts`: candidate samples per problem
+    (each at most `k`, scored on the first that many): the smallest whose balance score
+    reaches `count_tolerance` times the best scales the next round's search budget by
+    count / k (empty: the budget stays as configured)."""
 
     enabled: bool = True
     k: int = 8
@@ -332,6 +335,8 @@ class BStarConfig:
     limit: Optional[int] = 20
     choose_temperature: bool = False
     temperatures: List[Number] = field(default_factory=lambda: [0.7, 0.5, 1.0])
+    sample_counts: List[int] = field(default_factory=list)
+    count_tolerance: Number = 0.9
 
 
 @dataclass

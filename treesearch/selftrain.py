@@ -54,13 +54,14 @@ log = logging.getLogger(__name__)
 # keys added to the selftrain section later, left out of its digest at their default
 SELFTRAIN_NEUTRAL_DEFAULTS = {("harvest", "labels"): "gold", ("harvest", "reject_lucky"): "arithmetic",
                               ("policy_training", "report_to"): "none", ("prm_training", "report_to"): "none",
-                              ("eval", "search_limit"): None}
+                              ("eval", "search_limit"): None, ("bstar", "sample_counts"): [],
+                              ("bstar", "count_tolerance"): 0.9}
 
 
 def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
     """The job digest plus the `selftrain` section (but not the number of rounds, so that
     asking for more rounds continues the same folder). B-STaR's settings count only when
-    they steer the rounds (`choose_temperature`); otherwise they are monitoring.
+    they steer the rounds (`choose_temperature`, `sample_counts`); otherwise they are monitoring.
 
     `legacy=True`: the digest folders got before relative B-STaR thresholds existed (the
     B-STaR section always counted, with an absolute threshold, 0.5 by default), so those
@@ -75,7 +76,7 @@ def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
         bstar.pop("quantiles", None)
         bstar["threshold"] = 0.5 if bstar.get("threshold") is None else bstar["threshold"]
         st["bstar"] = bstar
-    elif not bstar.get("choose_temperature", False):
+    elif not (bstar.get("choose_temperature", False) or bstar.get("sample_counts")):
         st.pop("bstar", None)
     return hashlib.sha256((job_digest(cfg) + json.dumps(st, sort_keys=True, default=str)).encode()).hexdigest()
 
@@ -206,7 +207,7 @@ class SelfTraining:
 
     def bstar(self, folder: Path, policy: str, prm: Optional[str]) -> dict:
         """B-STaR figures at each candidate temperature; the chosen one for the next round."""
-        from treesearch.bstar import best_balanced, samples_from_tree
+        from treesearch.bstar import best_balanced, choose_sample_count, samples_from_tree
 
         cfg_b = self.st["bstar"]
         if not cfg_b.get("enabled", BStarConfig.enabled):
@@ -219,7 +220,11 @@ class SelfTraining:
         if not cfg_b.get("choose_temperature", BStarConfig.choose_temperature):
             temps = temps[:1]
         dev = dict(self.dev_task(), limit=cfg_b.get("limit"))
-        per_temperature = {}
+        absolute = cfg_b.get("threshold")  # when set, it is the threshold; else the best of `quantiles`
+        thresholds = [] if absolute is None else [absolute]
+        quantiles = cfg_b.get("quantiles") or [] if absolute is None else []
+        n_star = cfg_b.get("n_star", BStarConfig.n_star)
+        per_temperature, samples = {}, {}
         for t in temps:
             search = _flat_search(
                 self.cfg, "best_of_n", cfg_b["k"], samples=cfg_b["k"], parallel=cfg_b["k"], temperature=t,
@@ -227,14 +232,21 @@ class SelfTraining:
             )
             cfg = self.job_cfg(folder / "bstar" / f"t{t}", policy, task=dev, critic=self.prm_critic(prm), search=search)
             run = self._run_job(cfg)
-            trees = RunFolder(run).saved_trees()
-            absolute = cfg_b.get("threshold")  # when set, it is the threshold; else the best of `quantiles`
-            per_temperature[str(t)] = best_balanced(
-                [samples_from_tree(tree) for tree in trees], [] if absolute is None else [absolute],
-                cfg_b.get("quantiles") or [] if absolute is None else [], cfg_b.get("n_star", BStarConfig.n_star),
-            )
+            samples[str(t)] = [samples_from_tree(tree) for tree in RunFolder(run).saved_trees()]
+            per_temperature[str(t)] = best_balanced(samples[str(t)], thresholds, quantiles, n_star)
         best = max(per_temperature, key=lambda k: per_temperature[k].get("balance_score", 0.0))
-        return {"by_temperature": per_temperature, "chosen_temperature": float(best)}
+        out = {"by_temperature": per_temperature, "chosen_temperature": float(best)}
+        counts = cfg_b.get("sample_counts") or []
+        if counts:
+            too_many = [c for c in counts if int(c) > int(cfg_b["k"])]
+            if too_many:
+                raise ValueError(f"selftrain.bstar.sample_counts {too_many} exceed selftrain.bstar.k={cfg_b['k']}")
+            chosen = choose_sample_count(samples[best], counts, thresholds, quantiles, n_star,
+                                         float(cfg_b.get("count_tolerance", BStarConfig.count_tolerance)))
+            out.update(by_sample_count={str(c): m for c, m in chosen["by_count"].items()},
+                       chosen_sample_count=chosen["chosen_sample_count"],
+                       budget_scale=chosen["chosen_sample_count"] / int(cfg_b["k"]))
+        return out
 
     def run(self, on_round: Optional[Callable[[dict], None]] = None) -> dict:
         """Run (or resume) every round; return the summary."""
@@ -262,6 +274,7 @@ class SelfTraining:
         policy = str(plain(self.cfg["policy"])["model"])
         prm: Optional[str] = self.st.get("initial_prm")
         temperature = plain(self.cfg["search"])["options"].get("temperature", SearchConfig.temperature)
+        budget_scale = 1.0
         summary: dict[str, Any] = {"rounds": []}
         dev_label = self.primary_label("dev")
         try:
@@ -272,12 +285,14 @@ class SelfTraining:
                 folder = self.root / f"round-{r}"
                 record = _json(folder / "round.json")
                 if record is None:
-                    record = self._round(folder, r, policy, prm, temperature, harvest, train_sft, train_prm)
+                    record = self._round(folder, r, policy, prm, temperature, budget_scale, harvest, train_sft,
+                                         train_prm)
                     previous = summary["rounds"][-1] if summary["rounds"] else None
                     add_comparisons(record, dev_label, summary["baseline"], previous)
                     write_atomic(folder / "round.json", json.dumps(record, indent=2, default=str).encode())
                 policy, prm = record["policy_out"], record["prm_out"]
                 temperature = record.get("next_temperature", temperature)
+                budget_scale = record.get("next_budget_scale", budget_scale)
                 summary["rounds"].append(record)
                 if on_round is not None:
                     on_round(record)
@@ -289,11 +304,16 @@ class SelfTraining:
                 self.models = None
         return summary
 
-    def _round(self, folder, r, policy, prm, temperature, harvest, train_sft, train_prm) -> dict:
+    def _round(self, folder, r, policy, prm, temperature, budget_scale, harvest, train_sft, train_prm) -> dict:
         st = self.st
         clock = _StageClock()
         search = copy.deepcopy(plain(self.cfg["search"]))
         search["options"]["temperature"] = temperature
+        if budget_scale != 1.0:  # B-STaR's sample count for this round
+            budget = search.setdefault("budget", {})
+            for key in ("generated_tokens", "policy_calls", "simulations"):
+                if budget.get(key):
+                    budget[key] = max(1, round(budget[key] * budget_scale))
         with clock("search"):
             run = self._run_job(self.job_cfg(folder / "search", policy, search=search))
             extra_runs = {label: self._run_job(self.job_cfg(folder / f"search-{label}", policy, task=task, search=search))
@@ -309,6 +329,7 @@ class SelfTraining:
             "prm_in": prm,
             "search_run": str(run),
             "search_temperature": temperature,
+            "search_budget": search.get("budget"),
             "search": _metrics(run),
             "data": str(data_dir),
             "data_counts": counts,
@@ -350,6 +371,8 @@ class SelfTraining:
             record["bstar"] = bstar
             if st["bstar"].get("choose_temperature", BStarConfig.choose_temperature):
                 record["next_temperature"] = bstar["chosen_temperature"]
+            if "budget_scale" in bstar:
+                record["next_budget_scale"] = bstar["budget_scale"]
         return record
 
 
