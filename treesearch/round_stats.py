@@ -92,6 +92,7 @@ def plot_rounds(summary: Mapping, primary: str, path: Path) -> bool:
     records = [summary.get("baseline") or {}] + list(summary.get("rounds") or [])
     names = ["baseline"] + [f"round {r.get('round', i)}" for i, r in enumerate(summary.get("rounds") or [])]
     series: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+    problems: dict[tuple[str, str], int] = {}
     for x, record in enumerate(records):
         for label, key, metrics in evaluations(record, primary):
             acc = metrics.get("accuracy")
@@ -101,11 +102,15 @@ def plot_rounds(summary: Mapping, primary: str, path: Path) -> bool:
             if se is None:
                 se = standard_error(metrics.get("correct") or 0, metrics.get("graded") or 0)
             series.setdefault((label, key), []).append((x, 100 * acc, 100 * se))
+            problems[(label, key)] = metrics.get("graded") or 0
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    colors = {label: f"C{i}" for i, label in enumerate(sorted({label for label, _ in series}))}
     for (label, key), points in sorted(series.items()):
         xs, ys, es = zip(*points)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{label}, {key.removeprefix('dev_')}",
-                    linestyle="-" if key == "dev_greedy" else "--")
+        greedy = key == "dev_greedy"
+        ax.errorbar(xs, ys, yerr=es, capsize=3, color=colors[label], marker="o" if greedy else "s",
+                    linestyle="-" if greedy else "--", alpha=1.0 if greedy else 0.7,
+                    label=f"{label}, {key.removeprefix('dev_')} ({problems[(label, key)]} problems)")
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("dev accuracy (%), ± 1 standard error")
     ax.set_title("Self-training: dev accuracy by round")
