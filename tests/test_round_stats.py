@@ -134,3 +134,11 @@ def test_a_round_searches_with_the_budget_b_star_chose(tmp_path):
         t._round(tmp_path / "round-1", 1, "policy", None, 1.0, 0.5, None, None, None)
     assert seen[0]["budget"]["generated_tokens"] == 128 and seen[0]["budget"]["simulations"] is None
     assert seen[0]["options"]["temperature"] == 1.0
+
+
+def test_a_bad_train_search_is_refused_before_the_baseline_runs(tmp_path):
+    t = trainer(tmp_path, "search=self_consistency", "search.budget.generated_tokens=null",
+                f"selftrain.output_dir={tmp_path / 'st'}")
+    t._run_job = lambda cfg: pytest.fail("a job ran")
+    with pytest.raises(ValueError, match="Budget is unbounded"):
+        t.run()

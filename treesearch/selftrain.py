@@ -255,6 +255,7 @@ class SelfTraining:
         from treesearch.train.common import require_training_stack
 
         require_values(self.cfg, (*JOB_SECTIONS, "selftrain"))
+        _check_search(self.cfg)  # the rounds' search is refused now, not after the baseline evaluation
         train_p, train_v = self.st["policy_training"], self.st["prm_training"]
         needed = (("trl", "accelerate") if train_p.get("enabled", PolicyTraining.enabled) else ()) + (
             ("accelerate",) if train_v.get("enabled", PRMTraining.enabled) else ())
@@ -389,6 +390,16 @@ def _flat_search(cfg: Mapping, algorithm: str, solutions: int, **options: Any) -
         "budget": {"generated_tokens": None, "policy_calls": None, "simulations": solutions, "seconds": None},
         "options": {**shared, **options},
     }
+
+
+def _check_search(cfg: Mapping) -> None:
+    """Refuse a bad train search (budget, algorithm options) before anything runs."""
+    from treesearch.search import make_algorithm
+    from treesearch.search.budget import Budget
+
+    search = plain(cfg["search"])
+    Budget.parse(search.get("budget") or {}, "search.budget")
+    make_algorithm(search["algorithm"], **search.get("options", {}))
 
 
 class _StageClock:
