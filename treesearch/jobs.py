@@ -45,13 +45,26 @@ def job_digest(cfg: Mapping) -> str:
 
 def without_neutral_defaults(spec: dict, neutral: Mapping) -> dict:
     """`spec` (config sections by name) without the keys of `neutral` ({(section, key):
-    default}) that hold their default: keys added after run folders were written leave
-    those folders' digests as they were."""
+    default}, or {(key,): default} for a key of `spec` itself) that hold their default:
+    keys added after run folders were written leave those folders' digests as they were."""
     out = dict(spec)
-    for (section, key), default in neutral.items():
+    for path, default in neutral.items():
+        if len(path) == 1:
+            if out.get(path[0], default) == default:
+                out.pop(path[0], None)
+            continue
+        section, key = path
         if isinstance(out.get(section), dict) and out[section].get(key, default) == default:
             out[section] = {k: v for k, v in out[section].items() if k != key}
     return out
+
+
+def checked_search(search: Mapping) -> Budget:
+    """A search section's budget, after refusing a bad budget or bad algorithm options
+    (before any model loads)."""
+    budget = Budget.parse(search.get("budget") or {}, "search.budget")
+    make_algorithm(search["algorithm"], **search.get("options", {}))
+    return budget
 
 
 def default_output_dir(cfg: Mapping) -> Path:
@@ -173,8 +186,7 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
         raise ValueError(f"task {where}: no problems to search (an empty data file, or task.offset/limit select none)")
     # bad values fail here, before any model loads
     search = plain(cfg["search"])
-    budget = Budget.parse(search.get("budget") or {}, "search.budget")
-    make_algorithm(search["algorithm"], **search.get("options", {}))  # bad option values fail here too
+    budget = checked_search(search)
     ids = [p.id for p in problems]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from treesearch.components import plain
 from treesearch.config import JobConfig, require_values
-from treesearch.jobs import JOB_SECTIONS, job_digest, without_neutral_defaults
+from treesearch.jobs import JOB_SECTIONS, checked_search, job_digest, without_neutral_defaults
 from treesearch.pseudo_labels import check_label_free_critic
 from treesearch.round_stats import add_comparisons, plot_rounds, standard_error
 from treesearch.runfolder import RunFolder, write_atomic
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 SELFTRAIN_NEUTRAL_DEFAULTS = {("harvest", "labels"): "gold", ("harvest", "reject_lucky"): "arithmetic",
                               ("policy_training", "report_to"): "none", ("prm_training", "report_to"): "none",
                               ("eval", "search_limit"): None, ("bstar", "sample_counts"): [],
-                              ("bstar", "count_tolerance"): 0.9}
+                              ("bstar", "count_tolerance"): 0.9, ("extra_train",): [], ("extra_dev",): []}
 
 
 def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
@@ -68,9 +68,6 @@ def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
     folders still resume."""
     st = {k: v for k, v in plain(cfg["selftrain"]).items() if k != "rounds"}
     st = without_neutral_defaults(st, SELFTRAIN_NEUTRAL_DEFAULTS)
-    for key in EXTRA_SPLITS:  # added later: absent (no extra splits) leaves older digests as they were
-        if not st.get(key):
-            st.pop(key, None)
     bstar = dict(st.get("bstar") or {})
     if legacy:
         bstar.pop("quantiles", None)
@@ -79,9 +76,6 @@ def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
     elif not (bstar.get("choose_temperature", False) or bstar.get("sample_counts")):
         st.pop("bstar", None)
     return hashlib.sha256((job_digest(cfg) + json.dumps(st, sort_keys=True, default=str)).encode()).hexdigest()
-
-
-EXTRA_SPLITS = ("extra_train", "extra_dev")
 
 
 def _derive(cfg: DictConfig, **sections: Any) -> DictConfig:
@@ -255,7 +249,7 @@ class SelfTraining:
         from treesearch.train.common import require_training_stack
 
         require_values(self.cfg, (*JOB_SECTIONS, "selftrain"))
-        _check_search(self.cfg)  # the rounds' search is refused now, not after the baseline evaluation
+        checked_search(plain(self.cfg["search"]))  # a bad round search is refused now, not after the baseline
         train_p, train_v = self.st["policy_training"], self.st["prm_training"]
         needed = (("trl", "accelerate") if train_p.get("enabled", PolicyTraining.enabled) else ()) + (
             ("accelerate",) if train_v.get("enabled", PRMTraining.enabled) else ())
@@ -390,16 +384,6 @@ def _flat_search(cfg: Mapping, algorithm: str, solutions: int, **options: Any) -
         "budget": {"generated_tokens": None, "policy_calls": None, "simulations": solutions, "seconds": None},
         "options": {**shared, **options},
     }
-
-
-def _check_search(cfg: Mapping) -> None:
-    """Refuse a bad train search (budget, algorithm options) before anything runs."""
-    from treesearch.search import make_algorithm
-    from treesearch.search.budget import Budget
-
-    search = plain(cfg["search"])
-    Budget.parse(search.get("budget") or {}, "search.budget")
-    make_algorithm(search["algorithm"], **search.get("options", {}))
 
 
 class _StageClock:
