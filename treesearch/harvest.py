@@ -62,7 +62,7 @@ import numpy as np
 
 from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, check_label_free_critic, pseudo_label
 from treesearch.schemas import HarvestConfig
-from treesearch.step_checks import lucky_terminals
+from treesearch.step_checks import LUCKY_CHECKS, lucky_terminals
 from treesearch.tree import Tree
 from treesearch.value_targets import (
     VALUE_SOURCES,
@@ -467,9 +467,6 @@ def harvest(
     write_atomic(manifest, json.dumps(record, indent=2).encode())
     paths["manifest"] = manifest
     return paths
-
-
-LUCKY_CHECKS = ("arithmetic", "none")
 
 
 def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, min_visits: int, labels: str,

@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from treesearch.pseudo_labels import LABEL_SOURCES
+from treesearch.step_checks import LUCKY_CHECKS
 from treesearch.schemas import HarvestConfig
 
 USAGE_DESCRIPTION = (
@@ -42,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--reject-lucky",
-        choices=("arithmetic", "none"),
+        choices=LUCKY_CHECKS,
         default=defaults.reject_lucky,
         help="arithmetic: a correct solution with a step whose arithmetic is wrong counts as not correct "
         f"(right by luck); none: keep it (default {defaults.reject_lucky})",

@@ -67,12 +67,11 @@ def evaluations(record: Mapping, primary: str) -> Iterator[tuple[str, str, dict]
 def add_comparisons(record: dict, primary: str, baseline: Mapping, previous: Mapping | None) -> None:
     """Add `vs_baseline` (and `vs_previous`, another round's record) paired differences
     to each of `record`'s dev evaluations that the other record evaluated too."""
-    others = {"vs_baseline": baseline, "vs_previous": previous}
+    others = {name: {(lbl, k): m for lbl, k, m in evaluations(other, primary)}
+              for name, other in (("vs_baseline", baseline), ("vs_previous", previous)) if other}
     for label, key, metrics in evaluations(record, primary):
-        for name, other in others.items():
-            if not other:
-                continue
-            match = {(lbl, k): m for lbl, k, m in evaluations(other, primary)}.get((label, key))
+        for name, by_split in others.items():
+            match = by_split.get((label, key))
             if match and match.get("run") and metrics.get("run"):
                 metrics[name] = paired_difference(Path(metrics["run"]), Path(match["run"]))
 

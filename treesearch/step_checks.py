@@ -24,6 +24,9 @@ from typing import Optional
 
 from treesearch.tree import Tree
 
+LUCKY_CHECKS = ("arithmetic", "none")
+"""Harvest's `reject_lucky` values: check the steps' arithmetic, or keep every correct trace."""
+
 _NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _OPERATOR = r"[-+*/x×÷−·]"
 _TERM = rf"\(?\s*\$?(?:{_NUMBER})\s*\)?"
