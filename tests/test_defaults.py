@@ -277,7 +277,7 @@ def test_each_schema_key_is_its_builders_and_shared_defaults_agree(schema, build
     module, name = builder.split(":")
     params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
     takes_more = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    consumed = {"name", "backend", "rollout_policy", "enabled", *TASK_LOAD_KEYS}  # read by the code that builds it
+    consumed = {"name", "backend", "rollout_policy", "enabled", "warm_start", *TASK_LOAD_KEYS}  # read by the code that builds it
     for f in dataclasses.fields(getattr(schemas, schema)):
         if f.name in consumed:
             continue

@@ -116,6 +116,21 @@ def test_extra_splits_change_the_digest_only_when_given(tmp_path):
     assert selftrain_digest(trainer(tmp_path, "selftrain.eval.search_limit=50").cfg) != plain_digest
 
 
+def test_a_warm_started_prm_trains_on_from_the_rounds_prm(tmp_path):
+    from treesearch.components import plain
+    from treesearch.selftrain import prm_base_model, selftrain_digest
+
+    cold, warm = (plain(trainer(tmp_path, *o).st["prm_training"]) for o in
+                  ((), ("selftrain.prm_training.warm_start=true",)))
+    assert cold["base_model"] == "smollm2" and prm_base_model(cold, "round-0/prm", "round-0/policy") == "smollm2"
+    assert prm_base_model(warm, "round-0/prm", "round-0/policy") == "round-0/prm"
+    assert prm_base_model(warm, None, "smollm2") == "smollm2"  # round 0 without initial_prm
+    assert prm_base_model({**warm, "base_model": None}, None, "round-0/policy") == "round-0/policy"
+    plain_digest = selftrain_digest(trainer(tmp_path).cfg)
+    assert selftrain_digest(trainer(tmp_path, "selftrain.prm_training.warm_start=false").cfg) == plain_digest
+    assert selftrain_digest(trainer(tmp_path, "selftrain.prm_training.warm_start=true").cfg) != plain_digest
+
+
 def test_a_round_searches_with_the_budget_b_star_chose(tmp_path):
     from treesearch.components import plain
 

@@ -283,10 +283,13 @@ class PolicyTraining:
 class PRMTraining:
     """`selftrain.prm_training`: whether to train the PRM, its backbone (`base_model`, by
     default the policy's model) and `train_prm`'s keywords (add others, e.g.
-    `+selftrain.prm_training.head_lr=1e-3`). `loss`: "bce" or "mse"."""
+    `+selftrain.prm_training.head_lr=1e-3`). `loss`: "bce" or "mse". `warm_start`: train
+    each round's PRM on from the PRM it starts the round with (the previous round's, or
+    `selftrain.initial_prm`), backbone and value head, instead of from `base_model`."""
 
     enabled: bool = True
     base_model: Optional[str] = "${policy.model}"
+    warm_start: bool = False
     loss: str = "bce"
     epochs: Number = 2
     lr: Number = 1.0e-4

@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 SELFTRAIN_NEUTRAL_DEFAULTS = {("harvest", "labels"): "gold", ("harvest", "reject_lucky"): "arithmetic",
                               ("policy_training", "report_to"): "none", ("prm_training", "report_to"): "none",
                               ("eval", "search_limit"): None, ("bstar", "sample_counts"): [],
-                              ("bstar", "count_tolerance"): 0.9, ("extra_train",): [], ("extra_dev",): []}
+                              ("bstar", "count_tolerance"): 0.9, ("extra_train",): [], ("extra_dev",): [],
+                              ("prm_training", "warm_start"): False}
 
 
 def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
@@ -350,10 +351,11 @@ class SelfTraining:
             out = folder / "prm"
             metrics = _json(out / "train_metrics.json")
             if metrics is None:
-                options = {k: v for k, v in train_v.items() if k not in ("enabled", "base_model")}
+                options = {k: v for k, v in train_v.items() if k not in ("enabled", "base_model", "warm_start")}
+                base = prm_base_model(train_v, prm, policy)
                 with clock("prm_training"):
-                    metrics = train_prm(train_v.get("base_model") or policy, data_dir / "prm.parquet", out, **options)
-                metrics["base_model"] = str(train_v.get("base_model") or policy)
+                    metrics = train_prm(base, data_dir / "prm.parquet", out, **options)
+                metrics["base_model"] = str(base)
                 write_atomic(out / "train_metrics.json", json.dumps(metrics, indent=2, default=str).encode())
             record["prm_training"] = metrics
             new_prm = str(out)
@@ -369,6 +371,14 @@ class SelfTraining:
             if "budget_scale" in bstar:
                 record["next_budget_scale"] = bstar["budget_scale"]
         return record
+
+
+def prm_base_model(prm_training: Mapping, prm: Optional[str], policy: str) -> str:
+    """What a round's PRM trains from: the PRM the round starts with under `warm_start`
+    (none yet: as without it), else `base_model`, else the round's policy."""
+    if prm and prm_training.get("warm_start", PRMTraining.warm_start):
+        return str(prm)
+    return str(prm_training.get("base_model") or policy)
 
 
 COMMON_OPTIONS = ("temperature", "top_p", "max_step_tokens", "max_solution_tokens", "max_depth", "seed", "prior")
