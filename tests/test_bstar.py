@@ -92,3 +92,26 @@ def test_the_sample_count_is_the_smallest_near_the_best_balance():
     assert choose_sample_count([wrong, wrong], [2, 4], thresholds=[0.5])["chosen_sample_count"] == 4
     with pytest.raises(ValueError, match="sample counts"):
         choose_sample_count([a], [0, 4], thresholds=[0.5])
+
+
+def test_sample_counts_from_a_tree_are_drawn_in_a_random_order():
+    """`samples_from_tree` puts a merged duplicate's copies side by side; with
+    `shuffle_seed` a count takes a random subset of the draws instead of one solution's
+    copies, the same subset every time, nested across counts."""
+    from treesearch.bstar import check_sample_counts, choose_sample_count
+
+    right = [Sample("right", 0.9, True)] * 6  # one solution sampled 6 times, merged
+    others = [Sample(f"wrong {i}", 0.1, False) for i in range(2)] + [Sample("right too", 0.9, True)] * 2
+    problem = right + others
+    as_given = choose_sample_count([problem], [2, 4], thresholds=[0.5], n_star=2)
+    assert as_given["by_count"][4]["distinct_correct"] == 1  # only copies of "right"
+    draws = [choose_sample_count([problem], [2, 4, 10], thresholds=[0.5], n_star=2, shuffle_seed=s) for s in range(20)]
+    assert draws[0] == choose_sample_count([problem], [2, 4, 10], thresholds=[0.5], n_star=2, shuffle_seed=0)
+    assert any(d["by_count"][4]["distinct_correct"] == 2 for d in draws)  # "right too" can be among 4 draws
+    for d in draws:  # nested: a count's distinct solutions never drop as the count grows
+        figures = [d["by_count"][c]["distinct_correct"] for c in (2, 4, 10)]
+        assert figures == sorted(figures) and figures[-1] == 2  # all 10 hold both
+    with pytest.raises(ValueError, match=r"sample counts \[16\] exceed the 8 samples"):
+        check_sample_counts([4, 16], 0.9, k=8)
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        check_sample_counts([4], 1.5)

@@ -120,6 +120,7 @@ def test_self_training_digests_ignore_monitoring_and_still_match_folders_from_be
     section.pop("extra_dev")
     section["policy_training"].pop("report_to")
     section["prm_training"].pop("report_to")
+    section["prm_training"].pop("warm_start")
     section["bstar"].pop("quantiles")
     section["bstar"].pop("sample_counts")
     section["bstar"].pop("count_tolerance")

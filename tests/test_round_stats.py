@@ -3,6 +3,7 @@ configs (extra train and dev splits) — no models."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pyarrow as pa
@@ -36,6 +37,9 @@ def test_paired_difference_over_the_problems_both_graded(tmp_path):
     assert diff["ci95"] == pytest.approx([0.25 - 1.96 * diff["se"], 0.25 + 1.96 * diff["se"]])
     assert (diff["only_new_right"], diff["only_old_right"]) == (2, 1)
     assert paired_difference(new, graded_run(tmp_path / "other", {"z": True})) == {"problems": 0}
+    one = paired_difference(new, graded_run(tmp_path / "one", {"b": False}))  # no spread from one problem
+    assert one["difference"] == 1 and one["se"] is None and one["ci95"] is None
+    json.dumps(one, allow_nan=False)  # round.json stays strict JSON
 
 
 def test_comparisons_match_splits_and_evaluations(tmp_path):
@@ -156,4 +160,16 @@ def test_a_bad_train_search_is_refused_before_the_baseline_runs(tmp_path):
                 f"selftrain.output_dir={tmp_path / 'st'}")
     t._run_job = lambda cfg: pytest.fail("a job ran")
     with pytest.raises(ValueError, match="Budget is unbounded"):
+        t.run()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("selftrain.bstar.sample_counts=[4,16]", r"selftrain.bstar .*sample counts \[16\] exceed the 8 samples"),
+    ("selftrain.bstar.count_tolerance=0", "tolerance must be in"),
+])
+def test_bad_b_star_sample_counts_are_refused_before_the_baseline_runs(tmp_path, override, message):
+    extra = () if "sample_counts" in override else ("selftrain.bstar.sample_counts=[2,4]",)
+    t = trainer(tmp_path, override, *extra, f"selftrain.output_dir={tmp_path / 'st'}")
+    t._run_job = lambda cfg: pytest.fail("a job ran")
+    with pytest.raises(ValueError, match=message):
         t.run()

@@ -24,6 +24,8 @@ from tests.test_harvest import ANSWER, sft_tree, write_run
         "3.5 + 1.25 = 4.75",
         "20% of 50 + 5 = 15",  # the left side continues beyond what the check reads
         "5 hours * 3 + 2 = 17",
+        "3/4 = 75% of them",  # a percentage
+        "0.75 * 100 = 75%",  # or a plain number before %
         "2x + 3 = 7",  # algebra, not arithmetic
         "x = 5",
         "The answer is 8.",
@@ -44,6 +46,7 @@ def test_right_or_unreadable_claims_are_not_errors(text):
         ("He has 5 + 3 = 8 apples. Then 8 - 2 = 5.", "8 - 2 = 5"),
         ("Total = 5 + 3 = 9", "5 + 3 = 9"),
         ("10 / 3 = 3.4", "10 / 3 = 3.4"),
+        ("1/2 = 40% of the cakes", "1/2 = 40"),  # neither 0.5 nor 50
     ],
 )
 def test_wrong_claims_are_named(text, claim):

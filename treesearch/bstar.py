@@ -128,18 +128,34 @@ def best_balanced(per_problem: Iterable[Sequence[Sample]], thresholds: Sequence[
     return {**best, "candidates": candidates}
 
 
-def choose_sample_count(per_problem: Iterable[Sequence[Sample]], counts: Sequence[int],
-                        thresholds: Sequence[float] = (), quantiles: Sequence[float] = (), n_star: int = 8,
-                        tolerance: float = 0.9) -> dict:
-    """The best-balanced figures of the first `c` samples of each problem, for each count
-    `c` in `counts`, and the chosen count: the smallest whose balance score reaches
-    `tolerance` times the best (the largest when every score is 0: nothing is selected
-    right yet, so explore more). `{"by_count": {c: figures}, "chosen_sample_count": c}`."""
+def check_sample_counts(counts: Sequence[int], tolerance: float, k: Optional[int] = None) -> None:
+    """Refuse sample counts below 1 (or above `k`, the samples drawn per problem) and a
+    tolerance outside (0, 1], naming the bad value."""
     if not counts or any(int(c) < 1 for c in counts):
         raise ValueError(f"sample counts must be integers >= 1, got {list(counts)}")
+    if k is not None and any(int(c) > int(k) for c in counts):
+        raise ValueError(f"sample counts {[c for c in counts if int(c) > int(k)]} exceed the {k} samples drawn per problem")
     if not 0.0 < tolerance <= 1.0:
         raise ValueError(f"tolerance must be in (0, 1], got {tolerance}")
+
+
+def choose_sample_count(per_problem: Iterable[Sequence[Sample]], counts: Sequence[int],
+                        thresholds: Sequence[float] = (), quantiles: Sequence[float] = (), n_star: int = 8,
+                        tolerance: float = 0.9, shuffle_seed: Optional[int] = None) -> dict:
+    """The best-balanced figures of `c` samples of each problem, for each count `c` in
+    `counts`, and the chosen count: the smallest whose balance score reaches `tolerance`
+    times the best (the largest when every score is 0: nothing is selected right yet, so
+    explore more). `{"by_count": {c: figures}, "chosen_sample_count": c}`.
+
+    The `c` samples are a problem's first `c` as given, or with `shuffle_seed` the first
+    `c` of a seeded random order of them (so a smaller count's are among a larger one's
+    either way): `samples_from_tree` lists the copies of a merged duplicate side by side,
+    so its first `c` are not `c` draws."""
+    check_sample_counts(counts, tolerance)
     problems = [list(samples) for samples in per_problem if samples]
+    if shuffle_seed is not None:
+        rng = np.random.default_rng(shuffle_seed)
+        problems = [[samples[i] for i in rng.permutation(len(samples))] for samples in problems]
     by_count = {}
     for c in sorted({int(c) for c in counts}):
         figures = best_balanced([samples[:c] for samples in problems], thresholds, quantiles, n_star)

@@ -35,7 +35,8 @@ def check_label_free_critic(labels: str, critic: Optional[str], where: str) -> N
     values (which `self_verify` weighs by) and trees would leak the labels they stand in for."""
     if labels != "gold" and critic in GOLD_READING_CRITICS:
         raise ValueError(f"{where}: labels={labels} is for data without gold answers, but critic={critic} "
-                         "grades against them: choose a critic that does not (critic=self_eval, or a PRM)")
+                         "grades against them: choose a critic that does not (critic=self_eval, a PRM, or none "
+                         "under search=self_consistency)")
 
 
 def vote_label(tree: Tree, task: Task) -> Optional[str]:

@@ -31,8 +31,8 @@ def _graded(run: Path) -> dict[str, bool]:
 
 def paired_difference(new_run: Path, old_run: Path) -> dict:
     """Accuracy of `new_run` minus `old_run` over the problems both graded: the mean
-    difference, its standard error (of the per-problem differences), a 95% interval, and
-    the problems only one of them got right."""
+    difference, its standard error (of the per-problem differences) and 95% interval
+    (both None with one problem), and the problems only one of them got right."""
     new, old = _graded(new_run), _graded(old_run)
     common = sorted(set(new) & set(old))
     n = len(common)
@@ -40,13 +40,12 @@ def paired_difference(new_run: Path, old_run: Path) -> dict:
         return {"problems": 0}
     diffs = [int(new[p]) - int(old[p]) for p in common]
     mean = sum(diffs) / n
-    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else math.nan
-    se = math.sqrt(var / n) if n > 1 else math.nan
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else None  # None: JSON has no NaN
     return {
         "problems": n,
         "difference": mean,
         "se": se,
-        "ci95": [mean - 1.96 * se, mean + 1.96 * se],
+        "ci95": [mean - 1.96 * se, mean + 1.96 * se] if se is not None else None,
         "only_new_right": diffs.count(1),
         "only_old_right": diffs.count(-1),
     }

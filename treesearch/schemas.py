@@ -326,7 +326,7 @@ class BStarConfig:
     `quantiles` of the round's scores); `n_star`: distinct correct responses wanted (the
     paper's value); `choose_temperature`: try `temperatures` and use the best-balanced one
     next round (else the first is used); `sample_counts`: candidate samples per problem
-    (each at most `k`, scored on the first that many): the smallest whose balance score
+    (each at most `k`, scored on a seeded random subset of that many): the smallest whose balance score
     reaches `count_tolerance` times the best scales the next round's search budget by
     count / k (empty: the budget stays as configured)."""
 

@@ -233,11 +233,9 @@ class SelfTraining:
         out = {"by_temperature": per_temperature, "chosen_temperature": float(best)}
         counts = cfg_b.get("sample_counts") or []
         if counts:
-            too_many = [c for c in counts if int(c) > int(cfg_b["k"])]
-            if too_many:
-                raise ValueError(f"selftrain.bstar.sample_counts {too_many} exceed selftrain.bstar.k={cfg_b['k']}")
             chosen = choose_sample_count(samples[best], counts, thresholds, quantiles, n_star,
-                                         float(cfg_b.get("count_tolerance", BStarConfig.count_tolerance)))
+                                         float(cfg_b.get("count_tolerance", BStarConfig.count_tolerance)),
+                                         shuffle_seed=0)
             out.update(by_sample_count={str(c): m for c, m in chosen["by_count"].items()},
                        chosen_sample_count=chosen["chosen_sample_count"],
                        budget_scale=chosen["chosen_sample_count"] / int(cfg_b["k"]))
@@ -245,12 +243,20 @@ class SelfTraining:
 
     def run(self, on_round: Optional[Callable[[dict], None]] = None) -> dict:
         """Run (or resume) every round; return the summary."""
+        from treesearch.bstar import check_sample_counts
         from treesearch.harvest import harvest
         from treesearch.train import train_prm, train_sft
         from treesearch.train.common import require_training_stack
 
         require_values(self.cfg, (*JOB_SECTIONS, "selftrain"))
         checked_search(plain(self.cfg["search"]))  # a bad round search is refused now, not after the baseline
+        cfg_b = self.st["bstar"]
+        if cfg_b.get("enabled", BStarConfig.enabled) and cfg_b.get("sample_counts"):
+            try:  # now, not at the end of round 0
+                check_sample_counts(cfg_b["sample_counts"], float(cfg_b.get("count_tolerance", BStarConfig.count_tolerance)),
+                                    int(cfg_b["k"]))
+            except ValueError as e:
+                raise ValueError(f"selftrain.bstar (sample_counts, count_tolerance, k): {e}") from None
         train_p, train_v = self.st["policy_training"], self.st["prm_training"]
         needed = (("trl", "accelerate") if train_p.get("enabled", PolicyTraining.enabled) else ()) + (
             ("accelerate",) if train_v.get("enabled", PRMTraining.enabled) else ())

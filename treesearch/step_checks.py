@@ -11,7 +11,9 @@ Only claims it can read without doubt are checked: numbers joined by + - * / x Ã
 parentheses on the left (at least one operator), a number or such an expression on the
 right. A claim is skipped when the text just before it continues the expression in a way
 the check cannot see ("20% of 50 + 5 = 15", "2 hours * 3 + 1 = 7": a word or symbol that
-multiplies). A claimed value is read at its own precision (`10 / 3 = 3.33` is right).
+multiplies). A claimed value is read at its own precision (`10 / 3 = 3.33` is right),
+and one followed by `%` as either a percentage or a plain number (`3 / 4 = 75%` and
+`0.75 * 100 = 75%` are both right).
 """
 
 from __future__ import annotations
@@ -84,22 +86,27 @@ def arithmetic_errors(text: str) -> list[str]:
         sides = match.group(0).split("=")
         if not _has_operator(sides[0]):
             continue
-        if _wrong_chain(sides):
+        percent = re.match(r"\s*%", text[match.end():]) is not None
+        if _wrong_chain(sides, percent):
             errors.append(match.group(0).strip())
     return errors
 
 
-def _wrong_chain(sides: list[str]) -> bool:
+def _wrong_chain(sides: list[str], percent: bool = False) -> bool:
     """Whether a chain `a = b = c` claims a wrong value. Each side with an operator is
     checked against the next side: its value, or, where the next side goes on computing
-    ("2 * 3 = 6 * 2 = 12"), the number that side starts with."""
-    for left, right in zip(sides, sides[1:]):
+    ("2 * 3 = 6 * 2 = 12"), the number that side starts with. `percent`: the last side is
+    followed by `%`, so it may also be read as a hundredth."""
+    last = len(sides) - 2
+    for i, (left, right) in enumerate(zip(sides, sides[1:])):
         if not _has_operator(left):
             continue
         truth, claimed = _evaluate(left), _evaluate(right)
         if truth is None or claimed is None:
             return False
         if math.isclose(truth, claimed, rel_tol=1e-9, abs_tol=_tolerance(right)):
+            continue
+        if percent and i == last and math.isclose(100 * truth, claimed, rel_tol=1e-9, abs_tol=_tolerance(right)):
             continue
         leading = re.match(rf"\s*\(?\s*\$?({_NUMBER})", right)
         start = _evaluate(leading.group(1)) if leading and _has_operator(right) else None
