@@ -157,3 +157,10 @@ def test_prm_targets_bootstraps_the_paired_difference_over_trees():
     for kind in ("sibling", "any_depth"):
         low, high = out[kind]["ci95"]
         assert out[kind]["difference"] == pytest.approx(expected) and 0 < low <= expected <= high
+    prm_targets = load("prm_targets")
+    assert set(prm_targets.differences({"mc": better, "inferred": worse})) == {"mc_minus_inferred"}
+    many = prm_targets.differences({"mc": better, "inferred": worse, "hard": worse, "mixed": better})
+    assert set(many) == {"inferred_minus_mc", "hard_minus_mc", "mixed_minus_mc"}
+    assert many["hard_minus_mc"]["any_depth"]["difference"] == pytest.approx(-expected)
+    assert many["mixed_minus_mc"]["any_depth"]["difference"] == pytest.approx(0.0)
+    assert prm_targets.differences({"hard": worse, "inferred": better}) == {}

@@ -19,7 +19,7 @@ from treesearch.harvest import (
     rank_sft,
     sft_candidates,
 )
-from treesearch.value_targets import inferred_values, mc_values
+from treesearch.value_targets import hard_values, inferred_values, mc_values, mixed_values, value_targets
 from treesearch.harvest_cli import main as harvest_main
 from treesearch.runfolder import RunFolder
 from treesearch.search.budget import Accounting
@@ -142,6 +142,35 @@ def test_mc_values_count_duplicates_and_skip_ungraded():
     # root: (3 + 1) correct of (3 + 1 + 1 + 1) graded samples = 4/6. C, D, B3: NaN.
     expected = [4 / 6, 3 / 4, 1 / 2, NAN, NAN, 1, 0, 1, 0, NAN, 1, 0]
     np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
+
+
+def test_hard_and_mixed_values_by_hand():
+    t = fig_tree()
+    # hard: 1 with a correct terminal below, 0 with decided ends and none correct (B3 is a
+    # dead end, B2 ends in a wrong answer); C (open) and D (ungraded) undecided; root NaN.
+    np.testing.assert_array_equal(hard_values(t), [NAN, 1, 1, NAN, NAN, 1, 0, 1, 0, 0, 1, 0])
+    # mixed: mean of mc [4/6, 3/4, 1/2, -, -, 1, 0, 1, 0, -, 1, 0] and inferred
+    # [0, 1/2, 1/3, -, -, 1, 1/4, 2/3, 1/9, 1/9, 1, 0]; B3 has only an inferred value.
+    expected = [1 / 3, 5 / 8, 5 / 12, NAN, NAN, 1, 1 / 8, 5 / 6, 1 / 18, 1 / 9, 1, 0]
+    np.testing.assert_allclose(mixed_values(t), expected, rtol=0, atol=1e-12)
+    assert np.array_equal(value_targets(t, "hard"), hard_values(t), equal_nan=True)
+    with pytest.raises(ValueError, match="hard"):
+        value_targets(t, "soft")
+
+
+def test_hard_targets_give_a_rare_right_step_full_credit_on_a_mostly_failing_tree():
+    t = Tree("mostly-wrong", PROMPT)
+    t.add_children(0, ["good\n", "bad\n"])
+    answers = [str(i) for i in range(10)]
+    t.add_children(1, [f"answer {a}" for a in answers], terminal=[True] * 10, answers=answers)
+    t.add_children(2, ["answer 42", "answer 43"], terminal=[True, True], answers=["42", "43"])
+    for node in range(3, len(t)):
+        t.close(node)
+    t.reward[3:] = 0.0
+    t.reward[3] = 1.0  # one right answer in twelve
+    mc, hard = mc_values(t), hard_values(t)
+    assert mc[1] == pytest.approx(0.1) and mc[2] == 0.0  # squeezed near 0
+    assert hard[1] == 1.0 and hard[2] == 0.0
 
 
 # ------------------------------------------------------------------------------- rows

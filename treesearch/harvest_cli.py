@@ -9,6 +9,7 @@ from typing import Sequence
 from treesearch.pseudo_labels import LABEL_SOURCES
 from treesearch.step_checks import LUCKY_CHECKS
 from treesearch.schemas import HarvestConfig
+from treesearch.value_targets import VALUE_SOURCES
 
 USAGE_DESCRIPTION = (
     "Write OUT/sft.parquet, OUT/prm.parquet, OUT/preference.parquet and OUT/harvest.json "
@@ -25,9 +26,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"SFT traces kept per problem (default {defaults.top_k})")
     p.add_argument(
         "--values",
-        choices=("inferred", "mc"),
+        choices=VALUE_SOURCES,
         default=defaults.values,
-        help=f"value targets: ReST-MCTS* inferred values or Monte Carlo estimates (default {defaults.values})",
+        help="value targets: Monte Carlo estimates, ReST-MCTS* inferred values, hard 0/1 outcomes "
+        f"(Math-Shepherd), or the mean of mc and inferred (default {defaults.values})",
     )
     p.add_argument("--margin", type=float, default=defaults.margin,
                    help=f"least value gap of a preference pair (default {defaults.margin})")

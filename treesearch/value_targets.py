@@ -5,6 +5,16 @@ preference pairs (`treesearch.harvest`).
 nodes in its subtree (itself included) that are correct, each terminal weighted by the
 samples it stands for (`1 + duplicates`); NaN where no graded terminal lies below.
 
+`hard_values(tree)`: hard estimates (Math-Shepherd's "hard estimation", Wang et al.
+2024, arXiv 2312.08935): 1 for a step with a correct terminal below it, 0 for one with
+decided ends and none correct (`step_outcomes`). On trees that mostly fail, a rare right
+step gets the full 1 where its Monte Carlo estimate may be 0.05, so the PRM's targets are
+not squeezed near 0.
+
+`mixed_values(tree)`: the mean of the Monte Carlo and inferred values where both exist,
+else the one that does: the inferred value's credit for closeness to a correct end with
+the Monte Carlo estimate's odds of reaching one.
+
 `inferred_values(tree)`: ReST-MCTS* inferred process values (Zhang et al. 2024,
 "ReST-MCTS*: LLM Self-Training via Process Reward Guided Tree Search", arXiv 2406.03816,
 section 3 "weighted reward" / "quality value", and its training-data inference). What is
@@ -63,7 +73,7 @@ import numpy as np
 
 from treesearch.tree import Tree
 
-VALUE_SOURCES = ("inferred", "mc")
+VALUE_SOURCES = ("inferred", "mc", "hard", "mixed")
 
 
 def _ends(tree: Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,12 +136,27 @@ def mc_values(tree: Tree) -> np.ndarray:
         return np.where(total > 0, good / np.where(total > 0, total, 1.0), np.nan)
 
 
+def hard_values(tree: Tree) -> np.ndarray:
+    """Hard estimates: 1.0 for a step with a correct terminal below it (itself included),
+    0.0 for one with decided ends and none correct, NaN when undecided; the root NaN."""
+    return step_outcomes(tree)
+
+
+def mixed_values(tree: Tree) -> np.ndarray:
+    """The mean of `mc_values` and `inferred_values` where both exist, else the one that
+    does (NaN where neither)."""
+    both = np.stack([mc_values(tree), inferred_values(tree)])
+    count = (~np.isnan(both)).sum(axis=0)
+    total = np.nansum(both, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def value_targets(tree: Tree, values: str = "inferred") -> np.ndarray:
-    """`inferred_values(tree)` or `mc_values(tree)` by name."""
-    if values == "inferred":
-        return inferred_values(tree)
-    if values == "mc":
-        return mc_values(tree)
+    """The targets of one of `VALUE_SOURCES` by name."""
+    sources = {"inferred": inferred_values, "mc": mc_values, "hard": hard_values, "mixed": mixed_values}
+    if values in sources:
+        return sources[values](tree)
     raise ValueError(f"unknown value source {values!r}; choose from {VALUE_SOURCES}")
 
 
