@@ -79,7 +79,26 @@ class JSONLTaskConfig(TaskConfig):
     id_field: Optional[str] = None
 
 
-TASK_SCHEMAS = {"gsm8k": GSM8KTaskConfig, "math500": MATHTaskConfig, "mawps": JSONLTaskConfig}
+@dataclass
+class ArithTaskConfig(TaskConfig):
+    """`task=arith`: generated arithmetic (`treesearch.tasks.arith`). `level`:
+    "<form><operations>[-<high>]" (bare1-10, word2-50, ...); `ops`: the operations that may
+    appear; `low`: the smallest operand; `distractors`: sentences with unused numbers;
+    `seed`: another set of problems; `shots`: worked few-shot examples from the train split;
+    `split`: train, dev or test (never overlapping)."""
+
+    name: str = "arith"
+    limit: Optional[int] = 100
+    level: str = "word2-50"
+    ops: str = "+-*/"
+    low: int = 1
+    distractors: int = 0
+    seed: int = 0
+    shots: int = 3
+
+
+TASK_SCHEMAS = {"gsm8k": GSM8KTaskConfig, "math500": MATHTaskConfig, "mawps": JSONLTaskConfig,
+                "arith": ArithTaskConfig}
 
 # ----------------------------------------------------------------------------- policy
 

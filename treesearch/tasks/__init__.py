@@ -1,7 +1,8 @@
 """Task definitions: prompts, step splitting, answer extraction, grading and data loading.
 
 `make_task(name, **kwargs)` builds a registered task: "numeric" (the base `Task`),
-"gsm8k", "math", "jsonl" (field-mapped JSONL files) and "hub" (Hugging Face datasets).
+"gsm8k", "math", "jsonl" (field-mapped JSONL files), "hub" (Hugging Face datasets) and
+"arith" (generated arithmetic with a difficulty dial).
 Every data-backed task has `load(path=None, split="test", limit=None, skip_bad_rows=False)`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from treesearch.registry import Registry
+from treesearch.tasks.arith import ArithTask
 from treesearch.tasks.base import Task
 from treesearch.tasks.gsm8k import GSM8KTask
 from treesearch.tasks.hub import HubTask
@@ -17,7 +19,8 @@ from treesearch.tasks.jsonl import BadRow, DataError, JSONLTask
 from treesearch.tasks.math import MATHTask
 
 TASKS: Registry[Task] = Registry(
-    "task", {"numeric": Task, "gsm8k": GSM8KTask, "math": MATHTask, "jsonl": JSONLTask, "hub": HubTask}
+    "task", {"numeric": Task, "gsm8k": GSM8KTask, "math": MATHTask, "jsonl": JSONLTask, "hub": HubTask,
+             "arith": ArithTask}
 )
 
 
@@ -35,6 +38,7 @@ def make_task(name: str, **kwargs) -> Task:
 
 
 __all__ = [
+    "ArithTask",
     "BadRow",
     "DataError",
     "GSM8KTask",
