@@ -158,14 +158,14 @@ def paired_differences(points: list[dict], baselines=("best_of_n", "beam", "self
     return rows
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict], path: Path, title: str, algorithms=PLOTTED) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for algorithm in PLOTTED:
+    for algorithm in algorithms:
         pts = sorted((r for r in rows if r["algorithm"] == algorithm), key=lambda r: r["budget"])
         if not pts:
             continue

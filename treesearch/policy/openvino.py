@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
+from treesearch.policy.prefix_staging import PrefixStager
 from treesearch.policy.steps import eos_token_ids, find_stop, finished_step, request_seed, split_completion
 from treesearch.prompting import encode_state
 from treesearch.types import SamplingParams, State, Step
@@ -78,7 +79,9 @@ class OpenVINOPolicy(BackendCounters):
     KV cache's size in GiB (whole, at least 1). `max_batch_size`: the most sequences
     decoded at once. `device`: "auto" or "cpu". `dtype`: the CPU's inference precision,
     "auto"/"float32" (parity with transformers) or "bfloat16" (faster on CPUs that have
-    it). `prefix_caching`: reuse the KV blocks of earlier prompts.
+    it). `prefix_caching`: reuse the KV blocks of earlier prompts. `stage_prefixes`: with
+    prefix caching, requests that arrive together and share a prompt prefix wait for the
+    first of them to compute it (`treesearch.policy.prefix_staging`), so it is computed once.
 
     Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated, as the pipeline
     does not report it: see `_PrefixEstimate`), `generated_tokens`, `calls`,
@@ -99,6 +102,7 @@ class OpenVINOPolicy(BackendCounters):
         device: str = "auto",
         dtype: Any = "auto",
         prefix_caching: bool = True,
+        stage_prefixes: bool = True,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
     ):
         try:
@@ -129,8 +133,10 @@ class OpenVINOPolicy(BackendCounters):
         pipeline = openvino_genai.ContinuousBatchingPipeline(str(self.folder), scheduler, "CPU", properties)
         self.load_seconds = time.perf_counter() - start
         self._genai = openvino_genai
-        self._prefix = _PrefixEstimate(_cache_blocks(self.folder, scheduler.cache_size), bool(prefix_caching))
-        self._engine = _Engine(pipeline, self.tokenizer, self.eos_ids)
+        blocks = _cache_blocks(self.folder, scheduler.cache_size)
+        self._prefix = _PrefixEstimate(blocks, bool(prefix_caching))
+        stager = PrefixStager(CPU_BLOCK_TOKENS, blocks) if prefix_caching and stage_prefixes else None
+        self._engine = _Engine(pipeline, self.tokenizer, self.eos_ids, stager)
         self.reset_counters()
 
     @property
@@ -228,9 +234,10 @@ class OpenVINOPolicy(BackendCounters):
 class _Engine:
     """The thread that owns the pipeline: adds requests as they arrive, steps the
     pipeline while any is running, reads each request's new tokens after every step and
-    ends a request at its stop string, end of sequence or token limit."""
+    ends a request at its stop string, end of sequence or token limit. With a `stager`, a
+    request that shares a prefix with one being prefilled waits in `held` until it is."""
 
-    def __init__(self, pipeline: Any, tokenizer: Any, eos_ids: set[int]):
+    def __init__(self, pipeline: Any, tokenizer: Any, eos_ids: set[int], stager: Optional[PrefixStager] = None):
         import numpy as np
         import openvino as ov
         import openvino_genai
@@ -241,6 +248,8 @@ class _Engine:
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.step_seconds = 0.0
+        self.stager = stager
+        self.held: list[_Sample] = []
         self._inbox: "queue.SimpleQueue[Optional[list[_Sample]]]" = queue.SimpleQueue()
         self._ids = itertools.count()
         self._closed = False
@@ -266,18 +275,18 @@ class _Engine:
         running: dict[int, _Sample] = {}
         while True:
             try:
-                item = self._inbox.get(block=not running)
+                item = self._inbox.get(block=not running and not self.held)
                 while True:
                     if item is None:
-                        self._fail(running.values(), RuntimeError("OpenVINOPolicy was shut down"))
+                        self._fail([*running.values(), *self.held], RuntimeError("OpenVINOPolicy was shut down"))
                         self._drain()
                         self._settle(running.values())
                         return
-                    for sample in item:
-                        self._add(sample, running)
+                    self.held.extend(item)
                     item = self._inbox.get_nowait()
             except queue.Empty:
                 pass
+            self._admit(running)
             if not running:
                 continue
             start = time.perf_counter()
@@ -285,6 +294,8 @@ class _Engine:
                 self.pipeline.step()
             except Exception as err:  # the engine failed: fail what it held, keep serving
                 self._fail(running.values(), RuntimeError(f"OpenVINO pipeline step failed: {err}"))
+                for key in running if self.stager is not None else ():
+                    self.stager.prefilled(key)
                 running.clear()
                 continue
             finally:
@@ -299,18 +310,33 @@ class _Engine:
                     done = True
                 if done:
                     del running[key]
+                if self.stager is not None and (done or sample.ids):
+                    self.stager.prefilled(key)
 
-    def _add(self, sample: _Sample, running: dict[int, _Sample]) -> None:
+    def _admit(self, running: dict[int, _Sample]) -> None:
+        """Add the held requests that may enter now, in order; the others stay held."""
+        waiting, self.held = self.held, []
+        for sample in waiting:
+            if self.stager is None or sample.future.cancelled() or self.stager.ready(sample.prompt):
+                key = self._add(sample, running)
+                if key is not None and self.stager is not None:
+                    self.stager.started(key, sample.prompt)
+            else:
+                self.held.append(sample)
+
+    def _add(self, sample: _Sample, running: dict[int, _Sample]) -> Optional[int]:
+        """Add a request to the pipeline; its key, or None when it was not added."""
         if sample.future.cancelled():
-            return
+            return None
         key = next(self._ids)
         try:
             tensor = self._ov.Tensor(self._np.asarray([sample.prompt], dtype=self._np.int64))
             sample.handle = self.pipeline.add_request(key, tensor, sample.config)
         except Exception as err:
             sample.future.set_exception(RuntimeError(f"OpenVINO rejected a request: {err}"))
-            return
+            return None
         running[key] = sample
+        return key
 
     def _advance(self, sample: _Sample) -> bool:
         """Take the sample's new tokens; True once it has finished (its future is set) or
