@@ -90,7 +90,7 @@ def run(policy, critic, task, problems, algorithm: str, tokens: int, **options):
 def calibrate(policy, level: str, n: int, split: str) -> dict:
     """Greedy accuracy, pass@8 and maj@8 on `n` problems of a level."""
     task = ArithTask(level=level)
-    problems = task.load(split=split, limit=n)
+    problems = task.load(split=split, limit=task.available(split, n))  # a small level has fewer
     greedy, greedy_s = run(policy, None, task, problems, "greedy", 10_000, **SHARED_OPTIONS)
     sampled, sampled_s = run(policy, None, task, problems, "self_consistency", 10_000,
                              samples=SAMPLES, parallel=SAMPLES, **SHARED_OPTIONS)
@@ -112,7 +112,7 @@ def calibrate(policy, level: str, n: int, split: str) -> dict:
 def search_curves(policy, critic, level: str, n: int, split: str, budgets: list[int], searches: list[str]) -> dict:
     """Accuracy per (search, budget) on `n` problems of a level; MCTS* minus the best baseline."""
     task = ArithTask(level=level)
-    problems = task.load(split=split, limit=n)
+    problems = task.load(split=split, limit=task.available(split, n))
     points = []
     greedy, seconds = run(policy, None, task, problems, "greedy", 10_000, **SHARED_OPTIONS)
     points.append(_point("greedy", budgets[-1], greedy, seconds))
@@ -176,7 +176,7 @@ def merged(report: dict, entries: list[dict]) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="calibrate,search")
-    parser.add_argument("--levels", default=",".join(LEVELS))
+    parser.add_argument("--levels", default=None, help=f"levels to calibrate (default: {','.join(LEVELS)})")
     parser.add_argument("--search-levels", default=None, help="levels to search (default: chosen by calibration)")
     parser.add_argument("--min-pass", type=float, default=0.2, help="pass@8 a level needs to be searched")
     parser.add_argument("--n", type=int, default=300, help="test problems per level")
@@ -193,11 +193,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="6 problems, 2 levels, budgets 64,128 (CI)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.levels, args.n, args.budgets = "bare1-10,bare2-10", 6, "64,128"
+        args.levels, args.n, args.budgets = args.levels or "bare1-10,bare2-10", 6, "64,128"
         args.search_levels = args.search_levels or "bare2-10"
         args.searches = "best_of_n,beam2,mcts"
     out = Path(args.out or (Path(tempfile.mkdtemp(prefix="frontier-")) / "frontier.json" if args.quick
                             else HERE / "results" / "frontier.json"))
+    args.levels = args.levels or ",".join(LEVELS)
     stages = args.stages.split(",")
     unknown = set(stages) - {"calibrate", "search"} or set(args.searches.split(",")) - set(SEARCHES)
     if unknown:

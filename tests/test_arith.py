@@ -242,3 +242,10 @@ def test_a_search_over_arith_problems_grades_a_worked_policy():
         has_minus = ["-" in p.meta["ops"] for p in problems]
         assert any(has_minus) and not all(has_minus)
         assert graded == ([True] * 6 if not wrong else [not m for m in has_minus])
+
+
+def test_available_counts_a_small_level_and_caps_a_large_one():
+    small = ArithTask(level="bare1-10", ops="+")
+    count = small.available("test", 1000)
+    assert 0 < count < 1000 and len(small.load(split="test", limit=count)) == count
+    assert ArithTask(level="word2-50").available("test", 25) == 25

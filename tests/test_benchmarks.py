@@ -164,3 +164,41 @@ def test_prm_targets_bootstraps_the_paired_difference_over_trees():
     assert many["hard_minus_mc"]["any_depth"]["difference"] == pytest.approx(-expected)
     assert many["mixed_minus_mc"]["any_depth"]["difference"] == pytest.approx(0.0)
     assert prm_targets.differences({"hard": worse, "inferred": better}) == {}
+
+
+@pytest.mark.slow
+def test_frontier_quick_on_the_packaged_model(tmp_path):
+    out = tmp_path / "frontier.json"
+    report = load("frontier").main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    levels = {e["level"]: e for e in report["levels"]}
+    assert set(levels) == {"bare1-10", "bare2-10"} and all(e["policy"] == "base" for e in levels.values())
+    for e in levels.values():
+        assert e["n"] == 6 and 0 <= e["greedy"]["rate"] <= 1
+        # pass@8 counts a problem solved by any of the 8 samples, so it bounds their vote
+        assert e["pass_at_8"]["rate"] >= e["maj_at_8"]["rate"]
+        low, high = e["pass_at_8"]["ci95"]
+        assert low <= e["pass_at_8"]["rate"] <= high
+    searched = levels["bare2-10"]
+    assert set(searched["curves"]) == {"greedy", "best_of_n", "best_of_n_vote", "beam2", "mcts", "mcts_vote"}
+    assert [r["budget"] for r in searched["mcts_vs_best"]] == [64, 128]
+    points = searched["search"]["points"]
+    for row in searched["mcts_vs_best"]:  # the difference of paired outcomes against the best baseline there
+        mine = next(p for p in points if p["algorithm"] == "mcts" and p["budget"] == row["budget"])
+        best = next(p for p in points if p["algorithm"] == row["best"] and p["budget"] == row["budget"])
+        assert row["diff"] == pytest.approx(mine["accuracy"] - best["accuracy"])
+        assert best["accuracy"] == max(p["accuracy"] for p in points if p["budget"] == row["budget"]
+                                       and p["algorithm"] in ("best_of_n", "best_of_n_vote", "beam2"))
+    assert (tmp_path / "frontier_base_bare2-10.png").read_bytes()[:4] == b"\x89PNG"
+    # a rerun of one level keeps the other's entry
+    again = load("frontier").main(["--quick", "--out", str(out), "--stages", "calibrate", "--levels", "bare1-10"])
+    assert {e["level"] for e in again["levels"]} == {"bare1-10", "bare2-10"}
+    assert next(e for e in again["levels"] if e["level"] == "bare2-10")["curves"] == searched["curves"]
+
+
+@pytest.mark.slow
+def test_prefix_staging_quick_gives_the_same_greedy_solutions(tmp_path):
+    report = load("prefix_staging").main(["--quick", "--out", str(tmp_path / "staging.json")])
+    assert report["problems"] == 8 and len(report["runs"]) == 2
+    assert report["same_greedy_solutions"]  # staging changes the order requests enter, not what they produce
+    assert report["greedy_speedup"] > 0 and json.loads((tmp_path / "staging.json").read_text()) == report

@@ -259,6 +259,7 @@ JOB_TUNED = {
         ("GSM8KTaskConfig", "treesearch.tasks:GSM8KTask"),
         ("MATHTaskConfig", "treesearch.tasks:MATHTask"),
         ("JSONLTaskConfig", "treesearch.tasks:JSONLTask"),
+        ("ArithTaskConfig", "treesearch.tasks:ArithTask"),
         ("HarvestConfig", "treesearch.harvest:harvest"),
         ("PolicyTraining", "treesearch.train.sft:train_sft"),
         ("PRMTraining", "treesearch.train.prm:train_prm"),

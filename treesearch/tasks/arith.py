@@ -386,6 +386,10 @@ class ArithTask(Task):
 
     # -- data
 
+    def available(self, split: str, up_to: int) -> int:
+        """How many distinct problems `split` has, counting up to `up_to`."""
+        return len(generate(self.level, split, up_to, self.seed))
+
     def load(self, path=None, split: str = "test", limit: Optional[int] = None,
              skip_bad_rows: bool = False) -> list[Problem]:
         """The first `limit` generated problems of `split` (train, dev or test)."""
