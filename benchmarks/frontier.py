@@ -3,8 +3,9 @@ search pays there.
 
     python benchmarks/frontier.py [--stages calibrate,search] [--levels bare1-10,word2-10,...]
         [--n 300] [--model smollm2] [--policy-label base] [--critic self_eval] [--critic-model DIR]
-        [--budgets 64,128,256,512,1024] [--search-levels L1,L2] [--out benchmarks/results/frontier.json]
+        [--budgets 64,128,256,512,1024] [--search-levels L1,L2] [--shots K] [--out benchmarks/results/frontier.json]
         [--quick]
+    python benchmarks/frontier.py --stages selftrain --selftrain-run DIR
 
 - `calibrate`: per level, greedy accuracy and pass@8 / maj@8 (8 samples at the search's
   temperature, 0.7) on `--n` test problems, with 95% Wilson intervals.
@@ -14,6 +15,8 @@ search pays there.
   test split of each level of two or more operations whose pass@8 (calibrated for this
   policy) is at least `--min-pass` (or `--search-levels`); paired differences MCTS* minus
   the best baseline at each budget, with standard errors; a PNG per level.
+- `selftrain`: the `selftrain` section from a `treesearch selftrain` folder on the family
+  (round 0 the base model; per round greedy and MCTS* on every dev split, B-STaR, data).
 
 Every algorithm gets the same options where they share one (steps of at most 48 tokens,
 solutions of at most 160: worked arithmetic lines are 5-15 tokens). The JSON accumulates:
@@ -35,6 +38,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -88,9 +92,14 @@ def run(policy, critic, task, problems, algorithm: str, tokens: int, **options):
     return results, time.perf_counter() - start
 
 
-def calibrate(policy, level: str, n: int, split: str) -> dict:
+def arith(level: str, shots: Optional[int]) -> ArithTask:
+    """The level's task, with `shots` worked examples (None: the task's default)."""
+    return ArithTask(level=level) if shots is None else ArithTask(level=level, shots=shots)
+
+
+def calibrate(policy, level: str, n: int, split: str, shots: Optional[int] = None) -> dict:
     """Greedy accuracy, pass@8 and maj@8 on `n` problems of a level."""
-    task = ArithTask(level=level)
+    task = arith(level, shots)
     problems = task.load(split=split, limit=task.available(split, n))  # a small level has fewer
     greedy, greedy_s = run(policy, None, task, problems, "greedy", 10_000, **SHARED_OPTIONS)
     sampled, sampled_s = run(policy, None, task, problems, "self_consistency", 10_000,
@@ -98,7 +107,7 @@ def calibrate(policy, level: str, n: int, split: str) -> dict:
     passed = [any(task.grade(r.tree.answer[i], r.problem.gold) for i in r.tree.terminal_nodes()) for r in sampled]
     entry = {
         "level": level, "operations": task.level.operations, "n": len(problems), "split": split,
-        "greedy": rate([bool(r.correct) for r in greedy]),
+        "shots": task.shots, "greedy": rate([bool(r.correct) for r in greedy]),
         "pass_at_8": rate(passed),
         "maj_at_8": rate([bool(r.correct) for r in sampled]),
         "greedy_tokens": sum(r.accounting.generated_tokens for r in greedy) / len(greedy),
@@ -110,9 +119,10 @@ def calibrate(policy, level: str, n: int, split: str) -> dict:
     return entry
 
 
-def search_curves(policy, critic, level: str, n: int, split: str, budgets: list[int], searches: list[str]) -> dict:
+def search_curves(policy, critic, level: str, n: int, split: str, budgets: list[int], searches: list[str],
+                  shots: Optional[int] = None) -> dict:
     """Accuracy per (search, budget) on `n` problems of a level; MCTS* minus the best baseline."""
-    task = ArithTask(level=level)
+    task = arith(level, shots)
     problems = task.load(split=split, limit=task.available(split, n))
     points = []
     greedy, seconds = run(policy, None, task, problems, "greedy", 10_000, **SHARED_OPTIONS)
@@ -166,6 +176,48 @@ def mcts_vs_best(points: list[dict], search: str = "mcts") -> list[dict]:
     return rows
 
 
+def _figure(metrics: Optional[dict]) -> Optional[dict]:
+    """A run's accuracy with its 95% Wilson interval (None when the run was not made)."""
+    if not metrics or metrics.get("graded") is None:
+        return None
+    low, high = wilson(int(metrics["correct"]), int(metrics["graded"]))
+    return {"rate": metrics["accuracy"], "ci95": [low, high], "n": metrics["graded"],
+            "tokens": metrics.get("mean_generated_tokens")}
+
+
+def selftrain_section(folder: Path) -> dict:
+    """The `selftrain` part of the report from a `treesearch selftrain` folder: round 0 is
+    the base model (the folder's baseline), round r + 1 the policy that round r trained;
+    `greedy` / `mcts` are the primary dev split's figures, `splits` every dev split's."""
+    import yaml
+
+    summary = json.loads((folder / "summary.json").read_text())
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    dev = dict(config.get("task") or {}, **(config.get("selftrain", {}).get("dev") or {}))
+
+    def record(number: int, entry: dict) -> dict:
+        splits = {"dev": {"greedy": _figure(entry.get("dev_greedy")), "mcts": _figure(entry.get("dev_search"))}}
+        for label, extra in (entry.get("extra_dev") or {}).items():
+            splits[label] = {"greedy": _figure(extra.get("dev_greedy")), "mcts": _figure(extra.get("dev_search"))}
+        rate = lambda fig: fig["rate"] if fig else None  # noqa: E731
+        out = {"round": number, "greedy": rate(splits["dev"]["greedy"]), "mcts": rate(splits["dev"]["mcts"]),
+               "multiarith": rate((splits.get("multiarith") or {}).get("greedy")), "splits": splits}
+        if entry.get("bstar"):
+            out["bstar"] = entry["bstar"]
+        if entry.get("data_counts"):
+            out["data_counts"] = entry["data_counts"]
+            out["train_search"] = {"primary": _figure(entry.get("search")),
+                                   **{k: _figure(v) for k, v in (entry.get("search_extra") or {}).items()}}
+            out["prm_eval_auc"] = (entry.get("prm_training") or {}).get("eval_auc")
+            out["minutes"] = round(sum((entry.get("seconds") or {}).values()) / 60, 1)
+        return out
+
+    rounds = [record(0, summary.get("baseline") or {})]
+    rounds += [record(r["round"] + 1, r) for r in summary.get("rounds", [])]
+    return {"level": dev.get("level"), "shots": dev.get("shots"), "split": dev.get("split"),
+            "folder": str(folder), "rounds": rounds}
+
+
 def merged(report: dict, entries: list[dict]) -> dict:
     """`report` with `entries` replacing those of the same (level, policy)."""
     fresh = {(e["level"], e["policy"]) for e in entries}
@@ -191,6 +243,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--searches", default=",".join(SEARCHES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON report (default benchmarks/results/frontier.json)")
+    parser.add_argument("--shots", type=int, default=None, help="worked examples in the prompt (default: the task's)")
+    parser.add_argument("--selftrain-run", default=None,
+                        help="stage selftrain: a `treesearch selftrain` folder to report the rounds of")
     parser.add_argument("--quick", action="store_true", help="6 problems, 2 levels, budgets 64,128 (CI)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -201,22 +256,34 @@ def main(argv=None) -> dict:
                             else HERE / "results" / "frontier.json"))
     args.levels = args.levels or ",".join(LEVELS)
     stages = args.stages.split(",")
-    unknown = set(stages) - {"calibrate", "search"} or set(args.searches.split(",")) - set(SEARCHES)
+    unknown = set(stages) - {"calibrate", "search", "selftrain"} or set(args.searches.split(",")) - set(SEARCHES)
     if unknown:
         parser.error(f"unknown stage or search {sorted(unknown)}")
+    if "selftrain" in stages and not args.selftrain_run:
+        parser.error("stage selftrain needs --selftrain-run DIR (a treesearch selftrain folder)")
     import torch
 
     torch.set_num_threads(args.threads)
     report = json.loads(out.read_text()) if out.exists() else {}
     report.update(model=args.model, date=str(date.today()),
                   machine=f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    policy = build_policy({"backend": args.backend, "model": args.model, "threads": args.threads, "max_batch_size": 64})
     out.parent.mkdir(parents=True, exist_ok=True)
+    if "selftrain" in stages:
+        report["selftrain"] = selftrain_section(Path(args.selftrain_run))
+        out.write_text(json.dumps(report, indent=2))
+        for r in report["selftrain"]["rounds"]:
+            print(f"  round {r['round']}: " + "  ".join(
+                f"{label} {100 * fig['greedy']['rate']:.1f}%" for label, fig in r["splits"].items() if fig["greedy"]),
+                flush=True)
+    if not {"calibrate", "search"} & set(stages):
+        print(f"wrote {out}")
+        return report
+    policy = build_policy({"backend": args.backend, "model": args.model, "threads": args.threads, "max_batch_size": 64})
 
     calibrated = {e["level"]: e for e in report.get("levels", []) if e["policy"] == args.policy_label}
     if "calibrate" in stages:
         for level in args.levels.split(","):
-            entry = dict(calibrate(policy, level, args.n, args.split), policy=args.policy_label, model=args.model)
+            entry = dict(calibrate(policy, level, args.n, args.split, args.shots), policy=args.policy_label, model=args.model)
             entry.update({k: v for k, v in calibrated.get(level, {}).items() if k in ("curves", "mcts_vs_best", "search")
                           and calibrated[level].get("n") == entry["n"]})
             calibrated[level] = entry
@@ -231,7 +298,8 @@ def main(argv=None) -> dict:
                               task_for_critic)
         budgets = [int(b) for b in args.budgets.split(",")]
         for level in chosen:
-            found = search_curves(policy, critic, level, args.n, args.split, budgets, args.searches.split(","))
+            found = search_curves(policy, critic, level, args.n, args.split, budgets, args.searches.split(","),
+                                  args.shots)
             entry = calibrated.get(level) or {"level": level, "operations": ArithTask(level=level).level.operations,
                                               "n": args.n, "policy": args.policy_label, "model": args.model}
             entry = dict(entry, curves=found["curves"], mcts_vs_best=found["mcts_vs_best"],

@@ -166,6 +166,53 @@ def test_prm_targets_bootstraps_the_paired_difference_over_trees():
     assert prm_targets.differences({"hard": worse, "inferred": better}) == {}
 
 
+def test_wilson_interval_holds_the_rate_at_the_edges():
+    wilson = load("frontier").wilson
+    for n in (1, 6, 50, 300):
+        for k in (0, 1, n // 2, n - 1, n):
+            low, high = wilson(k, n)
+            assert 0 <= low <= k / n <= high <= 1
+    assert wilson(0, 0) == (0.0, 1.0)
+    low, high = wilson(30, 300)  # 10%: the textbook interval is 7.1% to 14.0%
+    assert low == pytest.approx(0.0709, abs=1e-3) and high == pytest.approx(0.1398, abs=1e-3)
+
+
+def _metrics(correct, graded, tokens=30.0):
+    return {"accuracy": correct / graded, "correct": correct, "graded": graded, "mean_generated_tokens": tokens}
+
+
+def test_frontier_selftrain_stage_reports_each_round_of_a_selftrain_folder(tmp_path):
+    folder = tmp_path / "st"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("task:\n  name: arith\n  level: word2-50\n  split: train\n  shots: 3\n"
+                                        "selftrain:\n  dev:\n    split: test\n    shots: 0\n")
+    baseline = {"dev_greedy": _metrics(6, 300), "extra_dev": {"multiarith": {"dev_greedy": _metrics(7, 200)}}}
+    rounds = [{"round": r, "dev_greedy": _metrics(30 * (r + 1), 300), "dev_search": _metrics(10 + r, 30),
+               "extra_dev": {"multiarith": {"dev_greedy": _metrics(10 + r, 200), "dev_search": _metrics(3, 30)}},
+               "search": _metrics(40, 160), "search_extra": {"word2-10": _metrics(50, 80)},
+               "data_counts": {"sft": 100 + r}, "prm_training": {"eval_auc": 0.8},
+               "seconds": {"search": 600, "policy_training": 300}, "bstar": {"balance": 0.1}}
+              for r in range(2)]
+    (folder / "summary.json").write_text(json.dumps({"baseline": baseline, "rounds": rounds}))
+    out = tmp_path / "frontier.json"
+    out.write_text(json.dumps({"levels": [{"level": "word2-50", "policy": "base"}]}))
+    report = load("frontier").main(["--stages", "selftrain", "--selftrain-run", str(folder), "--out", str(out)])
+    assert json.loads(out.read_text()) == report and report["levels"] == [{"level": "word2-50", "policy": "base"}]
+    section = report["selftrain"]
+    assert (section["level"], section["shots"], section["split"]) == ("word2-50", 0, "test")
+    assert [r["round"] for r in section["rounds"]] == [0, 1, 2]
+    base, first, last = section["rounds"]
+    assert base["greedy"] == pytest.approx(0.02) and base["mcts"] is None and base["multiarith"] == pytest.approx(0.035)
+    assert "data_counts" not in base
+    assert last["greedy"] == pytest.approx(0.2) and last["mcts"] == pytest.approx(11 / 30)
+    assert last["splits"]["multiarith"]["mcts"]["n"] == 30 and last["data_counts"] == {"sft": 101}
+    low, high = first["splits"]["dev"]["greedy"]["ci95"]
+    assert low < 0.1 < high and first["train_search"]["word2-10"]["rate"] == pytest.approx(50 / 80)
+    assert first["minutes"] == 15.0 and first["prm_eval_auc"] == 0.8
+    with pytest.raises(SystemExit):
+        load("frontier").main(["--stages", "selftrain", "--out", str(out)])  # no folder given
+
+
 @pytest.mark.slow
 def test_frontier_quick_on_the_packaged_model(tmp_path):
     out = tmp_path / "frontier.json"

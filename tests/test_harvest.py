@@ -18,6 +18,7 @@ from treesearch.harvest import (
     prm_rows,
     rank_sft,
     sft_candidates,
+    without_demonstrations,
 )
 from treesearch.value_targets import hard_values, inferred_values, mc_values, mixed_values, value_targets
 from treesearch.harvest_cli import main as harvest_main
@@ -356,7 +357,7 @@ def test_harvest_writes_files_that_load_with_their_features(two_runs, tmp_path):
     assert [r["name"] for r in record["runs"]] == ["run1", "run2"]
     assert record["runs"][0]["trees"] == 2 and record["runs"][0]["task"] == "numeric"
     assert record["parameters"] == {"top_k": 2, "values": "inferred", "margin": 0.2, "min_visits": 0, "labels": "gold",
-                                    "reject_lucky": "arithmetic"}
+                                    "reject_lucky": "arithmetic", "prompts": "searched"}
     default = harvest(two_runs, tmp_path / "default")  # Monte Carlo targets unless asked otherwise
     assert json.loads(default["manifest"].read_text())["parameters"]["values"] == "mc"
     assert set(datasets.load_dataset("parquet", data_files=str(default["prm"]), split="train")["source"]) == {"mc"}
@@ -420,11 +421,43 @@ def test_harvest_cli(two_runs, tmp_path, capsys):
     assert "sft.parquet" in printed and "prm.parquet" in printed
     record = json.loads((out / "harvest.json").read_text())
     assert record["parameters"] == {"top_k": 1, "values": "mc", "margin": 0.3, "min_visits": 0, "labels": "gold",
-                                    "reject_lucky": "arithmetic"}
+                                    "reject_lucky": "arithmetic", "prompts": "searched"}
     assert record["counts"]["sft"] == 2  # one per problem
     assert harvest_main([str(two_runs[0])]) == 2  # OUT missing: usage error
     assert harvest_main([str(tmp_path / "nope"), str(out)]) == 1
     assert "run folder not found" in capsys.readouterr().err
+
+
+def test_without_demonstrations_keeps_the_instruction_and_the_question():
+    shots = [{"role": "system", "content": "Solve."}, {"role": "user", "content": "1 + 1?"},
+             {"role": "assistant", "content": "1 + 1 = 2\nThe answer is 2."}, {"role": "user", "content": "2 + 5?"}]
+    assert without_demonstrations(shots) == [shots[0], shots[-1]]
+    assert without_demonstrations(shots[1:]) == [shots[-1]]  # no system message
+    assert without_demonstrations(PROMPT) == PROMPT and without_demonstrations("plain text") == "plain text"
+    with pytest.raises(ValueError, match="last message is 'assistant'"):
+        without_demonstrations(shots[:3])
+
+
+def test_zero_shot_rows_drop_the_worked_examples_the_search_saw(tmp_path):
+    import pyarrow.parquet as pq
+
+    example = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "1 + 1 = 2"}]
+    few_shot = [PROMPT[0], *example, PROMPT[1]]
+    tree = sft_tree("p", RUN1_BRANCHES)
+    tree.prompt = few_shot
+    write_run(tmp_path / "run", [tree])
+    searched = harvest([tmp_path / "run"], tmp_path / "searched")
+    zero = harvest([tmp_path / "run"], tmp_path / "zero", prompts="zero_shot")
+    for name in ("sft", "prm"):
+        assert len(pq.read_table(zero[name])) == len(pq.read_table(searched[name])) > 0
+    assert pq.read_table(searched["sft"]).to_pylist()[0]["prompt"] == few_shot
+    sft = pq.read_table(zero["sft"]).to_pylist()
+    assert all(r["prompt"] == PROMPT and r["messages"][:2] == PROMPT for r in sft)
+    prm = pq.read_table(zero["prm"]).to_pylist()
+    assert all(r["prompt"] == "Solve step by step.\n\nWhat is 2 + 3?" for r in prm)
+    assert json.loads((tmp_path / "zero" / "harvest.json").read_text())["parameters"]["prompts"] == "zero_shot"
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        harvest([tmp_path / "run"], tmp_path / "bad", prompts="few")
 
 
 # --------------------------------------------------------------- from a real search

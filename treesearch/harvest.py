@@ -72,13 +72,14 @@ from treesearch.value_targets import (
     value_targets,
 )
 
+PROMPT_FORMS = ("searched", "zero_shot")
 FILES = {"sft": "sft.parquet", "prm": "prm.parquet", "preference": "preference.parquet"}
 MANIFEST = "harvest.json"
 
 __all__ = [  # the value targets are importable from here too (they lived here before)
-    "FILES", "MANIFEST", "VALUE_SOURCES", "best_continuation", "chat_messages", "features", "harvest",
+    "FILES", "MANIFEST", "PROMPT_FORMS", "VALUE_SOURCES", "best_continuation", "chat_messages", "features", "harvest",
     "inferred_values", "load_table", "mc_values", "preference_pairs", "prm_rows", "prompt_text", "rank_sft", "sft_candidates",
-    "value_targets",
+    "value_targets", "without_demonstrations",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -165,6 +166,24 @@ def chat_messages(prompt: Any) -> list[dict]:
     if not out:
         raise ValueError("empty prompt")
     return out
+
+
+def without_demonstrations(prompt: Any) -> Any:
+    """A chat prompt less its worked examples: the leading system messages and the last
+    user message, the user/assistant exchanges between them dropped (a plain-text
+    prompt, or one without examples, is returned as it is)."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = chat_messages(prompt)
+    head = []
+    for m in messages:
+        if m.get("role") != "system":
+            break
+        head.append(m)
+    if messages[-1].get("role") != "user":
+        raise ValueError(f"a prompt whose last message is {messages[-1].get('role')!r}, not 'user', "
+                         "has no question to keep")
+    return head + [messages[-1]]
 
 
 def prompt_text(prompt: Any) -> str:
@@ -375,6 +394,7 @@ def harvest(
     min_visits: int = 0,
     labels: str = HarvestConfig.labels,
     reject_lucky: str = HarvestConfig.reject_lucky,
+    prompts: str = HarvestConfig.prompts,
 ) -> dict[str, Path]:
     """Turn the trees of run folders into out/{sft,prm,preference}.parquet and
     out/harvest.json; return their paths by name ("sft", "prm", "preference", "manifest").
@@ -390,10 +410,13 @@ def harvest(
     pseudo-labels where gold answers exist. `reject_lucky`: "arithmetic" counts a correct
     terminal with a step whose arithmetic is wrong ("3 + 4 = 8", `treesearch.step_checks`)
     as not correct, so it is no SFT trace and lifts no value target; "none" keeps it.
+    `prompts`: "searched" (each row's prompt is the one the search used) or "zero_shot"
+    (the same, less its worked examples: the trained model learns to solve without them,
+    as context distillation does; `without_demonstrations`).
     """
     if isinstance(runs, (str, os.PathLike)):
         runs = [runs]
-    parameters = _checked_parameters(runs, top_k, values, margin, min_visits, labels, reject_lucky)
+    parameters = _checked_parameters(runs, top_k, values, margin, min_visits, labels, reject_lucky, prompts)
     feats = _features()
     folders = [_Run(r) for r in runs]  # fail on a bad folder before writing anything
     for run in folders:
@@ -427,7 +450,7 @@ def harvest(
                 counts["lucky_terminals"] += len(lucky)
             for ranking in rankings.values():
                 ranking.add(tree)
-            candidates, prm, pairs = _tree_rows(run, tree, values, margin, min_visits)
+            candidates, prm, pairs = _tree_rows(run, tree, values, margin, min_visits, prompts)
             sft_pool.setdefault(tree.problem_id, []).extend(candidates)
             rows["prm"] += prm
             rows["preference"] += pairs
@@ -470,7 +493,7 @@ def harvest(
 
 
 def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, min_visits: int, labels: str,
-                        reject_lucky: str) -> dict:
+                        reject_lucky: str, prompts: str) -> dict:
     if not runs:
         raise ValueError("harvest: no run folders given")
     if values not in VALUE_SOURCES:
@@ -485,13 +508,18 @@ def _checked_parameters(runs: Sequence, top_k: int, values: str, margin: float, 
         raise ValueError(f"harvest: labels must be one of {LABEL_SOURCES}, got {labels!r}")
     if reject_lucky not in LUCKY_CHECKS:
         raise ValueError(f"harvest: reject_lucky must be one of {LUCKY_CHECKS}, got {reject_lucky!r}")
+    if prompts not in PROMPT_FORMS:
+        raise ValueError(f"harvest: prompts must be one of {PROMPT_FORMS}, got {prompts!r}")
     return {"top_k": int(top_k), "values": values, "margin": float(margin), "min_visits": int(min_visits),
-            "labels": labels, "reject_lucky": reject_lucky}
+            "labels": labels, "reject_lucky": reject_lucky, "prompts": prompts}
 
 
-def _tree_rows(run: _Run, tree: Tree, values: str, margin: float, min_visits: int) -> tuple[list, list, list]:
+def _tree_rows(run: _Run, tree: Tree, values: str, margin: float, min_visits: int,
+               prompts: str = "searched") -> tuple[list, list, list]:
     """One tree's SFT candidates, PRM rows and preference pairs."""
     prompt = run.prompt(tree)
+    if prompts == "zero_shot":
+        prompt = without_demonstrations(prompt)
     messages, text = chat_messages(prompt), prompt_text(prompt)
     targets = value_targets(tree, values)
     base = {"problem_id": tree.problem_id, "run": run.path.name}

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from treesearch.harvest import PROMPT_FORMS
 from treesearch.pseudo_labels import LABEL_SOURCES
 from treesearch.step_checks import LUCKY_CHECKS
 from treesearch.schemas import HarvestConfig
@@ -50,6 +51,13 @@ def parser() -> argparse.ArgumentParser:
         help="arithmetic: a correct solution with a step whose arithmetic is wrong counts as not correct "
         f"(right by luck); none: keep it (default {defaults.reject_lucky})",
     )
+    p.add_argument(
+        "--prompts",
+        choices=PROMPT_FORMS,
+        default=defaults.prompts,
+        help="searched: each row keeps the prompt the search used; zero_shot: the same less its worked "
+        f"examples, so the model learns to solve without them (default {defaults.prompts})",
+    )
     return p
 
 
@@ -64,7 +72,7 @@ def main(args: Sequence[str]) -> int:
     try:
         paths = harvest(
             ns.runs, ns.out, top_k=ns.top_k, values=ns.values, margin=ns.margin, min_visits=ns.min_visits,
-            labels=ns.labels, reject_lucky=ns.reject_lucky,
+            labels=ns.labels, reject_lucky=ns.reject_lucky, prompts=ns.prompts,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"treesearch harvest: error: {err}", file=sys.stderr)

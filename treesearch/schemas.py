@@ -273,14 +273,16 @@ class HarvestConfig:
     of mc and inferred); `labels`: "gold", "vote" (label-free: each tree's majority answer), or
     "self_verify" (label-free: the majority weighted by each terminal's critic value);
     `reject_lucky`: "arithmetic" (a correct solution with a step whose arithmetic is wrong
-    counts as not correct) or "none". `+selftrain.harvest.min_visits=N` adds harvest's
-    other option."""
+    counts as not correct) or "none"; `prompts`: "searched" (rows keep the search's prompt)
+    or "zero_shot" (less its worked examples: context distillation).
+    `+selftrain.harvest.min_visits=N` adds harvest's other option."""
 
     top_k: int = 4
     values: str = "mc"
     margin: Number = 0.2
     labels: str = "gold"
     reject_lucky: str = "arithmetic"
+    prompts: str = "searched"
 
 
 @dataclass

@@ -56,7 +56,7 @@ SELFTRAIN_NEUTRAL_DEFAULTS = {("harvest", "labels"): "gold", ("harvest", "reject
                               ("policy_training", "report_to"): "none", ("prm_training", "report_to"): "none",
                               ("eval", "search_limit"): None, ("bstar", "sample_counts"): [],
                               ("bstar", "count_tolerance"): 0.9, ("extra_train",): [], ("extra_dev",): [],
-                              ("prm_training", "warm_start"): False}
+                              ("prm_training", "warm_start"): False, ("harvest", "prompts"): "searched"}
 
 
 def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
