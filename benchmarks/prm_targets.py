@@ -38,6 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))  # benchmarks/prm_depth.py: the decided steps of a tree
 
 from treesearch.value_targets import VALUE_SOURCES
 
@@ -86,9 +87,9 @@ def evaluate(run: Path, held: set[str], prms: dict[str, Path], threads: int) -> 
     import numpy as np
 
     from critics.prm import PRMCritic
+    from prm_depth import decided_steps
     from treesearch.harvest import _Run
-    from treesearch.types import Problem, State
-    from treesearch.value_targets import TargetRanking, step_outcomes
+    from treesearch.value_targets import TargetRanking
 
     source = _Run(run)
     trees = [t for t in source.trees() if t.problem_id in held]
@@ -100,13 +101,9 @@ def evaluate(run: Path, held: set[str], prms: dict[str, Path], threads: int) -> 
     for tree in trees:
         for kind in prms:
             rankings[f"targets_{kind}"].add(tree)
-        outcome = step_outcomes(tree)
-        nodes = [int(i) for i in np.flatnonzero(~np.isnan(outcome)) if i != 0]
+        nodes, _, states = decided_steps(source, tree)
         if not nodes:
             continue
-        prompt = source.prompt(tree)
-        problem = Problem(id=tree.problem_id, question="(held out)")  # the PRM reads the prompt and the steps
-        states = [State(problem=problem, prompt=prompt, steps=tuple(tree.steps(i))) for i in nodes]
         steps_scored += len(states)
         for kind, critic in critics.items():
             scores = np.full(len(tree), np.nan)

@@ -166,6 +166,48 @@ def test_prm_targets_bootstraps_the_paired_difference_over_trees():
     assert prm_targets.differences({"hard": worse, "inferred": better}) == {}
 
 
+def test_prm_depth_figures_per_depth_pool_the_deep_ones():
+    by_depth = load("prm_depth").by_depth
+    depths = [1, 1, 2, 2, 3, 5, 5, 6]
+    outcomes = [1, 0, 1, 0, 1, 0, 1, 1]
+    scores = [0.9, 0.1, 0.2, 0.8, 0.5, 0.3, 0.6, 0.7]
+    out = by_depth(depths, outcomes, scores, max_depth=3)
+    assert set(out["by_depth"]) == {"1", "2", "3"}
+    assert out["by_depth"]["1"] == {"auc": 1.0, "steps": 2, "right": 1}
+    assert out["by_depth"]["2"]["auc"] == 0.0
+    assert out["by_depth"]["3"] == {"auc": 1.0, "steps": 4, "right": 3}  # 3, 5, 5, 6 pooled
+    assert out["overall"]["steps"] == 8 and 0 < out["overall"]["auc"] < 1
+    assert by_depth([1], [1], [0.5], 4)["by_depth"]["1"]["auc"] is None  # one class only
+
+
+def test_prm_depth_scores_every_decided_step_of_a_run(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoTokenizer
+
+    from critics.prm import ValueHeadModel
+    from tests.test_harvest import fig_tree, write_run
+    from treesearch.models import load_causal_lm
+    from treesearch.value_targets import step_outcomes
+
+    model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(0)
+    folder = ValueHeadModel(model).save_pretrained(tmp_path / "prm", tok)
+    write_run(tmp_path / "run", [fig_tree("a"), fig_tree("b")])
+    out = tmp_path / "depth.json"
+    report = load("prm_depth").main([str(tmp_path / "run"), "--prm", f"tiny={folder}", "--out", str(out)])
+    assert json.loads(out.read_text()) == report and report["trees"] == 2
+    figures = report["prms"]["tiny"]
+    outcome = step_outcomes(fig_tree())
+    decided = [i for i in range(1, len(outcome)) if outcome[i] == outcome[i]]
+    assert figures["overall"]["steps"] == 2 * len(decided)
+    assert figures["overall"]["right"] == 2 * sum(outcome[i] == 1 for i in decided)
+    assert sum(f["steps"] for f in figures["by_depth"].values()) == 2 * len(decided)
+    assert set(figures["by_depth"]) == {"1", "2", "3"}
+    assert 0 <= figures["overall"]["auc"] <= 1 and figures["overall"]["sibling_pairs"] > 0
+    with pytest.raises(SystemExit):
+        load("prm_depth").main([str(tmp_path / "run"), "--prm", str(tmp_path / "nope"), "--out", str(out)])
+
+
 def test_wilson_interval_holds_the_rate_at_the_edges():
     wilson = load("frontier").wilson
     for n in (1, 6, 50, 300):
