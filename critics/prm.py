@@ -10,7 +10,7 @@ import numpy as np
 from critics.registry import register_critic
 from critics.lm import LMScorer
 from critics.prm_model import PRMFormat, ValueHeadModel, encode_steps, read_format
-from treesearch.prompting import render_prompt
+from treesearch.prompting import render_prompt, without_demonstrations
 from treesearch.types import State
 
 AGGREGATES = ("last", "min", "mean", "prod")
@@ -114,8 +114,8 @@ class PRMCritic:
         return [per_token[i, pos].tolist() for i, (_, pos) in enumerate(items)]
 
     def encode(self, state: State) -> tuple[list[int], list[int]]:
-        prompt = render_prompt(self.lm.tokenizer, state.prompt)
-        return encode_steps(self.lm.tokenizer, prompt, state.steps, self.format)
+        prompt = state.prompt if self.format.prompts == "searched" else without_demonstrations(state.prompt)
+        return encode_steps(self.lm.tokenizer, render_prompt(self.lm.tokenizer, prompt), state.steps, self.format)
 
     async def step_values(self, states: Sequence[State]) -> list[list[float]]:
         """The PRM's value of every step of each state."""

@@ -23,6 +23,7 @@ import torch
 
 PRM_STYLES = ("value_head", "math_shepherd", "qwen_prm")
 PRM_CONFIG = "treesearch_prm.json"
+PRM_PROMPTS = ("searched", "zero_shot")
 VALUE_HEAD = "value_head.safetensors"
 LEGACY_VALUE_HEAD = "value_head.pt"  # torch.save'd by earlier versions
 
@@ -48,16 +49,22 @@ def load_value_head(path: Path, device: Any = "cpu") -> dict:
 @dataclass
 class PRMFormat:
     """How steps are marked: `separator` text appended after each step (None: score at
-    each step's last token), and the good/bad label tokens of the math_shepherd style."""
+    each step's last token), and the good/bad label tokens of the math_shepherd style.
+    `prompts`: "searched" (a state's prompt is scored as it is) or "zero_shot" (its worked
+    examples are dropped first: the PRM trained on prompts without any, so a few-shot
+    search's states read as in training; `treesearch.prompting.without_demonstrations`)."""
 
     style: str = "value_head"
     separator: Optional[str] = None
     good_token: str = "+"
     bad_token: str = "-"
+    prompts: str = "searched"
 
     def __post_init__(self) -> None:
         if self.style not in PRM_STYLES:
             raise ValueError(f"unknown PRM style {self.style!r}; choose from {PRM_STYLES}")
+        if self.prompts not in PRM_PROMPTS:
+            raise ValueError(f"unknown PRM prompts {self.prompts!r}; choose from {PRM_PROMPTS}")
         if self.separator is None and self.style == "math_shepherd":
             self.separator = " ки"
         if self.separator is None and self.style == "qwen_prm":

@@ -219,6 +219,24 @@ def test_prm_learns_a_step_signal_and_loads_in_the_critic(tiny_model_dir, tmp_pa
     assert roc_auc(scores, labels >= 0.5) >= 0.9
 
 
+def test_a_prm_trained_without_worked_examples_scores_a_few_shot_state_without_them(tiny_model_dir, tmp_path):
+    rows = prm_rows(8, seed=3)
+    zero = train_prm(tiny_model_dir, rows, tmp_path / "zero", max_steps=1, batch_size=4, eval_fraction=0.25)
+    example = [{"role": "user", "content": "Problem: find y."}, {"role": "assistant", "content": "Step 1: good"}]
+    shots = [{**r, "prompt": [r["prompt"][0], *example, r["prompt"][1]]} for r in rows]
+    searched = train_prm(tiny_model_dir, shots, tmp_path / "shots", max_steps=1, batch_size=4, eval_fraction=0.25)
+    assert json.loads((tmp_path / "zero" / "treesearch_prm.json").read_text())["prompts"] == "zero_shot"
+    assert json.loads((tmp_path / "shots" / "treesearch_prm.json").read_text())["prompts"] == "searched"
+    few_shot = State(Problem("p", "find x"), shots[0]["prompt"], ("Step 1: good\n",))
+    bare = State(Problem("p", "find x"), rows[0]["prompt"], ("Step 1: good\n",))
+    critic = PRMCritic(str(tmp_path / "zero"), device="cpu")
+    assert critic.format.prompts == "zero_shot" and critic.encode(few_shot) == critic.encode(bare)
+    kept = PRMCritic(str(tmp_path / "shots"), device="cpu")
+    assert kept.encode(few_shot) != kept.encode(bare)  # trained on worked examples: scored with them
+    with pytest.raises(ValueError, match="unknown PRM prompts"):
+        PRMFormat("value_head", prompts="few")
+
+
 def test_prm_mse_with_held_out_fraction_and_continuing_from_a_prm_folder(tiny_model_dir, tmp_path):
     rows = prm_rows(20, seed=2)
     first = train_prm(tiny_model_dir, rows, tmp_path / "a", loss="mse", max_steps=2, batch_size=4, eval_fraction=0.25, lr=1e-3)

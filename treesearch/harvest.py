@@ -60,6 +60,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from treesearch.prompting import without_demonstrations
 from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, check_label_free_critic, pseudo_label
 from treesearch.schemas import HarvestConfig
 from treesearch.step_checks import LUCKY_CHECKS, lucky_terminals
@@ -166,24 +167,6 @@ def chat_messages(prompt: Any) -> list[dict]:
     if not out:
         raise ValueError("empty prompt")
     return out
-
-
-def without_demonstrations(prompt: Any) -> Any:
-    """A chat prompt less its worked examples: the leading system messages and the last
-    user message, the user/assistant exchanges between them dropped (a plain-text
-    prompt, or one without examples, is returned as it is)."""
-    if isinstance(prompt, str):
-        return prompt
-    messages = chat_messages(prompt)
-    head = []
-    for m in messages:
-        if m.get("role") != "system":
-            break
-        head.append(m)
-    if messages[-1].get("role") != "user":
-        raise ValueError(f"a prompt whose last message is {messages[-1].get('role')!r}, not 'user', "
-                         "has no question to keep")
-    return head + [messages[-1]]
 
 
 def prompt_text(prompt: Any) -> str:

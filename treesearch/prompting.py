@@ -17,6 +17,29 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
     return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
 
 
+def without_demonstrations(prompt: Prompt) -> Prompt:
+    """A chat prompt less its worked examples: the leading system messages and the last
+    user message, the user/assistant exchanges between them dropped (a plain-text
+    prompt, or one without examples, is returned as it is)."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = list(prompt)
+    if not messages or messages[-1].get("role") != "user":
+        last = messages[-1].get("role") if messages else None
+        raise ValueError(f"a prompt whose last message is {last!r}, not 'user', has no question to keep")
+    head = []
+    for m in messages:
+        if m.get("role") != "system":
+            break
+        head.append(m)
+    return head + [messages[-1]]
+
+
+def has_demonstrations(prompt: Prompt) -> bool:
+    """Whether a chat prompt holds messages besides its system messages and last user message."""
+    return not isinstance(prompt, str) and len(without_demonstrations(prompt)) != len(prompt)
+
+
 def render_state(tokenizer: Any, state: State) -> str:
     """The full text a model continues or judges: rendered prompt + solution so far."""
     return render_prompt(tokenizer, state.prompt) + state.solution

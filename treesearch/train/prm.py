@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from critics.prm_model import PRMFormat, encode_steps, load_value_head, value_head_file
+from treesearch.prompting import has_demonstrations
 from treesearch.prompting import render_prompt
 from treesearch.train.common import (
     TRAIN_RECORD,
@@ -328,6 +329,9 @@ def train_prm(
 
     lm, tokenizer = load_private_model(base_model)
     fmt = value_head_format()
+    if not any(has_demonstrations(ex["prompt"]) for ex in train_rows):
+        # it never sees worked examples: a few-shot search's states are scored without theirs
+        fmt.prompts = "zero_shot"
     train_encoded = [e for e in (encode_example(tokenizer, ex, fmt, max_length) for ex in train_rows) if e]
     eval_encoded = [e for e in (encode_example(tokenizer, ex, fmt, max_length) for ex in eval_rows) if e]
     skipped = len(train_rows) + len(eval_rows) - len(train_encoded) - len(eval_encoded)
