@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # Built-in critics' modules import torch/transformers: each registers itself on first use.
 BUILTIN_CRITICS = {
     "self_eval": "critics.self_eval",
+    "checklist": "critics.checklist",
     "loglik": "critics.loglik",
     "prm": "critics.prm",
     "rollout": "critics.rollout",

@@ -252,6 +252,7 @@ JOB_TUNED = {
         ("OpenVINOPolicyConfig", "treesearch.policy.openvino:OpenVINOPolicy"),
         ("VLLMPolicyConfig", "treesearch.policy.vllm:VLLMPolicy"),
         ("SelfEvalCriticConfig", "critics.self_eval:SelfEvalCritic"),
+        ("ChecklistCriticConfig", "critics.checklist:ChecklistCritic"),
         ("LoglikCriticConfig", "critics.loglik:LogLikelihoodCritic"),
         ("PRMCriticConfig", "critics.prm:PRMCritic"),
         ("RolloutCriticConfig", "critics.rollout:RolloutCritic"),

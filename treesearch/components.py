@@ -102,7 +102,7 @@ def build_critic(cfg: Optional[Mapping], task: Optional[Task] = None, policy: An
 
     `verifier` and `rollout` get the task (for grading); `rollout` builds its own policy
     from `rollout_policy` (a policy config). `policy`: the job's policy, for a critic that
-    runs on it (`hosting.critic_shares_policy`): `self_eval` and `loglik` score with its
+    runs on it (`hosting.critic_shares_policy`): `self_eval`, `loglik` and `checklist` score with its
     engine, `rollout` rolls out with it."""
     from critics import make_critic
 

@@ -88,7 +88,7 @@ SHARED_ENGINE_BACKENDS = ("vllm",)  # policies whose engine scores for the criti
 
 def critic_shares_policy(cfg: Mapping) -> bool:
     """Whether the job's critic runs on the policy's own model, built where the policy
-    lives: a policy engine that can score (vLLM) with `self_eval` or `loglik` on the
+    lives: a policy engine that can score (vLLM) with `self_eval`, `loglik` or `checklist` on the
     policy's model, or `rollout` with the policy itself as rollout policy, unless
     `cluster.critic_on_policy_engine` is false. A second copy of the model (on the GPU, a
     second engine) then never loads."""
@@ -97,7 +97,7 @@ def critic_shares_policy(cfg: Mapping) -> bool:
         return False
     if policy.get("backend") not in SHARED_ENGINE_BACKENDS or TARGET in critic:
         return False
-    if critic.get("name") in ("self_eval", "loglik"):
+    if critic.get("name") in ("self_eval", "loglik", "checklist"):
         return critic.get("model") == policy.get("model")
     if critic.get("name") == "rollout":
         return critic.get("rollout_policy") == policy

@@ -197,6 +197,18 @@ class SelfEvalCriticConfig(LMCriticConfig):
 
 
 @dataclass
+class ChecklistCriticConfig(LMCriticConfig):
+    """`critic=checklist` (STICK): per problem the model writes a checklist of up to `num_items`
+    yes/no questions once (the built-in fallback questions when it writes fewer than
+    `min_items`); a state's value is the mean P("Yes") over them (`critics.checklist`)."""
+
+    name: Optional[str] = "checklist"
+    num_items: int = 4
+    min_items: int = 2
+    max_new_tokens: int = 160
+
+
+@dataclass
 class LoglikCriticConfig(LMCriticConfig):
     """`critic=loglik`: the per-token geometric-mean probability of the solution."""
 
@@ -241,6 +253,7 @@ class VerifierCriticConfig(CriticConfig):
 
 CRITIC_SCHEMAS = {
     "self_eval": SelfEvalCriticConfig,
+    "checklist": ChecklistCriticConfig,
     "loglik": LoglikCriticConfig,
     "prm": PRMCriticConfig,
     "rollout": RolloutCriticConfig,
