@@ -42,7 +42,7 @@ def results(folder):
 
 
 def test_job_writes_a_complete_run_folder(tiny_model_dir, tmp_path):
-    folder = run_job(compose(tiny_job(tiny_model_dir, tmp_path / "run")))
+    folder = run_job(compose(tiny_job(tiny_model_dir, tmp_path / "run", "job.abstain_below=0.5")))
     rows = results(folder)
     assert [r["id"] for r in rows] == json.loads((folder / "manifest.json").read_text())["problem_ids"]
     assert len(rows) == 6 and all(r["error"] is None for r in rows)
@@ -50,6 +50,11 @@ def test_job_writes_a_complete_run_folder(tiny_model_dir, tmp_path):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["problems"] == 6 and metrics["graded"] == 6
     assert metrics["last_session"]["policy"]["requests"] > 0
+    # selective answering: the verifier's values decide what is answered
+    selective = metrics["selective"]
+    low = sorted(r["id"] for r in rows if r["value"] is None or not r["value"] >= 0.5)
+    assert sorted(selective["abstained"]) == low and selective["answered"] == 6 - len(low)
+    assert [p["coverage"] for p in selective["curve"]] == [1.0, 0.9, 0.75, 0.5, 0.25]
     assert (folder / "config.yaml").read_text().count("verifier") >= 1
     trees = sorted((folder / "trees").glob("*.parquet"))
     assert len(trees) == 6

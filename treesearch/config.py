@@ -39,7 +39,9 @@ class Scheduling:
 @dataclass
 class JobConfig(Scheduling):
     """`job`: where results go and how the job runs (the scheduling fields are the
-    Python API's too). `output_dir` None: `<output_root>/<task>-<algorithm>-<digest>`."""
+    Python API's too). `output_dir` None: `<output_root>/<task>-<algorithm>-<digest>`.
+    `abstain_below`: answer only where the chosen answer's value is at least this
+    (selective answering; metrics.json's `selective` lists the abstentions)."""
 
     output_root: str = "runs"
     output_dir: Optional[str] = None
@@ -47,6 +49,7 @@ class JobConfig(Scheduling):
     redo_errors: bool = True
     progress: bool = True
     save_trees: bool = True
+    abstain_below: Optional[float] = None
 
 
 @dataclass

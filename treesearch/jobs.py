@@ -75,8 +75,11 @@ def default_output_dir(cfg: Mapping) -> Path:
     return Path(job["output_root"]) / name
 
 
-def compute_metrics(rows: list[dict], stats: Optional[dict] = None) -> dict:
-    """Job metrics from result rows (and this session's runner statistics)."""
+def compute_metrics(rows: list[dict], stats: Optional[dict] = None, abstain_below: Optional[float] = None) -> dict:
+    """Job metrics from result rows (and this session's runner statistics); `selective`:
+    accuracy against coverage by the chosen answers' values (`treesearch.selective`)."""
+    from treesearch.selective import selective_metrics
+
     ok = [r for r in rows if not r.get("error")]
     graded = [r for r in rows if r.get("correct") is not None]
 
@@ -97,6 +100,7 @@ def compute_metrics(rows: list[dict], stats: Optional[dict] = None) -> dict:
         "critic_calls": per_problem("critic_calls"),
         "simulations": per_problem("simulations"),
         "seconds": per_problem("seconds"),
+        "selective": selective_metrics(rows, abstain_below),
         "last_session": stats or {},
     }
 
@@ -239,7 +243,7 @@ def run_job(cfg: Mapping, models: Optional[ModelHosts] = None) -> Path:
                 raise type(stopped)(message) from stopped
         rows = folder.rows(ids + bad_ids)
         folder.write_table(rows)
-        metrics = compute_metrics(rows, stats)
+        metrics = compute_metrics(rows, stats, job.get("abstain_below"))
         metrics["resumed_skipped"] = len(problems) - len(todo)
         folder.write_metrics(metrics)
         log.info("job finished: %d computed, %d skipped as done, %d errors, accuracy %s", len(todo),

@@ -12,6 +12,10 @@ def _short(text, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _percent(x) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
 def print_run(folder: Path, max_rows: int = 50) -> None:
     """Print one line per problem (answer, gold, correct, tokens, calls, seconds) and totals."""
     run = RunFolder(Path(folder))
@@ -36,6 +40,12 @@ def print_run(folder: Path, max_rows: int = 50) -> None:
         f"mean generated tokens {tokens if tokens is None else round(tokens, 1)} | "
         f"skipped as already done {metrics.get('resumed_skipped', 0)}"
     )
+    selective = metrics.get("selective") or {}
+    half = next((p for p in selective.get("curve", []) if p["coverage"] == 0.5 and p["accuracy"] is not None), None)
+    if half is not None:
+        print(f"selective: {half['accuracy']:.1%} on the most confident half (value >= {half['threshold']:.3g})"
+              + (f"; abstain below {selective['abstain_below']}: {len(selective['abstained'])} abstained, "
+                 f"answered accuracy {_percent(selective['accuracy_answered'])}" if "abstain_below" in selective else ""))
     session = metrics.get("last_session") or {}
     if session:
         print(
