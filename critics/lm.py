@@ -80,7 +80,8 @@ class LMScorer:
 
     @property
     def device(self):
-        return next(self.model.parameters()).device
+        device = getattr(self.model, "device", None)  # a compiled model (no parameters) names its own
+        return device if device is not None else next(self.model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
         return encode_text(self.tokenizer, text)

@@ -14,6 +14,7 @@ from treesearch.prompting import render_prompt, without_demonstrations
 from treesearch.types import State
 
 AGGREGATES = ("last", "min", "mean", "prod")
+BACKENDS = ("auto", "hf", "openvino")
 
 
 class PRMCritic:
@@ -26,7 +27,10 @@ class PRMCritic:
     the default), or the min / mean / product over all steps. A state with no steps
     scores `empty_value`. `trust_remote_code`: let a folder's own Python code run (a
     `qwen_prm` checkpoint whose config.json maps to code in the folder); off by default,
-    because a PRM folder is data people pass around.
+    because a PRM folder is data people pass around. `backend`: "hf" (transformers),
+    "openvino" (a value-head folder compiled for the CPU plugin, `critics.prm_openvino`;
+    fp32, values equal to the transformers PRM's within 1e-4) or "auto" (openvino for a
+    value-head folder on a CPU-only device where its architecture converts, else hf).
     """
 
     def __init__(
@@ -42,12 +46,16 @@ class PRMCritic:
         max_batch_size: int = 16,
         empty_value: float = 0.5,
         trust_remote_code: bool = False,
+        backend: str = "hf",
     ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown PRM backend {backend!r}; choose from {BACKENDS}")
         if aggregate not in AGGREGATES:
             raise ValueError(f"unknown PRM aggregate {aggregate!r}; choose from {AGGREGATES}")
         self.aggregate = aggregate
         self.empty_value = empty_value
         if isinstance(model, tuple):
+            self.backend = "given"
             network, tokenizer = model
             fmt = PRMFormat(style or ("value_head" if isinstance(network, ValueHeadModel) else "math_shepherd"), separator)
         else:
@@ -60,7 +68,14 @@ class PRMCritic:
             fmt = read_format(folder) or PRMFormat(style or "math_shepherd", separator)
             if style is not None and style != fmt.style:
                 fmt = PRMFormat(style, separator)
-            network, tokenizer = self._load(folder, fmt, device, dtype, trust_remote_code)
+            self.backend = _resolve_backend(backend, folder, fmt, device)
+            if self.backend == "openvino":
+                from critics.prm_openvino import OpenVINOValueNet
+                from treesearch.models import load_tokenizer
+
+                network, tokenizer = OpenVINOValueNet(folder, threads=threads), load_tokenizer(str(folder))
+            else:
+                network, tokenizer = self._load(folder, fmt, device, dtype, trust_remote_code)
         self.format = fmt
         self.lm = LMScorer((network, tokenizer), threads=threads, max_batch_size=max_batch_size)
         if fmt.style == "math_shepherd":
@@ -150,3 +165,26 @@ def _needs_remote_code(folder: Path) -> bool:
 
 
 register_critic("prm", PRMCritic)
+
+
+def _resolve_backend(backend: str, folder: Path, fmt: PRMFormat, device: str) -> str:
+    """"hf" or "openvino" for a PRM folder: "auto" takes openvino for a value-head folder
+    on the CPU whose architecture the IR builder supports."""
+    if backend == "openvino" and fmt.style != "value_head":
+        raise ValueError(f"PRM folder {folder}: the openvino backend runs value-head PRMs, this one is {fmt.style!r}")
+    if backend != "auto":
+        return backend
+    from treesearch.models import resolve_device
+
+    if fmt.style != "value_head" or str(resolve_device(device)) != "cpu":
+        return "hf"
+    try:
+        import openvino  # noqa: F401
+        from transformers import AutoConfig
+
+        from treesearch.ir.graph import check_supported
+
+        check_supported(AutoConfig.from_pretrained(str(folder)))
+    except (ImportError, ValueError):
+        return "hf"
+    return "openvino"

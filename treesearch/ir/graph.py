@@ -56,6 +56,24 @@ def build_model(lm: Any, weights: str = "fp32"):
     return builder.model(ov)
 
 
+def build_value_model(lm: Any, head_weight: np.ndarray, head_bias: np.ndarray, weights: str = "fp32"):
+    """A stateless `openvino.Model` of `lm`'s decoder topped by a scalar value head
+    (`head_weight` [1, hidden], `head_bias` [1]): inputs `input_ids`, `attention_mask`,
+    `position_ids` ([batch, length]); output `values`, the value logit at every position
+    ([batch, length]). A PRM's forward pass, for scoring on the CPU plugin."""
+    import openvino as ov
+
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
+    config = lm.config
+    check_supported(config)
+    state = {name: t.detach().float().cpu().numpy() for name, t in lm.state_dict().items()}
+    state["value_head.weight"] = np.asarray(head_weight, dtype=np.float32).reshape(1, -1)
+    state["value_head.bias"] = np.asarray(head_bias, dtype=np.float32).reshape(1)
+    builder = _Builder(config, state, weights, _rotary(lm), stateless=True)
+    return builder.value_model(ov)
+
+
 def _rotary(lm: Any) -> tuple[np.ndarray, float]:
     """The rotary inverse frequencies and their output scaling, as the model computes them
     (so scaled variants such as llama3's come out right)."""
@@ -72,9 +90,10 @@ def _rotary(lm: Any) -> tuple[np.ndarray, float]:
 class _Builder:
     """Writes the graph; one method per block of the decoder."""
 
-    def __init__(self, config: Any, state: dict[str, np.ndarray], weights: str, rotary):
+    def __init__(self, config: Any, state: dict[str, np.ndarray], weights: str, rotary, stateless: bool = False):
         import openvino.opset13 as ops
 
+        self.stateless = stateless  # no KV-cache variables: every call sees its whole sequence
         self.ops = ops
         self.config = config
         self.state = state
@@ -177,9 +196,12 @@ class _Builder:
 
     def cache(self, layer: int, kind: str, new, batch, beam_idx):
         """Concatenate the new keys (values) to the layer's cached ones, reordered by
-        `beam_idx`; returns the full tensor and the Assign that stores it."""
+        `beam_idx`; returns the full tensor and the Assign that stores it (None in a
+        stateless model: the new keys are all there is)."""
         import openvino as ov
 
+        if self.stateless:
+            return new, None
         ops = self.ops
         name = f"past_key_values.{layer}.{kind}present.{layer}.{kind}"
         shape = ops.concat([batch, self.i64([self.kv_heads, 0, self.head_dim])], 0)
@@ -221,22 +243,17 @@ class _Builder:
         x = self.rms_norm(hidden, f"{p}.post_attention_layernorm.weight")
         gate = ops.swish(self.linear(x, f"{p}.mlp.gate_proj"))
         hidden = ops.add(hidden, self.linear(ops.multiply(gate, self.linear(x, f"{p}.mlp.up_proj")), f"{p}.mlp.down_proj"))
-        return hidden, [k_assign, v_assign]
+        return hidden, [a for a in (k_assign, v_assign) if a is not None]
 
-    def model(self, ov):
+    def parameter(self, ov, name: str, shape, dtype):
+        node = self.ops.parameter(ov.PartialShape(shape), dtype, name=name)
+        node.output(0).get_tensor().set_names({name})
+        return node
+
+    def decoder(self, input_ids, attention_mask, position_ids, beam_idx):
+        """The final hidden states [B, T, hidden] and the cache Assigns (none if stateless)."""
         ops = self.ops
-
-        def parameter(name: str, shape, dtype):
-            node = ops.parameter(ov.PartialShape(shape), dtype, name=name)
-            node.output(0).get_tensor().set_names({name})
-            return node
-
-        input_ids = parameter("input_ids", [-1, -1], ov.Type.i64)
-        attention_mask = parameter("attention_mask", [-1, -1], ov.Type.i64)
-        position_ids = parameter("position_ids", [-1, -1], ov.Type.i64)
-        beam_idx = parameter("beam_idx", [-1], ov.Type.i32)
         batch = ops.gather(ops.shape_of(input_ids), self.i64([0]), self.i64(0))
-
         hidden = ops.gather(self.weight("model.embed_tokens.weight"), input_ids, self.i64(0))
         cos, sin = self.rotary_tables(position_ids, batch)
         mask = self.attention_mask(attention_mask, input_ids)
@@ -244,12 +261,31 @@ class _Builder:
         for i in range(int(self.config.num_hidden_layers)):
             hidden, assigns = self.layer(i, hidden, mask, cos, sin, batch, beam_idx)
             sinks += assigns
-        hidden = self.rms_norm(hidden, "model.norm.weight")
+        return self.rms_norm(hidden, "model.norm.weight"), sinks
+
+    def model(self, ov):
+        ops = self.ops
+        input_ids = self.parameter(ov, "input_ids", [-1, -1], ov.Type.i64)
+        attention_mask = self.parameter(ov, "attention_mask", [-1, -1], ov.Type.i64)
+        position_ids = self.parameter(ov, "position_ids", [-1, -1], ov.Type.i64)
+        beam_idx = self.parameter(ov, "beam_idx", [-1], ov.Type.i32)
+        hidden, sinks = self.decoder(input_ids, attention_mask, position_ids, beam_idx)
         head = "lm_head.weight" if "lm_head.weight" in self.state else "model.embed_tokens.weight"
         logits = ops.matmul(hidden, self.weight(head), transpose_a=False, transpose_b=True)
         result = ops.result(logits)
         result.output(0).get_tensor().set_names({"logits"})
         return ov.Model([result], sinks, [input_ids, attention_mask, position_ids, beam_idx], "treesearch_lm")
+
+    def value_model(self, ov):
+        ops = self.ops
+        input_ids = self.parameter(ov, "input_ids", [-1, -1], ov.Type.i64)
+        attention_mask = self.parameter(ov, "attention_mask", [-1, -1], ov.Type.i64)
+        position_ids = self.parameter(ov, "position_ids", [-1, -1], ov.Type.i64)
+        hidden, _ = self.decoder(input_ids, attention_mask, position_ids, None)
+        values = ops.squeeze(self.linear(hidden, "value_head"), self.i64([2]))
+        result = ops.result(values)
+        result.output(0).get_tensor().set_names({"values"})
+        return ov.Model([result], [], [input_ids, attention_mask, position_ids], "treesearch_prm")
 
 
 def quantize_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,68 @@
+"""The value-head PRM compiled for OpenVINO scores as the transformers PRM does."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from critics.prm import PRMCritic
+from critics.prm_model import PRMFormat, ValueHeadModel
+from critics.prm_openvino import PRM_MARKER, value_ir
+from treesearch import Problem, State
+from treesearch.models import load_causal_lm
+
+pytest.importorskip("openvino", reason="openvino is a dependency of treesearch; install the project")
+
+PROBLEM = Problem("p", "Tom has 3 bags of 4 apples. How many apples?", gold="12")
+PROMPT = [{"role": "system", "content": "Solve."}, {"role": "user", "content": PROBLEM.question}]
+STATES = [
+    State(PROBLEM, PROMPT, ("3 bags of 4 apples.\n",)),
+    State(PROBLEM, PROMPT, ("3 bags of 4 apples.\n", "3 * 4 = 12.\n", "The answer is 12.")),
+    State(PROBLEM, "Q: 2 + 2?\n", ("2 + 2 = 4.\n", "The answer is 4.")),
+]
+
+
+@pytest.fixture(scope="module")
+def prm_folder(tiny_model_dir, tmp_path_factory):
+    model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(1)
+    prm = ValueHeadModel(model)
+    torch.nn.init.constant_(prm.head.bias, 0.3)
+    return prm.save_pretrained(tmp_path_factory.mktemp("prm") / "prm", tok)
+
+
+def test_openvino_values_equal_the_transformers_values(prm_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TREESEARCH_CACHE", str(tmp_path / "cache"))
+    reference = PRMCritic(str(prm_folder), device="cpu", backend="hf")
+    fast = PRMCritic(str(prm_folder), device="cpu", backend="openvino", max_batch_size=2)  # batches of 2: padding
+    assert reference.backend == "hf" and fast.backend == "openvino"
+    expected = asyncio.run(reference.step_values(STATES))
+    got = asyncio.run(fast.step_values(STATES))
+    assert [len(v) for v in got] == [1, 3, 2]
+    for a, b in zip(got, expected):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert asyncio.run(fast.score(STATES)) == pytest.approx(asyncio.run(reference.score(STATES)), abs=1e-4)
+    # converted once: the IR is cached by the folder's contents
+    ir = value_ir(prm_folder)
+    assert (ir.parent / PRM_MARKER).is_file() and ir.parent.parent == tmp_path / "cache" / "openvino"
+    assert len(list((tmp_path / "cache" / "openvino").iterdir())) == 1
+
+
+def test_auto_picks_openvino_for_a_value_head_on_the_cpu(prm_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TREESEARCH_CACHE", str(tmp_path / "cache"))
+    assert PRMCritic(str(prm_folder), device="cpu", backend="auto").backend == "openvino"
+    with pytest.raises(ValueError, match="unknown PRM backend"):
+        PRMCritic(str(prm_folder), backend="onnx")
+
+
+def test_openvino_refuses_a_prm_that_is_not_a_value_head(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "shepherd"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "treesearch_prm.json").write_text(json.dumps({"style": "math_shepherd", "separator": " ки"}))
+    with pytest.raises(ValueError, match="runs value-head PRMs"):
+        PRMCritic(str(folder), backend="openvino")
+    assert PRMFormat("math_shepherd").style == "math_shepherd"
