@@ -385,7 +385,9 @@ class SelftrainConfig:
     `extra_dev`: more splits, each a mapping of task keys over the train task's (`path`,
     `offset`, `limit`, ...; `task: gsm8k` starts from another task's defaults; `label`
     names it, default the file's name): each round searches every train split and
-    harvests them together, and evaluates on every dev split."""
+    harvests them together, and evaluates on every dev split. `fresh_problems`: round r
+    searches the next slice of every train split (offset + r x limit), so no problem is
+    searched twice (a generated task has no end; a file must be long enough)."""
 
     rounds: int = 2
     output_dir: Optional[str] = None
@@ -393,6 +395,7 @@ class SelftrainConfig:
     dev: DevSplit = field(default_factory=DevSplit)
     extra_train: List[Any] = field(default_factory=list)
     extra_dev: List[Any] = field(default_factory=list)
+    fresh_problems: bool = False
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
     policy_training: PolicyTraining = field(default_factory=PolicyTraining)
     prm_training: PRMTraining = field(default_factory=PRMTraining)

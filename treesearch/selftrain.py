@@ -56,7 +56,8 @@ SELFTRAIN_NEUTRAL_DEFAULTS = {("harvest", "labels"): "gold", ("harvest", "reject
                               ("policy_training", "report_to"): "none", ("prm_training", "report_to"): "none",
                               ("eval", "search_limit"): None, ("bstar", "sample_counts"): [],
                               ("bstar", "count_tolerance"): 0.9, ("extra_train",): [], ("extra_dev",): [],
-                              ("prm_training", "warm_start"): False, ("harvest", "prompts"): "searched"}
+                              ("prm_training", "warm_start"): False, ("harvest", "prompts"): "searched",
+                              ("fresh_problems",): False}
 
 
 def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:
@@ -160,6 +161,17 @@ class SelfTraining:
         policy = dict(OmegaConf.to_container(self.cfg["policy"], resolve=False), model=policy_model)
         job = dict(plain(self.cfg["job"]), output_dir=str(folder))
         return _derive(self.cfg, task=task, critic=critic, search=search, policy=policy, job=job)
+
+    def round_slice(self, task: dict, r: int) -> dict:
+        """The train split `task` as round `r` searches it: itself, or with
+        `fresh_problems` its r-th next slice of `limit` problems."""
+        if not self.st.get("fresh_problems"):
+            return task
+        limit = task.get("limit")
+        if not limit:
+            raise ValueError(f"selftrain.fresh_problems: the train split {_split_label(task) or task.get('name')!r} "
+                             "needs a task limit (the size of each round's slice)")
+        return dict(task, offset=(task.get("offset") or 0) + r * int(limit))
 
     def prm_critic(self, prm: Optional[str]) -> Optional[dict]:
         if prm is None:
@@ -317,8 +329,10 @@ class SelfTraining:
                 if budget.get(key):
                     budget[key] = max(1, round(budget[key] * budget_scale))
         with clock("search"):
-            run = self._run_job(self.job_cfg(folder / "search", policy, search=search))
-            extra_runs = {label: self._run_job(self.job_cfg(folder / f"search-{label}", policy, task=task, search=search))
+            primary = self.round_slice(plain(self.cfg["task"]), r)
+            run = self._run_job(self.job_cfg(folder / "search", policy, task=primary, search=search))
+            extra_runs = {label: self._run_job(self.job_cfg(folder / f"search-{label}", policy,
+                                                            task=self.round_slice(task, r), search=search))
                           for label, task in self.extra_splits("extra_train").items()}
         data_dir = folder / "data"
         with clock("harvest"):
