@@ -208,6 +208,24 @@ def test_prm_depth_scores_every_decided_step_of_a_run(tmp_path, tiny_model_dir):
         load("prm_depth").main([str(tmp_path / "run"), "--prm", str(tmp_path / "nope"), "--out", str(out)])
 
 
+def test_prm_engine_quick_compares_both_backends_on_the_same_states(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+
+    from critics.prm_model import ValueHeadModel
+    from treesearch.models import load_causal_lm
+
+    monkeypatch.setenv("TREESEARCH_CACHE", str(tmp_path / "cache"))
+    model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(0)
+    folder = ValueHeadModel(model).save_pretrained(tmp_path / "prm", tok)
+    out = tmp_path / "engine.json"
+    report = load("prm_engine").main(["--quick", "--prm", str(folder), "--batch", "8", "--out", str(out)])
+    assert json.loads(out.read_text()) == report and report["states"] == 32
+    assert set(report["backends"]) == {"hf", "openvino"} and report["max_abs_difference"] < 1e-4
+    assert report["speedup"] == pytest.approx(report["backends"]["openvino"]["states_per_second"]
+                                              / report["backends"]["hf"]["states_per_second"])
+
+
 def test_wilson_interval_holds_the_rate_at_the_edges():
     wilson = load("frontier").wilson
     for n in (1, 6, 50, 300):
