@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # benchmarks/prm_depth.py: the decided steps of a tree
 
-from treesearch.value_targets import VALUE_SOURCES
+from treesearch.value_targets import GOLD_SOURCES, VALUE_SOURCES
 
 BASELINE = "mc"  # the default targets: every other kind is compared with it
 
@@ -157,7 +157,7 @@ def paired_bootstrap(first: list, second: list, resamples: int = 2000, seed: int
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
-    parser.add_argument("--kinds", default=",".join(VALUE_SOURCES), help="target kinds to compare, comma-separated")
+    parser.add_argument("--kinds", default=",".join(GOLD_SOURCES), help="target kinds to compare, comma-separated")
     parser.add_argument("--prm", action="append", default=[], help="KIND=DIR: a PRM already trained on KIND targets")
     parser.add_argument("--epochs", type=float, default=1)
     parser.add_argument("--max-steps", type=int, default=None, help="cap each PRM's training steps")

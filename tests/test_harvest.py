@@ -679,6 +679,32 @@ def test_target_ranking_shows_inferred_targets_ranking_by_depth_across_the_tree(
     assert mc.as_dict()["any_depth_accuracy"] == 1.0
 
 
+def test_critic_values_are_the_searchs_own_values_with_no_gold_in_them(tmp_path):
+    """Self-Judge: PRM rows whose targets are the critic's values (a self-eval search's
+    judgements), and the harvest's ranking of them against the gold outcomes."""
+    import pyarrow.parquet as pq
+
+    from treesearch.value_targets import critic_values
+
+    t = fig_tree("judged")
+    t.critic_value[[1, 2, 5, 6, 7, 10]] = [0.8, 0.3, 1.2, 0.1, 0.6, 0.9]  # 1.2: clipped to 1
+    values = critic_values(t)
+    assert math.isnan(values[0]) and values[[1, 2, 5, 6, 7, 10]].tolist() == pytest.approx([0.8, 0.3, 1.0, 0.1, 0.6, 0.9])
+    assert math.isnan(values[3])  # never scored
+    t.reward[:] = np.where(t.terminal, 0.0, t.reward)  # the gold outcomes do not move critic targets
+    assert np.array_equal(critic_values(t), values, equal_nan=True)
+    tree = fig_tree("judged")
+    tree.critic_value[[1, 2, 5, 6, 7, 10]] = [0.8, 0.3, 1.2, 0.1, 0.6, 0.9]
+    write_run(tmp_path / "run2", [tree])
+    paths = harvest([tmp_path / "run2"], tmp_path / "out", values="critic")
+    rows = pq.read_table(paths["prm"]).to_pylist()
+    assert rows and {r["source"] for r in rows} == {"critic"}
+    by_path = {tuple(r["completions"]): r["labels"] for r in rows}
+    assert by_path[("A\n", "A1: answer 5")] == pytest.approx([0.8, 1.0])
+    ranking = json.loads(paths["manifest"].read_text())["target_ranking"]["critic"]
+    assert ranking["sibling_pairs"] > 0 and 0 <= ranking["sibling_accuracy"] <= 1
+
+
 def test_the_tree_page_shows_node_ids_the_chosen_path_first_and_steps_that_start_with_a_newline():
     from treesearch.viewer import chosen_path, render_tree
 

@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
         choices=VALUE_SOURCES,
         default=defaults.values,
         help="value targets: Monte Carlo estimates, ReST-MCTS* inferred values, hard 0/1 outcomes "
-        f"(Math-Shepherd), or the mean of mc and inferred (default {defaults.values})",
+        "(Math-Shepherd), the mean of mc and inferred, or the search critic's own values (critic: no gold; "
+        f"under critic=self_eval a judge distilled from self-evaluations) (default {defaults.values})",
     )
     p.add_argument("--margin", type=float, default=defaults.margin,
                    help=f"least value gap of a preference pair (default {defaults.margin})")

@@ -282,8 +282,8 @@ class HarvestConfig:
     """`selftrain.harvest`: `treesearch.harvest.harvest`'s options (its defaults, and
     `treesearch harvest`'s). `values`: "mc" (Monte Carlo estimates: a PRM trained on them
     ranked held-out steps better, BENCHMARKS.md "PRM value targets"), "inferred"
-    (ReST-MCTS*), "hard" (1 with a correct answer below, else 0) or "mixed" (the mean
-    of mc and inferred); `labels`: "gold", "vote" (label-free: each tree's majority answer), or
+    (ReST-MCTS*), "hard" (1 with a correct answer below, else 0), "mixed" (the mean
+    of mc and inferred) or "critic" (the search critic's own values: no gold; Self-Judge); `labels`: "gold", "vote" (label-free: each tree's majority answer), or
     "self_verify" (label-free: the majority weighted by each terminal's critic value);
     `reject_lucky`: "arithmetic" (a correct solution with a step whose arithmetic is wrong
     counts as not correct) or "none"; `prompts`: "searched" (rows keep the search's prompt)

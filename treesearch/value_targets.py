@@ -15,6 +15,11 @@ not squeezed near 0.
 else the one that does: the inferred value's credit for closeness to a correct end with
 the Monte Carlo estimate's odds of reaching one.
 
+`critic_values(tree)`: the search critic's own value of each node (NaN where it scored
+none): no gold answer in it. Under `critic=self_eval` these are the policy's
+self-evaluations, so a PRM trained on them is a judge distilled from the model's own
+judgements (Self-Judge), label-free.
+
 `inferred_values(tree)`: ReST-MCTS* inferred process values (Zhang et al. 2024,
 "ReST-MCTS*: LLM Self-Training via Process Reward Guided Tree Search", arXiv 2406.03816,
 section 3 "weighted reward" / "quality value", and its training-data inference). What is
@@ -73,7 +78,8 @@ import numpy as np
 
 from treesearch.tree import Tree
 
-VALUE_SOURCES = ("inferred", "mc", "hard", "mixed")
+GOLD_SOURCES = ("inferred", "mc", "hard", "mixed")  # from the gold-graded outcomes in the tree
+VALUE_SOURCES = (*GOLD_SOURCES, "critic")
 
 
 def _ends(tree: Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,9 +158,17 @@ def mixed_values(tree: Tree) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def critic_values(tree: Tree) -> np.ndarray:
+    """The critic value the search gave each node (clipped to [0, 1]); NaN where none, and at the root."""
+    out = np.clip(np.asarray(tree.column("critic_value"), dtype=np.float64), 0.0, 1.0)
+    out[0] = np.nan
+    return out
+
+
 def value_targets(tree: Tree, values: str = "inferred") -> np.ndarray:
     """The targets of one of `VALUE_SOURCES` by name."""
-    sources = {"inferred": inferred_values, "mc": mc_values, "hard": hard_values, "mixed": mixed_values}
+    sources = {"inferred": inferred_values, "mc": mc_values, "hard": hard_values, "mixed": mixed_values,
+               "critic": critic_values}
     if values in sources:
         return sources[values](tree)
     raise ValueError(f"unknown value source {values!r}; choose from {VALUE_SOURCES}")
