@@ -6,6 +6,7 @@ Commands:
   harvest RUN [RUN...] OUT    turn finished runs' trees into SFT / PRM / preference datasets
   export-model MODEL OUT      save a model (e.g. the packaged "smollm2") as a plain Hugging Face folder
   selftrain [overrides]       self-training rounds: search -> harvest -> train -> evaluate
+  synthesize [overrides]      SELF-GUIDE: the policy writes new problems from a task's problems
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ commands:
                             Face folder that TRL, vLLM and transformers take as it is
   selftrain [overrides]     rounds of search -> harvest -> train policy and PRM -> evaluate,
                             e.g. treesearch selftrain task.path=TRAIN.jsonl selftrain.dev.path=DEV.jsonl
+  synthesize [overrides]    SELF-GUIDE: the policy writes new problems from the task's problems,
+                            rule-filtered, to synthesize.out (JSONL), e.g.
+                            treesearch synthesize task=arith task.limit=20 synthesize.out=new.jsonl
 
 Config groups (configs/): task, policy, critic, search, cluster, job.
 `treesearch search --help` lists them with their options.
@@ -84,6 +88,26 @@ def _selftrain(cfg) -> None:
     print(f"self-training folder: {trainer.root}")
     if summary.get("baseline"):
         print(f"baseline: {_accuracies(summary['baseline'])}")
+
+
+def _synthesize(cfg) -> None:
+    import json
+
+    from treesearch.components import build_policy, build_task, load_problems, plain
+    from treesearch.self_guide import synthesize, write_rows
+
+    options = plain(cfg["synthesize"])
+    out = Path(options.pop("out"))
+    task = build_task(plain(cfg["task"]))
+    seeds = load_problems(task, plain(cfg["task"]))
+    policy = build_policy(plain(cfg["policy"]))
+    try:
+        rows, report = synthesize(policy, seeds, options.pop("count"), **options)
+    finally:
+        getattr(policy, "shutdown", lambda: None)()
+    write_rows(rows, out)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    print(f"{report['kept']} problems of {report['attempts']} attempts kept (rejected: {report['rejected']}): {out}")
 
 
 def _accuracies(record: dict) -> str:
@@ -141,6 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if command == "selftrain":
             _hydra_command("selftrain", _selftrain, rest)
+            return 0
+        if command == "synthesize":
+            _hydra_command("synthesize", _synthesize, rest)
             return 0
         if command == "view":
             return _view(rest)

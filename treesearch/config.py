@@ -150,6 +150,7 @@ def register_schemas() -> None:
     store.store(group="schema/job", name="default", node=JobConfig)
     store.store(group="schema/cluster", name="default", node=ClusterConfig)
     store.store(group="schema/selftrain", name="default", node=schemas.SelftrainConfig)
+    store.store(group="schema/synthesize", name="default", node=schemas.SynthesizeConfig)
     _registered = True
 
 

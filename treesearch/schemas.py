@@ -402,3 +402,19 @@ class SelftrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     eval_critic: EvalCritic = field(default_factory=EvalCritic)
     bstar: BStarConfig = field(default_factory=BStarConfig)
+
+
+@dataclass
+class SynthesizeConfig:
+    """`synthesize` (`treesearch synthesize`, SELF-GUIDE): the policy writes `count` new
+    problems from the task's problems as seed examples (`shots` per request, `attempts`
+    requests, default 3 x count), rule-filtered (`treesearch.self_guide`), to `out` (JSONL
+    rows `{id, input}`; `task=mawps task.path=OUT task.answer_field=null` reads them)."""
+
+    out: str = MISSING
+    count: int = 100
+    shots: int = 3
+    attempts: Optional[int] = None
+    temperature: Number = 1.0
+    max_new_tokens: int = 96
+    seed: int = 0
