@@ -194,8 +194,11 @@ def test_prm_depth_scores_every_decided_step_of_a_run(tmp_path, tiny_model_dir):
     folder = ValueHeadModel(model).save_pretrained(tmp_path / "prm", tok)
     write_run(tmp_path / "run", [fig_tree("a"), fig_tree("b")])
     out = tmp_path / "depth.json"
-    report = load("prm_depth").main([str(tmp_path / "run"), "--prm", f"tiny={folder}", "--out", str(out)])
+    report = load("prm_depth").main([str(tmp_path / "run"), "--prm", f"tiny={folder}", "--self-eval",
+                                      str(tiny_model_dir), "--out", str(out)])
     assert json.loads(out.read_text()) == report and report["trees"] == 2
+    judged = report["prms"]["self_eval"]  # the policy judging the same steps
+    assert judged["overall"]["steps"] == report["prms"]["tiny"]["overall"]["steps"] and 0 <= judged["overall"]["auc"] <= 1
     figures = report["prms"]["tiny"]
     outcome = step_outcomes(fig_tree())
     decided = [i for i in range(1, len(outcome)) if outcome[i] == outcome[i]]
