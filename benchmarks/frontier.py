@@ -265,8 +265,9 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     report = json.loads(out.read_text()) if out.exists() else {}
-    report.update(model=args.model, date=str(date.today()),
-                  machine=f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    if {"calibrate", "search"} & set(stages):  # the fields describe the calibrated and searched entries
+        report.update(model=args.model, date=str(date.today()),
+                      machine=f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if "selftrain" in stages:
         report["selftrain"] = selftrain_section(Path(args.selftrain_run))

@@ -42,7 +42,10 @@ def decided_steps(source, tree):
     outcome = step_outcomes(tree)
     nodes = [int(i) for i in np.flatnonzero(~np.isnan(outcome)) if i != 0]
     prompt = source.prompt(tree)
-    problem = Problem(id=tree.problem_id, question="(scored)")  # the PRM reads the prompt and the steps
+    # the PRM reads the prompt and the steps; a judge (self-eval) reads the question: the prompt's last user message
+    question = prompt if isinstance(prompt, str) else next(
+        (m["content"] for m in reversed(list(prompt)) if m.get("role") == "user"), "")
+    problem = Problem(id=tree.problem_id, question=question)
     states = [State(problem=problem, prompt=prompt, steps=tuple(tree.steps(i))) for i in nodes]
     return nodes, outcome[nodes], states
 

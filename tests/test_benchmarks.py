@@ -197,6 +197,11 @@ def test_prm_depth_scores_every_decided_step_of_a_run(tmp_path, tiny_model_dir):
     report = load("prm_depth").main([str(tmp_path / "run"), "--prm", f"tiny={folder}", "--self-eval",
                                       str(tiny_model_dir), "--out", str(out)])
     assert json.loads(out.read_text()) == report and report["trees"] == 2
+    from treesearch.harvest import _Run
+
+    run = _Run(tmp_path / "run")
+    _, _, states = load("prm_depth").decided_steps(run, next(iter(run.trees())))
+    assert {s.problem.question for s in states} == {"What is 2 + 3?"}  # a judge reads the real question
     judged = report["prms"]["self_eval"]  # the policy judging the same steps
     assert judged["overall"]["steps"] == report["prms"]["tiny"]["overall"]["steps"] and 0 <= judged["overall"]["auc"] <= 1
     figures = report["prms"]["tiny"]

@@ -115,6 +115,8 @@ def test_self_training_digests_ignore_monitoring_and_still_match_folders_from_be
     section = {k: v for k, v in plain(cfg.selftrain).items() if k != "rounds"}
     section["harvest"].pop("labels")
     section["harvest"].pop("reject_lucky")
+    section["harvest"].pop("prompts")
+    section.pop("fresh_problems")
     section["eval"].pop("search_limit")
     section.pop("extra_train")
     section.pop("extra_dev")
