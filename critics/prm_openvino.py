@@ -9,11 +9,7 @@ out, so `PRMCritic` scores with it unchanged.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -24,7 +20,7 @@ PRM_MARKER = "treesearch_prm_ir.json"
 def value_ir(folder: Union[str, os.PathLike], weights: str = "fp32",
              cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
     """The IR file of the value-head PRM in `folder` with `weights`, converted on first use."""
-    from treesearch.ir.convert import cache_root, checkpoint_hash
+    from treesearch.ir.convert import cache_root, checkpoint_hash, converted_once
     from treesearch.ir.graph import WEIGHT_FORMATS
 
     if weights not in WEIGHT_FORMATS:
@@ -32,32 +28,21 @@ def value_ir(folder: Union[str, os.PathLike], weights: str = "fp32",
     source = Path(os.fspath(folder)).expanduser()
     root = Path(cache_dir).expanduser() if cache_dir else cache_root()
     target = root / f"prm-{source.name[:40]}-{weights}-{checkpoint_hash(source, weights)}"
-    if (target / PRM_MARKER).is_file():
-        return target / PRM_XML
-    import openvino as ov
 
-    from critics.prm_model import ValueHeadModel
-    from treesearch.ir.graph import build_value_model
+    def write(scratch: Path) -> dict:
+        import openvino as ov
 
-    start = time.perf_counter()
-    model = ValueHeadModel.from_pretrained(source, device="cpu", dtype="float32")
-    head = model.head
-    built = build_value_model(model.causal_lm, head.weight.detach().float().numpy(),
-                              head.bias.detach().float().numpy(), weights)
-    root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".converting-prm-", dir=root))
-    try:
+        from critics.prm_model import ValueHeadModel
+        from treesearch.ir.graph import build_value_model
+
+        model = ValueHeadModel.from_pretrained(source, device="cpu", dtype="float32")
+        head = model.head
+        built = build_value_model(model.causal_lm, head.weight.detach().float().numpy(),
+                                  head.bias.detach().float().numpy(), weights)
         ov.save_model(built, scratch / PRM_XML, compress_to_fp16=False)
-        marker = {"source": str(source), "weights": weights, "seconds": round(time.perf_counter() - start, 1)}
-        (scratch / PRM_MARKER).write_text(json.dumps(marker, indent=1))
-        try:
-            os.replace(scratch, target)
-        except OSError:  # another process converted it first
-            if not (target / PRM_MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target / PRM_XML
+        return {"source": str(source), "weights": weights}
+
+    return converted_once(target, PRM_MARKER, write) / PRM_XML
 
 
 class OpenVINOValueNet:

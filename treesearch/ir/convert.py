@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from treesearch.ir.graph import WEIGHT_FORMATS, build_model
 
@@ -103,24 +103,37 @@ def ir_folder(
         return given
     root = Path(cache_dir).expanduser() if cache_dir else cache_root()
     target = root / f"{_slug(model)}-{weights}-{checkpoint_hash(model, weights)}"
-    if (target / MARKER).is_file():
-        return target
-    from treesearch.models import load_causal_lm
 
-    start = time.perf_counter()
-    lm, tokenizer = load_causal_lm(model, device="cpu", dtype="float32")
-    root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
-    try:
+    def write(scratch: Path) -> dict:
+        from treesearch.models import load_causal_lm
+
+        lm, tokenizer = load_causal_lm(model, device="cpu", dtype="float32")
         write_ir(lm, tokenizer, scratch, weights)
         _drop_quantization_config(scratch)
-        marker = {"source": os.fspath(model), "weights": weights, "seconds": round(time.perf_counter() - start, 1),
-                  "converter": CONVERTER_VERSION}
-        (scratch / MARKER).write_text(json.dumps(marker, indent=1))
+        return {"source": os.fspath(model), "weights": weights, "converter": CONVERTER_VERSION}
+
+    return converted_once(target, MARKER, write)
+
+
+def converted_once(target: Path, marker: str, write: Callable[[Path], dict]) -> Path:
+    """The cached folder `target`: as it is when its `marker` file exists, else made by
+    `write(scratch)` (which fills a fresh folder and returns the marker's fields; the
+    seconds it took are added) under a temporary name beside it and renamed into place,
+    so a crash never leaves half of one. When another process renames its copy first,
+    that one is kept."""
+    if (target / marker).is_file():
+        return target
+    start = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        fields = write(scratch)
+        fields["seconds"] = round(time.perf_counter() - start, 1)
+        (scratch / marker).write_text(json.dumps(fields, indent=1))
         try:
             os.replace(scratch, target)
         except OSError:  # another process converted it first
-            if not (target / MARKER).is_file():
+            if not (target / marker).is_file():
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
