@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from critics.lm import ModelArg, encode_text, scorer_for
+from critics.lm import ModelArg, encode_text, scorer_for, single_token, yes_probabilities
 from critics.registry import register_critic
 from treesearch.prompting import render_prompt
 from treesearch.types import Problem, SamplingParams, State
@@ -90,16 +90,11 @@ class ChecklistCritic:
         self.write_prompt, self.judge_prompt = write_prompt, judge_prompt
         self.fallback = tuple(fallback)
         self.max_new_tokens = int(max_new_tokens)
-        self.yes_id, self.no_id = self._single_token(yes), self._single_token(no)
+        self.yes_id = single_token(self.lm.tokenizer, yes, "checklist answer")
+        self.no_id = single_token(self.lm.tokenizer, no, "checklist answer")
         self.checklists: dict[str, tuple[str, ...]] = {}
         self.fell_back: set[str] = set()  # problems whose written checklist was too short
         self._writing: dict[str, asyncio.Task] = {}
-
-    def _single_token(self, word: str) -> int:
-        ids = encode_text(self.lm.tokenizer, word)
-        if len(ids) != 1:
-            raise ValueError(f"checklist answer {word!r} is {len(ids)} tokens; it must be one token")
-        return ids[0]
 
     # -- writing
     def write_messages(self, problem: Problem) -> list[dict]:
@@ -160,10 +155,9 @@ class ChecklistCritic:
             for item in lists[s.problem.id]:
                 sequences.append(encode_text(self.lm.tokenizer, self.judge_text(s, item)))
                 owners.append(i)
-        pairs = np.asarray(await self.lm.next_token_logprobs(sequences, [self.yes_id, self.no_id]), dtype=np.float64)
-        yes = 1.0 / (1.0 + np.exp(pairs.reshape(len(sequences), 2) @ np.array([-1.0, 1.0])))
-        owners_arr = np.asarray(owners)
-        return np.array([yes[owners_arr == i].mean() for i in range(len(states))], dtype=np.float64)
+        yes = await yes_probabilities(self.lm, sequences, self.yes_id, self.no_id)
+        counts = np.bincount(owners, minlength=len(states))
+        return np.bincount(owners, weights=yes, minlength=len(states)) / np.maximum(counts, 1)
 
 
 register_critic("checklist", ChecklistCritic)

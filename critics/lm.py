@@ -14,6 +14,8 @@ import asyncio
 import threading
 from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_checkable
 
+import numpy as np
+
 from treesearch.models import load_causal_lm
 
 
@@ -38,6 +40,21 @@ ModelArg = Union[str, tuple, TokenScorer]
 def encode_text(tokenizer: Any, text: str) -> list[int]:
     """`text` as token ids, with no special tokens added."""
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def single_token(tokenizer: Any, word: str, what: str) -> int:
+    """The id of `word`, which must encode to one token (`what` names it in the error)."""
+    ids = encode_text(tokenizer, word)
+    if len(ids) != 1:
+        raise ValueError(f"{what} {word!r} is {len(ids)} tokens; it must be one token")
+    return ids[0]
+
+
+async def yes_probabilities(lm: TokenScorer, sequences: Sequence[Sequence[int]], yes_id: int, no_id: int) -> np.ndarray:
+    """For each sequence, P(yes) / (P(yes) + P(no)) of the next token (a softmax over the two)."""
+    pairs = np.asarray(await lm.next_token_logprobs(sequences, [yes_id, no_id]), dtype=np.float64)
+    pairs = pairs.reshape(len(sequences), 2)
+    return 1.0 / (1.0 + np.exp(pairs[:, 1] - pairs[:, 0]))
 
 
 def scorer_for(model: ModelArg, *, device: str = "auto", dtype: Any = "auto", threads: Optional[int] = None,

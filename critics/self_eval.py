@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from critics.registry import register_critic
-from critics.lm import ModelArg, encode_text, scorer_for
+from critics.lm import ModelArg, encode_text, scorer_for, single_token, yes_probabilities
 from treesearch.prompting import render_prompt
 from treesearch.types import State
 
@@ -41,14 +41,8 @@ class SelfEvalCritic:
     ):
         self.lm = scorer_for(model, device=device, dtype=dtype, threads=threads, max_batch_size=max_batch_size)
         self.question = question
-        self.yes_id = self._single_token(yes)
-        self.no_id = self._single_token(no)
-
-    def _single_token(self, word: str) -> int:
-        ids = encode_text(self.lm.tokenizer, word)
-        if len(ids) != 1:
-            raise ValueError(f"self-eval answer {word!r} is {len(ids)} tokens; it must be one token")
-        return ids[0]
+        self.yes_id = single_token(self.lm.tokenizer, yes, "self-eval answer")
+        self.no_id = single_token(self.lm.tokenizer, no, "self-eval answer")
 
     def judge_text(self, state: State) -> str:
         """The rendered judging prompt for `state` (ends where the model says Yes/No)."""
@@ -57,10 +51,7 @@ class SelfEvalCritic:
 
     async def score(self, states: Sequence[State]) -> np.ndarray:
         sequences = [encode_text(self.lm.tokenizer, self.judge_text(s)) for s in states]
-        pairs = np.asarray(await self.lm.next_token_logprobs(sequences, [self.yes_id, self.no_id]), dtype=np.float64)
-        pairs = pairs.reshape(len(states), 2)
-        # P(yes) / (P(yes) + P(no)): a softmax over the two
-        return 1.0 / (1.0 + np.exp(pairs[:, 1] - pairs[:, 0]))
+        return await yes_probabilities(self.lm, sequences, self.yes_id, self.no_id)
 
 
 register_critic("self_eval", SelfEvalCritic)
