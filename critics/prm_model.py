@@ -21,9 +21,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from treesearch.prompting import PROMPT_FORMS
+
 PRM_STYLES = ("value_head", "math_shepherd", "qwen_prm")
 PRM_CONFIG = "treesearch_prm.json"
-PRM_PROMPTS = ("searched", "zero_shot")
 VALUE_HEAD = "value_head.safetensors"
 LEGACY_VALUE_HEAD = "value_head.pt"  # torch.save'd by earlier versions
 
@@ -63,8 +64,8 @@ class PRMFormat:
     def __post_init__(self) -> None:
         if self.style not in PRM_STYLES:
             raise ValueError(f"unknown PRM style {self.style!r}; choose from {PRM_STYLES}")
-        if self.prompts not in PRM_PROMPTS:
-            raise ValueError(f"unknown PRM prompts {self.prompts!r}; choose from {PRM_PROMPTS}")
+        if self.prompts not in PROMPT_FORMS:
+            raise ValueError(f"unknown PRM prompts {self.prompts!r}; choose from {PROMPT_FORMS}")
         if self.separator is None and self.style == "math_shepherd":
             self.separator = " ки"
         if self.separator is None and self.style == "qwen_prm":

@@ -60,7 +60,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from treesearch.prompting import without_demonstrations
+from treesearch.prompting import PROMPT_FORMS, without_demonstrations
 from treesearch.pseudo_labels import LABEL_SOURCES, apply_label, check_label_free_critic, pseudo_label
 from treesearch.schemas import HarvestConfig
 from treesearch.step_checks import LUCKY_CHECKS, lucky_terminals
@@ -73,7 +73,6 @@ from treesearch.value_targets import (
     value_targets,
 )
 
-PROMPT_FORMS = ("searched", "zero_shot")
 FILES = {"sft": "sft.parquet", "prm": "prm.parquet", "preference": "preference.parquet"}
 MANIFEST = "harvest.json"
 

@@ -7,6 +7,11 @@ from typing import Any
 from treesearch.types import Prompt, State
 
 
+# How a training row's prompt relates to the search's: as searched (worked examples
+# included), or without the worked examples ("zero_shot", `without_demonstrations`).
+PROMPT_FORMS = ("searched", "zero_shot")
+
+
 def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
     """Plain prompts pass through; chat messages go through the tokenizer's chat template
     with the assistant turn opened (the solution is written into that turn)."""
