@@ -54,7 +54,7 @@ def by_depth(depths, outcomes, scores, max_depth: int) -> dict:
     """AUC, steps and right steps per depth (deeper ones pooled into `max_depth`) and overall."""
     import numpy as np
 
-    from treesearch.train.prm import roc_auc
+    from treesearch.auc import roc_auc
 
     depths = np.minimum(np.asarray(depths, dtype=int), max_depth)
     outcomes, scores = np.asarray(outcomes) >= 0.5, np.asarray(scores, dtype=float)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+from treesearch.auc import roc_auc
+
 COVERAGES = (1.0, 0.9, 0.75, 0.5, 0.25)
 
 
@@ -39,12 +41,8 @@ def value_auroc(rows: Sequence[dict]) -> Optional[float]:
     """How well the chosen answers' values separate right from wrong answers (ROC AUC,
     ties half); None without both kinds."""
     scored = _scored(rows)
-    right = [v for v, c, _ in scored if c]
-    wrong = [v for v, c, _ in scored if not c]
-    if not right or not wrong:
-        return None
-    wins = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
-    return wins / (len(right) * len(wrong))
+    auc = roc_auc([v for v, _, _ in scored], [bool(c) for _, c, _ in scored]) if scored else math.nan
+    return None if math.isnan(auc) else auc
 
 
 def abstentions(rows: Sequence[dict], threshold: float) -> dict:
