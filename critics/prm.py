@@ -29,8 +29,8 @@ class PRMCritic:
     `qwen_prm` checkpoint whose config.json maps to code in the folder); off by default,
     because a PRM folder is data people pass around. `backend`: "hf" (transformers),
     "openvino" (a value-head folder compiled for the CPU plugin, `critics.prm_openvino`;
-    fp32, values equal to the transformers PRM's within 1e-4) or "auto" (openvino for a
-    value-head folder on a CPU-only device where its architecture converts, else hf).
+    fp32, values equal to the transformers PRM's within 1e-4) or "auto", the default (openvino
+    for a value-head folder on a CPU-only device where its architecture converts, else hf).
     """
 
     def __init__(
@@ -46,7 +46,7 @@ class PRMCritic:
         max_batch_size: int = 16,
         empty_value: float = 0.5,
         trust_remote_code: bool = False,
-        backend: str = "hf",
+        backend: str = "auto",
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown PRM backend {backend!r}; choose from {BACKENDS}")

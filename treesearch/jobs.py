@@ -34,7 +34,7 @@ LOGGED_PACKAGES = ("treesearch", "critics")  # their records go to the run folde
 
 # Keys added to a config section later that do not change results: left out of the digest
 # at their default, so run folders written before they existed still resume.
-NEUTRAL_DEFAULTS = {("critic", "trust_remote_code"): False, ("policy", "trust_remote_code"): False}
+NEUTRAL_DEFAULTS = {("critic", "trust_remote_code"): False, ("critic", "backend"): "auto", ("policy", "trust_remote_code"): False}
 
 
 def job_digest(cfg: Mapping) -> str:

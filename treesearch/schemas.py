@@ -220,13 +220,16 @@ class PRMCriticConfig(LMCriticConfig):
     """`critic=prm`: a process reward model folder (`PRMCritic`: a treesearch value head,
     Math-Shepherd or Qwen-PRM style; `style` None: as the folder records). `aggregate`: how step scores
     give a value (last, min, mean, prod). `trust_remote_code`: let a qwen_prm folder's own
-    Python code (config.json auto_map) run."""
+    Python code (config.json auto_map) run. `backend`: "auto" scores a value-head PRM on
+    OpenVINO on a CPU (compiled once per folder; values equal transformers' within 1e-4),
+    else transformers; "hf" or "openvino" to choose."""
 
     name: Optional[str] = "prm"
     model: str = MISSING
     style: Optional[str] = None
     aggregate: str = "last"
     trust_remote_code: bool = False
+    backend: str = "auto"
 
 
 @dataclass
@@ -320,12 +323,14 @@ class PRMTraining:
     default the policy's model) and `train_prm`'s keywords (add others, e.g.
     `+selftrain.prm_training.head_lr=1e-3`). `loss`: "bce" or "mse". `warm_start`: train
     each round's PRM on from the PRM it starts the round with (the previous round's, or
-    `selftrain.initial_prm`), backbone and value head, instead of from `base_model`."""
+    `selftrain.initial_prm`), backbone and value head, instead of from `base_model`.
+    `rank_weight` > 0: also train the PRM to rank each problem's steps (`train_prm`)."""
 
     enabled: bool = True
     base_model: Optional[str] = "${policy.model}"
     warm_start: bool = False
     loss: str = "bce"
+    rank_weight: Number = 0.0
     epochs: Number = 2
     lr: Number = 1.0e-4
     batch_size: int = 4
