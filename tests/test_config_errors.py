@@ -123,6 +123,7 @@ def test_self_training_digests_ignore_monitoring_and_still_match_folders_from_be
     section["policy_training"].pop("report_to")
     section["prm_training"].pop("report_to")
     section["prm_training"].pop("warm_start")
+    section["prm_training"].pop("rank_weight")
     section["bstar"].pop("quantiles")
     section["bstar"].pop("sample_counts")
     section["bstar"].pop("count_tolerance")

@@ -14,14 +14,19 @@ import pytest
 import torch
 
 from critics.prm import PRMCritic
-from critics.prm_model import PRMFormat
+from critics.prm_model import PRMFormat, ValueHeadModel
 from treesearch.prompting import render_prompt
 from treesearch.train import train_prm, train_sft
+from treesearch.auc import within_problem_auc
 from treesearch.train.prm import (
+    GroupCollator,
     PRMCollator,
     _trainer_class,
+    calibrate_head,
     encode_example,
+    pair_loss,
     prm_example,
+    problem_groups,
     roc_auc,
     split_eval,
 )
@@ -261,10 +266,10 @@ def test_prm_labels_stay_floats_into_the_loss(smollm2_tokenizer):
 
     compute_loss = _trainer_class().compute_loss
     s = 1 / (1 + math.exp(-1.0))
-    bce = compute_loss(SimpleNamespace(prm_loss_type="bce"), Constant(), batch).item()
+    bce = compute_loss(SimpleNamespace(prm_loss_type="bce", rank_weight=0.0), Constant(), batch).item()
     want = -np.mean([t * math.log(s) + (1 - t) * math.log(1 - s) for t in (0.7, 0.25)])
     assert bce == pytest.approx(want, rel=1e-5)  # an int cast (0/0) would give -log(1 - s)
-    mse = compute_loss(SimpleNamespace(prm_loss_type="mse"), Constant(), batch).item()
+    mse = compute_loss(SimpleNamespace(prm_loss_type="mse", rank_weight=0.0), Constant(), batch).item()
     assert mse == pytest.approx(np.mean([(s - 0.7) ** 2, (s - 0.25) ** 2]), rel=1e-5)
 
 
@@ -313,6 +318,77 @@ def test_roc_auc_and_eval_split():
     assert not {e["problem_id"] for e in train} & {e["problem_id"] for e in held}
     assert split_eval(examples, 0.2, seed=0) == (train, held)
     assert split_eval(examples[:1], 0.5, seed=0) == (examples[:1], [])
+
+
+def test_within_problem_auc_ignores_telling_easy_problems_from_hard_ones():
+    # problem a is easy (all scores high), b hard; within each the ranking is reversed
+    scores = [0.9, 0.8, 0.2, 0.1]
+    right = [False, True, False, True]
+    groups = ["a", "a", "b", "b"]
+    assert within_problem_auc(scores, right, groups) == pytest.approx(0.0)
+    assert within_problem_auc(scores, [True, False, True, False], groups) == pytest.approx(1.0)
+    assert math.isnan(within_problem_auc([0.5, 0.6], [True, True], ["a", "a"]))  # no group with both
+
+
+def test_pair_loss_ranks_steps_of_one_problem_only():
+    logits = torch.zeros(4)
+    targets = torch.tensor([0.9, 0.1, 0.9, 0.1])
+    same = torch.tensor([0, 0, 0, 0])
+    # pairs with a target gap: (0,1), (0,3), (2,1), (2,3); logit gaps 0 give log 2 each
+    assert pair_loss(logits, targets, same).item() == pytest.approx(math.log(2))
+    apart = torch.tensor([0, 1, 2, 3])
+    assert pair_loss(logits, targets, apart).item() == 0.0  # no two steps of one problem
+    ranked = torch.tensor([3.0, -3.0, 3.0, -3.0])
+    assert pair_loss(ranked, targets, same).item() < 0.01
+    assert pair_loss(-ranked, targets, same).item() > 5.0
+    assert pair_loss(logits, torch.tensor([0.5, 0.45, 0.5, 0.45]), same).item() == 0.0  # within the margin
+
+
+def test_problem_groups_pack_rows_of_one_problem_and_keep_every_row():
+    encoded = [{"problem_id": f"p{i % 3}", "k": i} for i in range(10)] + [{"problem_id": None, "k": 10}]
+    groups = problem_groups(encoded, size=2, seed=0)
+    assert sorted(r["k"] for g in groups for r in g["rows"]) == list(range(11))
+    assert all(len(g["rows"]) <= 2 and len({r["problem_id"] for r in g["rows"]}) == 1 for g in groups)
+    assert problem_groups(encoded, size=2, seed=0) == groups
+    batch = GroupCollator(PRMCollator(0))([
+        {"rows": [{"input_ids": [1, 2], "positions": [1], "targets": [1.0]}] * 2},
+        {"rows": [{"input_ids": [3], "positions": [0], "targets": [0.0]}]},
+    ])
+    assert batch["groups"].tolist() == [0, 0, 1] and batch["input_ids"].shape == (3, 2)
+
+
+def test_a_fresh_value_head_starts_at_the_data_base_rate(tiny_model_dir, smollm2_tokenizer):
+    lm, tokenizer = load_private_model(tiny_model_dir)
+    model = ValueHeadModel(lm)
+    fmt = PRMFormat("value_head")
+    encoded = [encode_example(tokenizer, prm_example(r, i), fmt) for i, r in enumerate(prm_rows(24, seed=3))]
+    for e in encoded:
+        e["targets"] = [0.2] * len(e["targets"])
+    collator = PRMCollator(tokenizer.pad_token_id or 0)
+    calibrate_head(model, encoded, collator, sample=24, logit_std=0.5)
+    batch = collator(encoded)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = logits.gather(1, batch["positions"])[batch["step_mask"]]
+    assert float(logits.mean()) == pytest.approx(math.log(0.2 / 0.8), abs=1e-3)
+    assert float(logits.std()) == pytest.approx(0.5, rel=1e-2)
+
+
+def test_prm_with_a_ranking_loss_ranks_each_problem_s_steps(tiny_model_dir, tmp_path):
+    def shared(rows, per):
+        return [dict(r, problem_id=f"q{i // per}") for i, r in enumerate(rows)]
+
+    train = shared(prm_rows(48, seed=0), 4)
+    held = shared(prm_rows(16, seed=1), 4)
+    metrics = train_prm(tiny_model_dir, train, tmp_path / "ranked", epochs=6, lr=1e-3, head_lr=3e-3,
+                        batch_size=8, eval_data=held, rank_weight=1.0)
+    assert metrics["rank_weight"] == 1.0
+    assert metrics["eval_auc_within_problem"] >= 0.9
+    assert metrics["eval_auc_within_problem"] > metrics["eval_auc_within_problem_before"]
+    record = json.loads((tmp_path / "ranked" / "treesearch_train.json").read_text())
+    assert record["args"]["rank_weight"] == 1.0
+    with pytest.raises(ValueError, match="rank_weight"):
+        train_prm(tiny_model_dir, train, tmp_path / "x", rank_weight=-1.0)
 
 
 def test_max_steps_caps_but_never_extends_epochs():

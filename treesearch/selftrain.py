@@ -57,7 +57,7 @@ SELFTRAIN_NEUTRAL_DEFAULTS = {("harvest", "labels"): "gold", ("harvest", "reject
                               ("eval", "search_limit"): None, ("bstar", "sample_counts"): [],
                               ("bstar", "count_tolerance"): 0.9, ("extra_train",): [], ("extra_dev",): [],
                               ("prm_training", "warm_start"): False, ("harvest", "prompts"): "searched",
-                              ("fresh_problems",): False}
+                              ("fresh_problems",): False, ("prm_training", "rank_weight"): 0.0}
 
 
 def selftrain_digest(cfg: Mapping, legacy: bool = False) -> str:

@@ -38,8 +38,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from critics.prm_model import PRMFormat, encode_steps, load_value_head, value_head_file
-from treesearch.prompting import has_demonstrations
-from treesearch.prompting import render_prompt
+from treesearch.auc import roc_auc, within_problem_auc  # noqa: F401  (roc_auc: re-exported)
+from treesearch.prompting import has_demonstrations, render_prompt
 from treesearch.train.common import (
     TRAIN_RECORD,
     DataArg,
@@ -125,7 +125,7 @@ def encode_example(tokenizer: Any, example: Mapping, fmt: PRMFormat, max_length:
         positions = [positions[k] for k in kept]
         targets = [targets[k] for k in kept]
         ids = ids[: positions[-1] + 1]
-    return {"input_ids": ids, "positions": positions, "targets": targets}
+    return {"input_ids": ids, "positions": positions, "targets": targets, "problem_id": example.get("problem_id")}
 
 
 class PRMCollator:
@@ -201,25 +201,57 @@ def prm_loss(logits, targets, loss: str = "bce"):
     raise ValueError(f"unknown PRM loss {loss!r}; choose from {LOSSES}")
 
 
-def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
-    """Area under the ROC curve (ties count one half); NaN when a class is missing."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    mean_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct score
-    ranks = mean_rank[inverse]
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 def step_logits(model, batch):
     """Value logits at each batch row's scored positions, [batch, steps]."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return logits.gather(1, batch["positions"])
+
+
+def pair_loss(logits, targets, groups, margin: float = 0.1):
+    """Mean logistic loss over the pairs of steps of one group (problem) whose targets
+    differ by more than `margin`: the step with the higher target should get the higher
+    logit. Zero when no such pair. This is what teaches a PRM to rank one problem's steps
+    (BCE alone can be met by learning which problems are easy)."""
+    import torch.nn.functional as F
+
+    logits, targets = logits.float(), targets.float()
+    higher = (targets[:, None] - targets[None, :] > margin) & (groups[:, None] == groups[None, :])
+    if not bool(higher.any()):
+        return logits.sum() * 0.0
+    gaps = logits[:, None] - logits[None, :]
+    return F.softplus(-gaps[higher]).mean()
+
+
+def problem_groups(encoded: Sequence[dict], size: int, seed: int) -> list[dict]:
+    """`encoded` rows packed into groups of at most `size` rows of one problem each
+    (rows shuffled within a problem by `seed`; a row without a problem id is its own
+    problem), in a seeded order: one group is one training batch for `pair_loss`."""
+    by_problem: dict[Any, list[dict]] = {}
+    for i, e in enumerate(encoded):
+        key = e.get("problem_id")
+        by_problem.setdefault(("row", i) if key is None else key, []).append(e)
+    rng = np.random.default_rng(seed)
+    groups = []
+    for rows in by_problem.values():
+        rows = [rows[k] for k in rng.permutation(len(rows))]
+        groups += [{"rows": rows[k:k + size]} for k in range(0, len(rows), size)]
+    return [groups[k] for k in rng.permutation(len(groups))]
+
+
+class GroupCollator:
+    """Batches of `problem_groups` groups: their rows padded by `PRMCollator`, plus
+    `groups` (long, [rows]): which group each row came from."""
+
+    def __init__(self, rows: "PRMCollator"):
+        self.rows = rows
+
+    def __call__(self, features: Sequence[Mapping]) -> dict:
+        import torch
+
+        flat = [row for f in features for row in f["rows"]]
+        batch = self.rows(flat)
+        batch["groups"] = torch.tensor([g for g, f in enumerate(features) for _ in f["rows"]], dtype=torch.long)
+        return batch
 
 
 def evaluate_prm(model, encoded: Sequence[dict], collator: PRMCollator, *, loss: str = "bce", batch_size: int = 8) -> dict:
@@ -244,13 +276,39 @@ def evaluate_prm(model, encoded: Sequence[dict], collator: PRMCollator, *, loss:
     target = torch.cat(targets)
     values = logits.sigmoid().numpy().astype(np.float64)
     labels = target.numpy().astype(np.float64)
+    problems = np.array([str(e.get("problem_id")) for e in encoded for _ in range(len(e["targets"]))])
     return {
         "loss": float(prm_loss(logits, target, loss)),
         "auc": roc_auc(values, labels >= 0.5),
+        "auc_within_problem": within_problem_auc(values, labels >= 0.5, problems),
         "accuracy": float(np.mean((values >= 0.5) == (labels >= 0.5))),
         "mse": float(np.mean((values - labels) ** 2)),
         "num_steps": int(len(labels)),
     }
+
+
+def calibrate_head(model, encoded: Sequence[dict], collator: "PRMCollator", *, sample: int = 16,
+                   logit_std: float = 0.5) -> None:
+    """Start a fresh value head at the data's base rate: rescale its random weights so the
+    logits on `sample` training rows spread by `logit_std`, and set its bias so their mean
+    is the logit of the mean target. (A random head on a backbone's last hidden states
+    gives logits of several units, confidently wrong, which the few hundred steps of a
+    self-training round spend undoing instead of ranking steps.)"""
+    import torch
+
+    rows = list(encoded[:sample])
+    targets = np.concatenate([np.asarray(e["targets"], dtype=np.float64) for e in encoded])
+    prior = float(np.clip(targets.mean(), 0.02, 0.98)) if len(targets) else 0.5
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model.head.bias.zero_()
+        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        logits = step_logits(model, batch).float()[batch["step_mask"]]
+        spread = float(logits.std()) if logits.numel() > 1 else 0.0
+        if spread > 0:
+            model.head.weight.mul_(logit_std / spread)
+            logits = logits * (logit_std / spread)
+        model.head.bias.fill_(math.log(prior / (1 - prior)) - float(logits.mean()))
 
 
 def _trainer_class():
@@ -259,14 +317,18 @@ def _trainer_class():
     class PRMTrainer(Trainer):
         """A Trainer whose loss is the PRM step loss on float targets."""
 
-        def __init__(self, *args, prm_loss_type: str = "bce", **kwargs):
+        def __init__(self, *args, prm_loss_type: str = "bce", rank_weight: float = 0.0, **kwargs):
             super().__init__(*args, **kwargs)
             self.prm_loss_type = prm_loss_type
+            self.rank_weight = float(rank_weight)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             logits = step_logits(model, inputs)
             mask = inputs["step_mask"]
             loss = prm_loss(logits[mask], inputs["targets"][mask], self.prm_loss_type)
+            if self.rank_weight > 0:
+                groups = inputs["groups"][:, None].expand_as(mask)[mask]
+                loss = loss + self.rank_weight * pair_loss(logits[mask], inputs["targets"][mask], groups)
             return (loss, {"step_logits": logits}) if return_outputs else loss
 
     return PRMTrainer
@@ -285,6 +347,7 @@ def train_prm(
     epochs: float = 1,
     lr: float = 2e-5,
     head_lr: Optional[float] = None,
+    rank_weight: float = 0.0,
     batch_size: int = 4,
     max_length: Optional[int] = 1024,
     threads: Optional[int] = None,
@@ -298,7 +361,10 @@ def train_prm(
     folder to continue from) with stepwise rows; save to `output_dir` for `PRMCritic`.
 
     `loss`: "bce" or "mse". `lr` for the backbone, `head_lr` (default `lr`) for the value
-    head. `eval_data`: held-out rows; without it, `eval_fraction` of the rows (whole
+    head. A fresh head starts at the data's base rate (`calibrate_head`). `rank_weight` >
+    0 adds `pair_loss` with that weight, each batch then being `batch_size` rows of one
+    problem (`problem_groups`), so the PRM learns to rank a problem's steps, not only
+    which problems are easy. `eval_data`: held-out rows; without it, `eval_fraction` of the rows (whole
     problems, by `problem_id`) is held out. `max_length`: steps scored beyond it are
     dropped (rows with none left are skipped). `max_steps` (if given) caps the steps of `epochs`.
 
@@ -306,6 +372,7 @@ def train_prm(
     `num_train_rows`, `num_eval_rows`, `num_train_labels`, `skipped_rows`, and on held-out
     rows before and after training `eval_loss_before` / `eval_loss`, `eval_auc_before` /
     `eval_auc` (NaN when held-out labels are all on one side of 0.5),
+    `eval_auc_within_problem_before` / `eval_auc_within_problem` (`within_problem_auc`),
     `eval_accuracy_before` / `eval_accuracy`, `eval_mse_before` / `eval_mse`.
     """
     require_training_stack("train_prm", ("accelerate",))  # transformers' Trainer needs it
@@ -316,6 +383,8 @@ def train_prm(
 
     if loss not in LOSSES:
         raise ValueError(f"unknown PRM loss {loss!r}; choose from {LOSSES}")
+    if not (math.isfinite(rank_weight) and rank_weight >= 0):
+        raise ValueError(f"rank_weight must be >= 0, got {rank_weight}")
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     if threads is not None:
@@ -343,17 +412,22 @@ def train_prm(
     head_file = value_head_file(Path(os.fspath(base_model)).expanduser())
     if head_file is not None:  # continue from a treesearch PRM folder
         model.head.load_state_dict(load_value_head(head_file))
+    else:
+        calibrate_head(model, train_encoded, PRMCollator(tokenizer.pad_token_id or 0))
     model.train()
     collator = PRMCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
+    # with rank_weight, a batch is `batch_size` rows of one problem (pairs to rank)
+    train_items = problem_groups(train_encoded, batch_size, seed) if rank_weight > 0 else train_encoded
+    per_batch = 1 if rank_weight > 0 else batch_size
     args = trainer_arguments(
         TrainingArguments,
         output_dir,
         epochs=epochs,
-        max_steps=step_limit(max_steps, len(train_encoded), epochs, batch_size),
-        batch_size=batch_size,
+        max_steps=step_limit(max_steps, len(train_items), epochs, per_batch),
+        batch_size=per_batch,
         lr=lr,
         seed=seed,
         report_to=report_to,
@@ -373,16 +447,18 @@ def train_prm(
     trainer = _trainer_class()(
         model=model,
         args=args,
-        train_dataset=train_encoded,
-        data_collator=collator,
+        train_dataset=train_items,
+        data_collator=GroupCollator(collator) if rank_weight > 0 else collator,
         optimizers=(optimizer, None),
         callbacks=[timer.callback],
         prm_loss_type=loss,
+        rank_weight=rank_weight,
     )
     quiet(trainer)
     metrics: dict[str, Any] = {
         "output_dir": str(output_dir),
         "loss": loss,
+        "rank_weight": rank_weight,
         "num_train_rows": len(train_encoded),
         "num_eval_rows": len(eval_encoded),
         "num_train_labels": sum(len(e["targets"]) for e in train_encoded),
@@ -408,7 +484,8 @@ def train_prm(
         "kind": "prm",
         "base_model": os.fspath(base_model),
         "args": {
-            "loss": loss, "epochs": epochs, "lr": lr, "head_lr": head_lr, "batch_size": batch_size,
+            "loss": loss, "epochs": epochs, "lr": lr, "head_lr": head_lr, "rank_weight": rank_weight,
+            "batch_size": batch_size,
             "max_length": max_length, "seed": seed, "eval_fraction": eval_fraction, "max_steps": max_steps,
         },
         "prompt_convention": (
