@@ -67,7 +67,7 @@ class PRMCritic:
                                  "PRM folder from train_prm, or a Hugging Face Math-Shepherd / Qwen-PRM folder)")
             fmt = read_format(folder) or PRMFormat(style or "math_shepherd", separator)
             if style is not None and style != fmt.style:
-                fmt = PRMFormat(style, separator)
+                fmt = PRMFormat(style, separator, prompts=fmt.prompts)  # the folder's prompt form stays
             self.backend = _resolve_backend(backend, folder, fmt, device)
             if self.backend == "openvino":
                 from critics.prm_openvino import OpenVINOValueNet

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from treesearch.self_guide import asynthesize, keep_problem, write_rows
+from treesearch.self_guide import asynthesize, keep_problem, report_path, write_rows
 from treesearch.types import Problem, Step
 
 SEEDS = [Problem("s1", "Ann has 3 apples and buys 4 more. How many apples does she have?"),
@@ -80,3 +80,9 @@ def test_the_synthesize_command_writes_rows_and_a_report(tmp_path, tiny_model_di
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["attempts"] == 9 and report["seeds"] == 4 and report["kept"] == len(out.read_text().splitlines())
     assert report["kept"] + report["surplus"] + sum(report["rejected"].values()) == 9
+
+
+def test_the_report_goes_beside_the_problems_and_never_over_them(tmp_path):
+    assert report_path(tmp_path / "new.jsonl") == tmp_path / "new.json"
+    with pytest.raises(ValueError, match=r"synthesize.out=.*new.json.*new.jsonl"):
+        report_path(tmp_path / "new.json")

@@ -94,10 +94,11 @@ def _synthesize(cfg) -> None:
     import json
 
     from treesearch.components import build_policy, build_task, load_problems, plain
-    from treesearch.self_guide import synthesize, write_rows
+    from treesearch.self_guide import report_path, synthesize, write_rows
 
     options = plain(cfg["synthesize"])
     out = Path(options.pop("out"))
+    report_file = report_path(out)  # refused before any model loads
     task = build_task(plain(cfg["task"]))
     seeds = load_problems(task, plain(cfg["task"]))
     policy = build_policy(plain(cfg["policy"]))
@@ -106,7 +107,7 @@ def _synthesize(cfg) -> None:
     finally:
         getattr(policy, "shutdown", lambda: None)()
     write_rows(rows, out)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    report_file.write_text(json.dumps(report, indent=2))
     print(f"{report['kept']} problems of {report['attempts']} attempts kept (rejected: {report['rejected']}): {out}")
 
 

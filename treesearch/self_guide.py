@@ -101,6 +101,16 @@ def synthesize(policy: Any, seeds: Sequence[Problem], count: int, **options: Any
     return asyncio.run(asynthesize(policy, seeds, count, **options))
 
 
+def report_path(out: Union[str, Path]) -> Path:
+    """Where the report of problems written to `out` goes: beside it, suffix `.json`. An
+    `out` that is itself a `.json` file would be overwritten by its report: refused."""
+    out = Path(out)
+    if out.suffix == ".json":
+        raise ValueError(f"synthesize.out={out}: the problems are JSONL and their report is written to "
+                         f"{out} itself; name the problems file {out.with_suffix('.jsonl')}")
+    return out.with_suffix(".json")
+
+
 def write_rows(rows: Sequence[dict], path: Union[str, Path]) -> Path:
     """The rows as JSONL (one problem per line)."""
     path = Path(path)
