@@ -3,18 +3,24 @@ search pays there.
 
     python benchmarks/frontier.py [--stages calibrate,search] [--levels bare1-10,word2-10,...]
         [--n 300] [--model smollm2] [--policy-label base] [--critic self_eval] [--critic-model DIR]
-        [--budgets 64,128,256,512,1024] [--search-levels L1,L2] [--shots K] [--out benchmarks/results/frontier.json]
+        [--budgets x1,x2,x4,x8,x16] [--search-levels L1,L2] [--shots K] [--out benchmarks/results/frontier.json]
         [--quick]
     python benchmarks/frontier.py --stages selftrain --selftrain-run DIR
 
 - `calibrate`: per level, greedy accuracy and pass@8 / maj@8 (8 samples at the search's
   temperature, 0.7) on `--n` test problems, with 95% Wilson intervals.
-- `search`: accuracy against generated tokens per problem for greedy, self-consistency,
-  best-of-N (value pick, and the critic-weighted vote on the same samples), step beam
+- `search`: accuracy against generated tokens per problem for greedy, self-consistency
+  and best-of-N (one run: its samples answered by majority vote, by the best value and by
+  the critic-weighted vote), step beam
   (widths 2 and 4) and MCTS* (defaults, and its weighted vote on the same trees), on the
   test split of each level of two or more operations whose pass@8 (calibrated for this
   policy) is at least `--min-pass` (or `--search-levels`); paired differences MCTS* minus
-  the best baseline at each budget, with standard errors; a PNG per level.
+  the best baseline at each budget, with standard errors; a PNG per level. A budget
+  `xM` is M times greedy's mean generated tokens on the level's problems (rounded up to
+  a multiple of 8), a plain number is tokens. Each point also gives `gold_in_tree`: the
+  share of problems whose samples or tree hold a finished solution with the gold answer
+  (a perfect answer selection's accuracy; the gap to the accuracy is the critic's).
+  Greedy counts as a baseline at every budget (one solution fits each).
 - `selftrain`: the `selftrain` section from a `treesearch selftrain` folder on the family
   (round 0 the base model; per round greedy and MCTS* on every dev split, B-STaR, data).
 
@@ -54,13 +60,15 @@ LEVELS = ("bare1-10", "bare1-20", "bare1-50", "bare2-10", "bare2-50", "bare3-10"
           "word1-10", "word1-20", "word1-50", "word2-10", "word2-50", "word3-10", "word3-50")
 SHARED_OPTIONS = {"max_step_tokens": 48, "max_solution_tokens": 160}
 SEARCHES = {  # name: (algorithm, options); beam widths 2 and 4
-    "self_consistency": ("self_consistency", {"samples": 64}),
     "best_of_n": ("best_of_n", {"samples": 64}),
     "beam2": ("beam", {"beam_width": 2}),
     "beam4": ("beam", {"beam_width": 4}),
     "mcts": ("mcts", {}),
 }
-REVOTES = {"best_of_n": ("best_of_n_vote", "weighted"), "mcts": ("mcts_vote", "weighted")}
+# Other answers from the same samples or trees: self-consistency is best-of-N's samples
+# answered by the majority vote (the same sampling, so one run gives both).
+REVOTES = {"best_of_n": (("self_consistency", "majority"), ("best_of_n_vote", "weighted")),
+           "mcts": (("mcts_vote", "weighted"),)}
 BASELINES = ("self_consistency", "best_of_n", "best_of_n_vote", "beam2", "beam4")
 SAMPLES = 8
 
@@ -119,13 +127,30 @@ def calibrate(policy, level: str, n: int, split: str, shots: Optional[int] = Non
     return entry
 
 
-def search_curves(policy, critic, level: str, n: int, split: str, budgets: list[int], searches: list[str],
+def token_budgets(spec: str, greedy_tokens: float) -> list[int]:
+    """Budgets from "x1,x2,128": `xM` is M times greedy's tokens, rounded up to 8."""
+    budgets = []
+    for item in spec.split(","):
+        item = item.strip()
+        if item.startswith("x"):
+            budgets.append(max(8, 8 * math.ceil(float(item[1:]) * greedy_tokens / 8)))
+        else:
+            budgets.append(int(item))
+    return sorted(set(budgets))
+
+
+def search_curves(policy, critic, level: str, n: int, split: str, budgets: str, searches: list[str],
                   shots: Optional[int] = None) -> dict:
-    """Accuracy per (search, budget) on `n` problems of a level; MCTS* minus the best baseline."""
+    """Accuracy per (search, budget) on `n` problems of a level; MCTS* minus the best
+    baseline. `budgets`: as `token_budgets` takes them."""
     task = arith(level, shots)
     problems = task.load(split=split, limit=task.available(split, n))
     points = []
     greedy, seconds = run(policy, None, task, problems, "greedy", 10_000, **SHARED_OPTIONS)
+    greedy_tokens = sum(r.accounting.generated_tokens for r in greedy) / len(greedy)
+    budgets = token_budgets(budgets, greedy_tokens)
+    print(f"  {level} greedy {100 * sum(bool(r.correct) for r in greedy) / len(greedy):.1f}%, "
+          f"{greedy_tokens:.1f} tokens; budgets {budgets}", flush=True)
     points.append(_point("greedy", budgets[-1], greedy, seconds))
     for tokens in budgets:
         for name in searches:
@@ -133,20 +158,29 @@ def search_curves(policy, critic, level: str, n: int, split: str, budgets: list[
             results, seconds = run(policy, critic, task, problems, algorithm, tokens, seed=0,
                                    **dict(SHARED_OPTIONS, **options))
             measured = [_point(name, tokens, results, seconds)]
-            if name in REVOTES:  # the same samples or trees, answered by the critic-weighted vote
-                vote_name, method = REVOTES[name]
+            reached = gold_reached(task, results)  # the same trees for the votes below
+            for vote_name, method in REVOTES.get(name, ()):
                 answers = [select_answer(r.tree, task, method).answer for r in results]
                 correct = [task.grade(a, r.problem.gold) for a, r in zip(answers, results)]
                 measured.append(_point(vote_name, tokens, results, seconds, answers, correct))
             for p in measured:
+                p["gold_in_tree"] = reached
                 points.append(p)
                 print(f"  {level} {p['algorithm']:<16} budget {tokens:>5}: accuracy {100 * p['accuracy']:5.1f}%"
-                      f"  tokens {p['mean_generated_tokens']:6.1f}  {seconds:5.0f} s", flush=True)
+                      f"  gold in tree {100 * reached:5.1f}%  tokens {p['mean_generated_tokens']:6.1f}  {seconds:5.0f} s",
+                      flush=True)
     curves: dict[str, list] = {}
     for p in points:
         curves.setdefault(p["algorithm"], []).append(
             {"budget": p["budget"], "tokens": p["mean_generated_tokens"], "accuracy": p["accuracy"]})
     return {"points": points, "curves": curves, "mcts_vs_best": mcts_vs_best(points)}
+
+
+def gold_reached(task, results) -> float:
+    """The share of problems whose tree holds a finished solution with the gold answer
+    (what a perfect answer selection would score): the gap to accuracy is selection's."""
+    return sum(any(task.grade(r.tree.answer[i], r.problem.gold) for i in r.tree.terminal_nodes()
+                   if r.tree.answer[i] is not None) for r in results) / len(results)
 
 
 def _point(name: str, tokens: int, results, seconds: float, answers=None, correct=None) -> dict:
@@ -165,6 +199,7 @@ def mcts_vs_best(points: list[dict], search: str = "mcts") -> list[dict]:
     for tokens in sorted({p["budget"] for p in points if p["algorithm"] == search}):
         ours = next(p for p in points if p["algorithm"] == search and p["budget"] == tokens)
         rivals = [p for p in points if p["algorithm"] in BASELINES and p["budget"] == tokens]
+        rivals += [p for p in points if p["algorithm"] == "greedy"]  # one solution fits every budget
         if not rivals:
             continue
         best = max(rivals, key=lambda p: p["accuracy"])
@@ -239,7 +274,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--critic", default="self_eval")
     parser.add_argument("--critic-model", default=None, help="the critic's model (a PRM folder for --critic prm)")
-    parser.add_argument("--budgets", default="64,128,256,512,1024")
+    parser.add_argument("--budgets", default="x1,x2,x4,x8,x16",
+                        help="tokens per problem; xM: M times greedy's tokens on the level")
     parser.add_argument("--searches", default=",".join(SEARCHES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON report (default benchmarks/results/frontier.json)")
@@ -297,9 +333,8 @@ def main(argv=None) -> dict:
         task_for_critic = ArithTask()
         critic = build_critic({"name": args.critic, "model": args.critic_model or args.model, "threads": args.threads},
                               task_for_critic)
-        budgets = [int(b) for b in args.budgets.split(",")]
         for level in chosen:
-            found = search_curves(policy, critic, level, args.n, args.split, budgets, args.searches.split(","),
+            found = search_curves(policy, critic, level, args.n, args.split, args.budgets, args.searches.split(","),
                                   args.shots)
             entry = calibrated.get(level) or {"level": level, "operations": ArithTask(level=level).level.operations,
                                               "n": args.n, "policy": args.policy_label, "model": args.model}
@@ -312,7 +347,7 @@ def main(argv=None) -> dict:
             rows = budget_study.summarise(found["points"])
             budget_study.plot(rows, out.with_name(f"{out.stem}_{args.policy_label}_{level}.png"),
                               f"arith {level}, {args.n} test problems, policy {args.policy_label}, critic {args.critic}",
-                              algorithms=["greedy"] + list(SEARCHES) + [v for v, _ in REVOTES.values()])
+                              algorithms=["greedy"] + list(SEARCHES) + [v for votes in REVOTES.values() for v, _ in votes])
             for row in found["mcts_vs_best"]:
                 se = f"{100 * row['se']:.1f}" if row["se"] is not None else "-"
                 print(f"  {level} budget {row['budget']}: mcts - {row['best']} = {100 * row['diff']:+.1f} ± {se} points",
