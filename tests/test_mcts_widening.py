@@ -160,22 +160,23 @@ def test_a_widening_draws_by_visits_only_at_a_node_without_a_value():
     from treesearch.tree import Tree
 
     algorithm = make_algorithm("mcts", root_expansions=1, expansions=2, widening_alpha=1.0, widening_margin=0.1)
+    wanted = algorithm.config.widening_rule().samples_wanted
     tree = Tree("w", "q")
     (a,) = tree.add_children(0, [A])
     tree.critic_value[a] = 0.8
     tree.add_children(a, [A1, A2])
     tree.samples[0], tree.samples[a] = 1, 2
     tree.visits[0], tree.visits[a] = 9, 8
-    assert algorithm._samples_wanted(tree, 0) == 8  # ceil(1 * 9) - 1
-    assert algorithm._samples_wanted(tree, a) == 2  # not ceil(2 * 8) - 2 = 14
+    assert wanted(tree, 0) == 8  # ceil(1 * 9) - 1
+    assert wanted(tree, a) == 2  # not ceil(2 * 8) - 2 = 14
     (b,) = tree.add_children(a, [A3], extend=True)
-    assert algorithm._samples_wanted(tree, b) == 2  # a first expansion
+    assert wanted(tree, b) == 2  # a first expansion
     # a saturated (paced) valued node draws at most one expansion's worth, however far
     # its visits have run ahead: here its allowance is ceil(1.0 * 400) = 400 samples
     tree.widen_k[a], tree.visits[a], tree.samples[a] = 1.0, 400, 8
-    assert algorithm._samples_wanted(tree, a) == 2
+    assert wanted(tree, a) == 2
     tree.samples[a] = 399  # one short of the allowance: one step
-    assert algorithm._samples_wanted(tree, a) == 1
+    assert wanted(tree, a) == 1
 
 
 def endless(prefix):
@@ -219,7 +220,8 @@ def test_a_node_with_nothing_open_below_widens_at_the_progressive_pace_else_is_r
     # alpha .5 it may hold ceil(1 * N ** .5) samples after N visits: at 1 visit it is
     # visited as it stands (REVISIT), at 2 it is due a second sample (WIDEN).
     from treesearch import kernels
-    from treesearch.search.selection import Descent, Widening
+    from treesearch.search.selection import Descent
+    from treesearch.search.widening import Widening
     from treesearch.tree import Tree
 
     def outcome(tree, **widening):

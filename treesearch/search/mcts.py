@@ -8,23 +8,8 @@ One simulation:
    over the tree;
 2. expand: sample `expansions` next steps (`root_expansions` at the root), merge
    identical ones, and value every new child with the critic. With `widening`, an
-   expanded node gets more children later (see `selection.Widening`), so a node whose
-   first samples missed the right step is not cut off for good: when its best child's
-   Q is below its own critic value by more than `widening_margin` (then `expansions`
-   more steps); at the root, which has no value, when it has drawn fewer than
-   `ceil(root_expansions * N ** widening_alpha)` steps after N visits (progressive
-   widening); and when none of its children is open (all ended in answers, dead ends
-   or closed subtrees) at that same progressive pace, `ceil(expansions * N **
-   widening_alpha)`. Such a node that is not due a sample is visited as it stands,
-   backing up its Q at no token cost, as a terminal is visited, so its visits, and with
-   them its next widening, come while the search values it. A widening that brings only
-   steps the node already has ends the simulation at the best child drawn again; when
-   few unseen steps are left to expect (see `_saturated`) the node is paced by its
-   visits from then on (progressive widening resumed once its visits have doubled:
-   `Tree.widen_k`), so a right step of small probability stays within reach of a large
-   budget. It stops widening for good instead when none of its children is open and
-   they are as good as it promised (nothing is left to look for there), and with
-   `widening_alpha` 0;
+   expanded node gets more children later, and a node not due them is visited as it
+   stands (see `treesearch.search.widening`);
 3. simulate: the best new child is the simulation's leaf; optionally roll it forward
    greedily for `rollforward_steps` steps and mix the critic value of where it lands:
    v = (1 - rollforward_weight) * v_critic + rollforward_weight * v_rollforward;
@@ -53,16 +38,10 @@ import numpy as np
 
 from treesearch import kernels
 from treesearch.search.base import SearchAlgorithm, SearchConfig, SearchContext
-from treesearch.search.selection import Q_TRANSFORMS, SELECTION_RULES, Descent, Widening
+from treesearch.search.selection import Q_TRANSFORMS, SELECTION_RULES, Descent
+from treesearch.search.widening import Widening
 
 BACKUPS = ("mean", "max")
-
-
-# A saturated node widens again once its visits reach this multiple of its visits when it
-# saturated, then progressively (see `MCTSStar._resampled`). Measured on the controlled
-# benchmark (BENCHMARKS.md): resuming at once (1) found most at 16-32 solutions but lost
-# up to 8 points at 4-8 solutions with a noisy critic; 2 kept the small budgets intact.
-PACED_RESUME_FACTOR = 2.0
 
 
 @dataclass
@@ -218,27 +197,6 @@ class MCTSStar(SearchAlgorithm):
         descent.observe([value])
         return node, value
 
-    def _samples_wanted(self, tree, node: int) -> int:
-        """Steps to sample at `node` now: a first expansion's `root_expansions` /
-        `expansions`; for a progressive widening of a node without a critic value (the
-        root), up to what its visits allow; for a node the critic valued (its children fell
-        short of it, or none is open), one expansion's worth, and for a saturated one at
-        most that (however far its visits have run ahead of its samples)."""
-        cfg = self.config
-        k0 = cfg.root_expansions if node == 0 else cfg.expansions
-        paced = not np.isnan(tree.widen_k[node])
-        valued = not np.isnan(tree.critic_value[node])
-        if not tree.expanded[node] or (valued and not paced):
-            return k0
-        k = float(tree.widen_k[node]) if paced else None
-        allowed = cfg.widening_rule().allowed_samples(int(tree.visits[node]), root=node == 0, k=k)
-        missing = allowed - int(tree.samples[node])
-        if valued:
-            return min(max(missing, 1), k0)
-        if missing > 0:
-            return missing
-        return 1 if paced else k0
-
     async def _expand(
         self, ctx: SearchContext, descent: Descent, node: int, pending: dict[int, asyncio.Future], path: list[int]
     ) -> tuple[int, float]:
@@ -252,11 +210,11 @@ class MCTSStar(SearchAlgorithm):
             drawn = int(tree.samples[node])
             old_kids = tree.children(node)
             old_dups = tree.duplicates[old_kids].copy()
-            kids = await ctx.expand(node, self._samples_wanted(tree, node), widenable=cfg.widening)
+            kids = await ctx.expand(node, descent.widening.samples_wanted(tree, node), widenable=cfg.widening)
             if kids.size == 0:
                 if tree.samples[node] == drawn:
                     return -1, float("nan")  # nothing was affordable
-                return self._resampled(tree, node, old_kids, old_dups, path)
+                return self._resampled(tree, descent.widening, node, old_kids, old_dups, path)
             values = await ctx.score(kids)
             descent.observe(values)
         finally:
@@ -273,20 +231,14 @@ class MCTSStar(SearchAlgorithm):
             value = (1 - cfg.rollforward_weight) * value + cfg.rollforward_weight * float(rolled)
         return best, value
 
-    def _resampled(self, tree, node: int, kids: np.ndarray, dups_before: np.ndarray, path: list[int]) -> tuple[int, float]:
-        """A widening of `node` that brought only steps it already had. When few unseen
-        steps are left to expect (`_saturated`), the node stops widening on its own rule:
-        from then on its visits pace it (`Tree.widen_k`: it may draw
-        `ceil(widen_k * N ** widening_alpha)` samples after N visits, the allowance
-        reaching its samples now once its visits have doubled, `PACED_RESUME_FACTOR`),
-        so a right step with a small probability stays within reach as the search keeps
-        coming back (a node with no open child gets its visits from `_revisit`), unless
-        `_pace_or_stop` stops it for good. The simulation ends at the best child that was
-        sampled again, backing up its value, so the node's visits grow and selection
-        moves on instead of widening it again at once. Returns (-1, NaN) when no child
-        was sampled again (the steps were empty)."""
-        if tree.can_widen[node] and self._saturated(tree, node):
-            self._pace_or_stop(tree, node)
+    def _resampled(self, tree, widening: Widening, node: int, kids: np.ndarray, dups_before: np.ndarray,
+                   path: list[int]) -> tuple[int, float]:
+        """A widening of `node` that brought only steps it already had (the node may be
+        paced or stopped from now on: `Widening.after_repeat`). The simulation ends at the
+        best child that was sampled again, backing up its value, so the node's visits grow
+        and selection moves on instead of widening it again at once. Returns (-1, NaN)
+        when no child was sampled again (the steps were empty)."""
+        widening.after_repeat(tree, node, self.config.backup)
         again = kids[tree.duplicates[kids] > dups_before]
         if again.size == 0:
             return -1, float("nan")
@@ -297,39 +249,3 @@ class MCTSStar(SearchAlgorithm):
         path.append(best)
         tree.virtual_loss[best] += 1
         return best, float(np.nanmax(q))
-
-    def _pace_or_stop(self, tree, node: int) -> None:
-        """A saturated node: paced by its visits from now on (see `_resampled`), or
-        stopped for good when pacing cannot reach it again (`widening_alpha` 0) or when
-        nothing is left to look for there: none of its children is open and they do not
-        fall short of its value (`_falls_short`)."""
-        kids = tree.children(node)
-        open_kids = kids.size > 0 and not tree.closed[kids].all()
-        if self.config.widening_alpha <= 0 or not (open_kids or self._falls_short(tree, node)):
-            tree.stop_widening(node)
-        elif np.isnan(tree.widen_k[node]):
-            resume_at = PACED_RESUME_FACTOR * max(int(tree.visits[node]), 1)
-            tree.widen_k[node] = int(tree.samples[node]) / resume_at ** self.config.widening_alpha
-
-    def _falls_short(self, tree, node: int) -> bool:
-        """`node`'s children fall short of what it promised: it has no critic value (the
-        root), or its best child's Q is below that value by more than `widening_margin`
-        (never, without a margin)."""
-        if np.isnan(tree.critic_value[node]):
-            return True
-        margin = self.config.widening_margin
-        return bool(kernels.children_fall_short(
-            int(node), tree.first_child, tree.next_sibling, tree.visits, tree.value_sum, tree.value_max,
-            tree.critic_value, self.config.backup == "max", -1.0 if margin is None else float(margin),
-        ))
-
-    @staticmethod
-    def _saturated(tree, node: int) -> bool:
-        """Little chance is left that a new sample at `node` brings an unseen step: the
-        Good-Turing estimate of that chance (children sampled once over all samples),
-        with one pseudo-count against small samples, is below 1/8 (so at least 8
-        samples, every child drawn twice or more)."""
-        kids = tree.children(node)
-        once = int((tree.duplicates[kids] == 0).sum())
-        samples = int((1 + tree.duplicates[kids]).sum())
-        return bool(kids.size) and (once + 1) / (samples + 1) < 1 / 8

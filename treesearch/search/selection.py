@@ -1,4 +1,4 @@
-"""Child selection (PUCT / UCT with virtual loss), widening, and step priors.
+"""Child selection (PUCT / UCT with virtual loss) and step priors.
 
 For the children `a` of node `s`, with visits `n`, virtual loss `l` (simulations in flight
 through the child), backed-up value `Q` (the critic's value while unvisited; `fpu` when
@@ -14,12 +14,9 @@ values seen in the tree so far (as MuZero normalises Q, so `c` does not depend o
 critic's scale). Closed children (nothing new below them) are never selected. Ties go to
 the lowest id.
 
-Widening (`Widening`): a node that may widen stops the descent and gets more children
-when the critic valued it and its best child's Q falls short of that value by more than
-`margin` (no child is as good as the node promised); for a node without a value (the
-root), when it has drawn fewer than `ceil(k0 * N ** alpha)` samples after N visits
-(progressive widening); and when all its children are closed, at that same pace (at
-once with alpha 0); not due, it is visited as it stands (`kernels.REVISIT`).
+The descent stops early at a node that should widen (the rule: `widening.Widening`);
+one with no open child that is not due a widening is visited as it stands
+(`kernels.REVISIT`).
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from treesearch import kernels
+from treesearch.search.widening import Widening
 from treesearch.tree import Tree
 
 SELECTION_RULES = ("puct", "uct")
@@ -90,29 +88,6 @@ def select_child(
         float(c), _rule_code(rule), backup == "max", float(vl_value), float(fpu),
         float(q_range[0]), float(q_range[1]),
     ))
-
-
-@dataclass(frozen=True)
-class Widening:
-    """When an expanded node that may widen (`Tree.can_widen`) gets more children: a
-    node the critic valued, with `margin` set, when its best child's Q is below that
-    value by more than `margin`; a node without a value (the root), while its samples
-    are fewer than `ceil(k0 * max(N, 1) ** alpha)` after N visits (`k0_root` at the
-    root; alpha 0: never by visit count); a node with no open child at that same pace
-    (alpha 0: at once); a saturated node (`Tree.widen_k` set) by visits alone,
-    `ceil(widen_k * N ** alpha)`. See `kernels.should_widen` and `kernels.descend`."""
-
-    k0_root: int = 1
-    k0: int = 1
-    alpha: float = 0.0
-    margin: Optional[float] = None
-
-    def allowed_samples(self, visits: int, root: bool, k: Optional[float] = None) -> int:
-        """How many samples a node with `visits` may have drawn by now (with `k`, a
-        saturated node's own coefficient `Tree.widen_k`)."""
-        if k is None:
-            k = self.k0_root if root else self.k0
-        return int(kernels.allowed_samples(float(k), visits, float(self.alpha)))
 
 
 @dataclass
