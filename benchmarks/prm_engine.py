@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import platform
 import statistics
@@ -46,9 +47,11 @@ def random_prm(folder: Path) -> Path:
     import torch
 
     from critics.prm_model import ValueHeadModel
-    from treesearch.models import load_causal_lm
+    from treesearch.models import drop_gguf_marker, load_causal_lm
 
     model, tok = load_causal_lm("smollm2", device="cpu", dtype="float32")
+    model = copy.deepcopy(model)  # not the loader's cached one
+    drop_gguf_marker(model)  # dequantised to fp32 on load: saved as a plain folder
     torch.manual_seed(0)
     return ValueHeadModel(model).save_pretrained(folder, tok)
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from critics.base import Critic
 from critics.registry import as_critic, register_critic
+from treesearch.schemas import RolloutCriticConfig
 from treesearch.tasks import Task
 from treesearch.types import SamplingParams, State
 
@@ -25,12 +26,12 @@ class RolloutCritic:
     def __init__(
         self,
         policy: Any,
-        k: int = 4,
+        k: int = RolloutCriticConfig.k,
         *,
         task: Optional[Task] = None,
         outcome_critic: Any = None,
-        temperature: float = 0.7,
-        max_new_tokens: int = 512,
+        temperature: float = RolloutCriticConfig.temperature,
+        max_new_tokens: int = RolloutCriticConfig.max_new_tokens,
         seed: Optional[int] = None,
     ):
         if k < 1:

@@ -133,6 +133,27 @@ def scripted_policy(seed: int, mode: str = "sample") -> ScriptedPolicy:
     return ScriptedPolicy(random_script(seed), mode=mode)
 
 
+class ContinuousPolicy(ScriptedPolicy):
+    """A ScriptedPolicy standing in for an engine that batches continuously: it declares
+    `calls_in_flight`, and a call takes `slow_delay` seconds when it holds a state of a
+    problem whose id starts with "slow" (`delay` otherwise)."""
+
+    def __init__(self, script, calls_in_flight: int = 8, delay: float = 0.005, slow_delay: float = 0.25, **kwargs):
+        super().__init__(script, **kwargs)
+        self.calls_in_flight = calls_in_flight
+        self.fast_delay, self.slow_delay = delay, slow_delay
+
+    async def expand(self, states, n, params):
+        slow = any(str(s.problem.id).startswith("slow") for s in states)
+        await asyncio.sleep(self.slow_delay if slow else self.fast_delay)
+        return await super().expand(states, n, params)
+
+
+def continuous_policy(seed: int, calls_in_flight: int = 8) -> ContinuousPolicy:
+    """A ContinuousPolicy on `random_script(seed)`, buildable from a config (`_target_`)."""
+    return ContinuousPolicy(random_script(seed), calls_in_flight=calls_in_flight, mode="sample")
+
+
 class CrashingPolicy:
     """A policy whose process dies on every call (a model that cannot serve)."""
 

@@ -216,6 +216,32 @@ def test_prm_depth_scores_every_decided_step_of_a_run(tmp_path, tiny_model_dir):
         load("prm_depth").main([str(tmp_path / "run"), "--prm", str(tmp_path / "nope"), "--out", str(out)])
 
 
+def test_engine_busy_quick_measures_every_arm_on_one_engine(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+
+    from critics.prm_model import ValueHeadModel
+    from treesearch.models import load_causal_lm
+
+    monkeypatch.setenv("TREESEARCH_CACHE", str(tmp_path / "cache"))
+    model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(0)
+    prm = ValueHeadModel(model).save_pretrained(tmp_path / "prm", tok)
+    out = tmp_path / "busy.json"
+    report = load("engine_busy").main(["--quick", "--prm", str(prm), "--calls-in-flight", "auto,1", "--out", str(out)])
+    assert json.loads(out.read_text()) == report and report["problems"] == 8 and report["trees_in_flight"] == 4
+    arms = report["arms"]
+    assert set(arms) == {"self_consistency", "mcts_free_critic", "mcts_prm", "self_consistency@calls=1",
+                         "mcts_free_critic@calls=1"}
+    for name, arm in arms.items():
+        assert arm["tok_s"] > 0 and 0 < arm["engine_busy"] <= 1 and arm["mean_running"] >= 1
+        assert arm["vs_self_consistency"] == pytest.approx(arm["tok_s"] / arms["self_consistency"]["tok_s"])
+        if "@calls=1" not in name:  # the engine batches continuously: each request is a call of its own
+            assert arm["mean_policy_batch"] == 1
+    assert arms["mcts_prm"]["runs"][0]["critic_calls"] > 0 and arms["mcts_free_critic"]["runs"][0]["policy_calls"] > 0
+    with pytest.raises(SystemExit):
+        load("engine_busy").main(["--quick", "--arms", "mcts_prm"])  # no reference arm
+
+
 def test_prm_engine_quick_compares_both_backends_on_the_same_states(tmp_path, tiny_model_dir, monkeypatch):
     import torch
 

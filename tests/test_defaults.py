@@ -42,6 +42,16 @@ def test_the_job_schedules_like_the_python_api():
         assert {k: params[k].default for k in defaults} == defaults, fn.__qualname__
 
 
+def test_no_yaml_comment_restates_a_default_value():
+    """A number in a comment ("threads (2)") is a second definition that drifts: the
+    comments name the fields, and the schemas hold the values."""
+    restated = re.compile(r"\b[a-z_]+ \(-?\d|\blimit \d")
+    for path in sorted(config_dir().rglob("*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.lstrip().startswith("#"):
+                assert not restated.search(line), f"{path}:{number}: {line.strip()}"
+
+
 def test_the_yaml_files_select_schemas_and_override_nothing():
     """Defaults are defined once: a value written in a search, job or cluster YAML would be
     a second definition (cluster files only set `kind`)."""
@@ -236,11 +246,9 @@ def test_task_loading_and_harvest_take_their_defaults_from_the_schemas():
 # the config's own choices for a shared laptop or a job, where a constructor's default differs
 JOB_TUNED = {
     "threads": 2,  # the policy and critic actors take turns on two cores (constructors: torch's default)
-    "max_batch_size": 64,  # smollm2 on the CPU engine (HFPolicy: 32)
-    "gpu_memory_utilization": 0.85,  # vLLM alone on its GPU (VLLMPolicy: 0.5, sharing)
-    "max_new_tokens": 256,  # rollouts in a job (RolloutCritic: 512)
+    "max_batch_size": 64,  # smollm2 (backend auto) on the CPU engine (HFPolicy: 32)
     "question_field": "input", "answer_field": "target",  # the MAWPS format (JSONLTask: question/answer)
-    "max_length": 384, "epochs": 2, "lr": (2.0e-5, 1.0e-4),  # self-training's small rounds
+    "lr": 2.0e-5,  # self-training's full fine-tuning (train_sft: None, 2e-5 full or 2e-4 LoRA)
 }
 
 

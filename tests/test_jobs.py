@@ -125,3 +125,21 @@ def test_failed_searches_are_retried_on_resume_but_bad_input_rows_are_not(tmp_pa
     (folder.results / "p2.json").write_text(json.dumps({"id": "p2", "error": None}))
     assert folder.finished() == {"p2", "bad-line-3"}
     assert folder.finished(redo_errors=False) == {"p1", "p2", "bad-line-3"}
+
+
+@pytest.mark.parametrize("declared, max_concurrency, expected", [(8, 4, 4), (2, 4, 2), (None, 4, 1)])
+def test_a_policy_pool_learns_how_many_calls_its_backend_takes_at_once(declared, max_concurrency, expected):
+    # a backend that batches continuously takes several calls per replica (at most the
+    # actor's max_concurrency); one that does not say so takes one at a time
+    from treesearch.cluster import ModelPools
+
+    target = (["policy._target_=tests.doubles.continuous_policy", f"+policy.calls_in_flight={declared}"] if declared
+              else ["policy._target_=tests.doubles.scripted_policy"])
+    cfg = compose(["policy=target", *target, "+policy.seed=3", "critic=none", "search=greedy",
+                   f"cluster.policy.max_concurrency={max_concurrency}"])
+    pools = ModelPools(cfg)
+    try:
+        pools.ready()
+        assert pools.clients().policy.calls_in_flight == expected
+    finally:
+        pools.shutdown()

@@ -1,12 +1,13 @@
 """The runner batches requests from many trees; the batcher groups, splits and isolates."""
 
 import asyncio
+import time
 
 import pytest
 
 from treesearch import Budget, Problem, Runner
 from treesearch.batching import Batcher
-from tests.doubles import ScriptedPolicy, hashed_value, random_script
+from tests.doubles import ContinuousPolicy, ScriptedPolicy, hashed_value, random_script
 
 
 def test_many_trees_in_flight_share_policy_batches():
@@ -42,6 +43,43 @@ def test_one_tree_at_a_time_gives_small_batches():
     problems = [Problem(f"p{i}", f"question {i}") for i in range(8)]
     asyncio.run(runner.run(problems, "mcts", Budget(simulations=6), parallel_simulations=1))
     assert runner.stats.policy.mean_batch_size == 1
+
+
+def _finish_times(calls_in_flight: int) -> tuple[dict, ContinuousPolicy]:
+    """Seconds from the start until each problem's result is handed on: one slow problem
+    (every call holding it takes 0.25 s) and three fast ones (5 ms), 4 simulations each."""
+    policy = ContinuousPolicy(random_script(2), calls_in_flight=calls_in_flight, mode="sample")
+    runner = Runner(policy, hashed_value(1), trees_in_flight=4)
+    problems = [Problem("slow", "q")] + [Problem(f"fast{i}", f"q{i}") for i in range(3)]
+    started, done = time.perf_counter(), {}
+    results = asyncio.run(runner.run(problems, "mcts", Budget(simulations=4), seed=0,
+                                     on_result=lambda r: done.setdefault(r.problem.id, time.perf_counter() - started)))
+    assert all(r.error is None for r in results)
+    return done, policy
+
+
+def test_an_engine_that_batches_continuously_gets_each_request_as_it_comes():
+    # every request is a call of its own, so the fast trees go on while the slow tree's
+    # request runs: they are done before its first call returns
+    done, policy = _finish_times(calls_in_flight=8)
+    assert {size for _, size in policy.calls} == {1}
+    assert max(done[f"fast{i}"] for i in range(3)) < 0.25 < done["slow"]
+    # the control: one gathered call at a time, so the fast trees' requests wait in the
+    # slow tree's batches, one slow call per step
+    done, policy = _finish_times(calls_in_flight=1)
+    assert max(size for _, size in policy.calls) > 1
+    assert min(done[f"fast{i}"] for i in range(3)) > 0.5
+
+
+def test_a_backends_calls_in_flight_must_be_a_positive_count():
+    from treesearch.policy.base import calls_in_flight
+
+    assert calls_in_flight(ScriptedPolicy(random_script(1))) == 1  # not declared: one call at a time
+    assert calls_in_flight(ContinuousPolicy(random_script(1), calls_in_flight=5)) == 5
+    with pytest.raises(ValueError, match="calls_in_flight must be an int >= 1, got 0"):
+        calls_in_flight(ContinuousPolicy(random_script(1), calls_in_flight=0))
+    with pytest.raises(ValueError, match="policy_calls_in_flight must be >= 1"):
+        Runner(ScriptedPolicy(random_script(1)), policy_calls_in_flight=0)
 
 
 async def _echo_batches(calls):

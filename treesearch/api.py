@@ -47,7 +47,7 @@ async def asearch(
     cluster: Union[str, Mapping, None] = None,
     max_batch_size: int = Scheduling.max_batch_size,
     max_wait_ms: float = Scheduling.max_wait_ms,
-    trees_in_flight: int = Scheduling.trees_in_flight,
+    trees_in_flight: Optional[int] = Scheduling.trees_in_flight,
     **config: Any,
 ) -> list[SearchResult]:
     """Search each problem with `algorithm` ("mcts", "beam", "best_of_n",

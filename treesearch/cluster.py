@@ -24,7 +24,7 @@ from treesearch.components import build_policy, plain
 from treesearch.config import ClusterConfig, PoolConfig, with_defaults
 from treesearch.hosting import (Clients, critic_from_specs, critic_shares_policy, log_shared_critic, prepare_process,
                                 release, wanted_models)
-from treesearch.policy.base import per_state_counts, per_state_params
+from treesearch.policy.base import calls_in_flight, per_state_counts, per_state_params
 from treesearch.types import JobStopped, State
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,10 @@ class _PolicyHost:
 
     def ping(self) -> bool:
         return True
+
+    def calls_in_flight(self) -> int:
+        """How many calls this actor's backend serves at once to good effect."""
+        return calls_in_flight(self.policy)
 
     def describe(self) -> dict:
         """The config this actor's model was built from."""
@@ -374,10 +378,12 @@ class _Replicated:
 
 
 class RemotePolicy(_Replicated):
-    """The Policy protocol over an ActorPool of PolicyActors."""
+    """The Policy protocol over an ActorPool of PolicyActors; `calls_in_flight`: the calls
+    each replica takes at once (`ModelPools.ready` learns it from the backend)."""
 
-    def __init__(self, pool: ActorPool):
+    def __init__(self, pool: ActorPool, calls_in_flight: int = 1):
         self.pool = pool
+        self.calls_in_flight = calls_in_flight
 
     async def expand(self, states, n, params):
         counts = per_state_counts(states, n)
@@ -441,6 +447,7 @@ class ModelPools:
         self.policy = policy_pool(self.policy_spec, self.shared, cluster["policy"])
         log_shared_critic(self.shared)
         self.critic: Optional[ActorPool] = None  # a critic in a pool of its own
+        self.policy_calls = 1  # calls a policy replica takes at once (known once ready)
         self.critic_specs: Optional[tuple[dict, dict]] = None  # (critic, task) the critic pool was built for
         self.configure(cfg)
 
@@ -465,13 +472,19 @@ class ModelPools:
             pool.revive()
 
     def ready(self) -> None:
+        """Block until every model is loaded; learn how many calls a policy replica takes
+        at once (its backend's `calls_in_flight`, at most the actor's max_concurrency)."""
+        import ray
+
         for pool in self.pools():
             pool.ready()
+        engine_calls = ray.get(self.policy.actors[0].calls_in_flight.remote(), timeout=600)
+        self.policy_calls = max(1, min(int(engine_calls), int(self.policy.options["max_concurrency"])))
 
     def clients(self) -> Clients:
         critic_pool = self.policy if self.shared is not None else self.critic
         critic = RemoteCritic(critic_pool) if critic_pool is not None else None
-        return Clients(RemotePolicy(self.policy), critic, self.policy.replicas,
+        return Clients(RemotePolicy(self.policy, self.policy_calls), critic, self.policy.replicas,
                        critic_pool.replicas if critic_pool is not None else 1)
 
     def replacements(self) -> dict:

@@ -27,11 +27,12 @@ CLUSTER_KINDS = ("ray", "inprocess")
 
 @dataclass
 class Scheduling:
-    """How a run shares the models: `trees_in_flight` searches at once; requests batched
-    up to `max_batch_size` per model replica, waiting at most `max_wait_ms` for a batch to
+    """How a run shares the models: `trees_in_flight` searches at once (None: sized from
+    the policy engine, `treesearch.runner.default_trees_in_flight`); requests batched up
+    to `max_batch_size` per model replica, waiting at most `max_wait_ms` for a batch to
     fill. The defaults of the Python API and of a job (`job` config) alike."""
 
-    trees_in_flight: int = 32
+    trees_in_flight: Optional[int] = None
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
 

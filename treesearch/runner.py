@@ -18,7 +18,7 @@ from critics.registry import as_critic
 from treesearch.batching import Batcher, BatchStats, ModelClock, RoutedBatcher
 from treesearch.config import Scheduling
 from treesearch.hosting import Replicated
-from treesearch.policy.base import Policy
+from treesearch.policy.base import Policy, calls_in_flight
 from treesearch.search import SearchAlgorithm, SearchContext, make_algorithm
 from treesearch.search.answer import select_answer
 from treesearch.search.base import grade_terminals
@@ -59,6 +59,23 @@ class RunStats:
         }
 
 
+# Trees in flight when the policy engine does not say how many requests it runs at once.
+FALLBACK_TREES_IN_FLIGHT = 32
+
+
+def default_trees_in_flight(policy: Any) -> int:
+    """Enough trees to fill the policy engine's batch: as many as it serves calls at once
+    over all its replicas (`calls_in_flight`; each tree has one request in flight by
+    default), and at least `FALLBACK_TREES_IN_FLIGHT` (an engine that runs one call at a
+    time, or a pool that caps its calls, batches requests gathered from those trees)."""
+    replicas = model_replicas(policy)
+    return max(FALLBACK_TREES_IN_FLIGHT, calls_in_flight(policy) * replicas)
+
+
+def model_replicas(model: Any) -> int:
+    return int(model.replicas) if isinstance(model, Replicated) else 1
+
+
 class Runner:
     """Runs searches for many problems against one policy and (optionally) one critic."""
 
@@ -70,23 +87,27 @@ class Runner:
         *,
         max_batch_size: int = Scheduling.max_batch_size,
         max_wait_ms: float = Scheduling.max_wait_ms,
-        trees_in_flight: int = Scheduling.trees_in_flight,
+        trees_in_flight: Optional[int] = Scheduling.trees_in_flight,
         policy_concurrency: int = 1,
         critic_concurrency: int = 1,
+        policy_calls_in_flight: Optional[int] = None,
     ):
-        if trees_in_flight < 1:
+        if trees_in_flight is not None and trees_in_flight < 1:
             raise ValueError(f"trees_in_flight must be >= 1, got {trees_in_flight}")
         if not isinstance(policy, Policy):
             raise TypeError(f"policy {policy!r} lacks expand()/complete(): see treesearch.policy.Policy")
         self.policy = policy
         self.critic: Optional[Critic] = as_critic(critic) if critic is not None else None
         self.task = task or Task()
-        self.trees_in_flight = trees_in_flight
+        self.trees_in_flight = trees_in_flight or default_trees_in_flight(policy)
         # `max_batch_size` is per model replica: with k replicas (concurrency k), a call may
         # hold k times as many requests, which a remote pool scatters over its replicas
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
         self._concurrency = (policy_concurrency, critic_concurrency)
+        if policy_calls_in_flight is not None and policy_calls_in_flight < 1:
+            raise ValueError(f"policy_calls_in_flight must be >= 1, got {policy_calls_in_flight}")
+        self._policy_calls = policy_calls_in_flight or calls_in_flight(policy)
         self.stats = RunStats()
 
     async def _policy_batch(self, key: Hashable, requests: list[PolicyRequest]) -> Sequence[Any]:
@@ -110,15 +131,25 @@ class Runner:
         values = check_values(values, len(states), repr(self.critic))
         return [(float(v), int(t)) for v, t in zip(values, tokens)]
 
-    def _batcher(self, fn, model: Any, concurrency: int, name: str, state_of: Callable[[Any], State]):
+    def _batcher(self, fn, model: Any, concurrency: int, name: str, state_of: Callable[[Any], State],
+                 calls: int = 1):
         """A model's batcher. A replicated model (a Ray pool: `replicas` and `replica_of`)
-        gets one batcher per replica, one call in flight each; others get one batcher
-        with `concurrency` calls in flight."""
-        def make(concurrency: int, label: str) -> Batcher:
-            return Batcher(fn, max_batch_size=self._max_batch_size * concurrency, max_wait_s=self._max_wait_s,
-                           max_concurrency=concurrency, clock=self.stats.clock, name=label)
+        gets one batcher per replica; others get one batcher for `concurrency` replicas.
+        Each replica has `calls` calls in flight: 1 for an engine that serves one call at a
+        time, more for one that batches continuously (a call's requests join the running
+        batch). An in-process engine of that kind gets every request as a call of its own,
+        at once, so it returns as soon as its own samples are done, not when the slowest
+        request of a gathered batch is; across processes calls stay gathered (one hop each)."""
+        remote = isinstance(model, Replicated)
 
-        if isinstance(model, Replicated) and model.replicas > 1:
+        def make(concurrency: int, label: str) -> Batcher:
+            if calls > 1 and not remote:
+                return Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_concurrency=concurrency * calls,
+                               clock=self.stats.clock, name=label)
+            return Batcher(fn, max_batch_size=self._max_batch_size * concurrency, max_wait_s=self._max_wait_s,
+                           max_concurrency=concurrency * calls, clock=self.stats.clock, name=label)
+
+        if remote and model.replicas > 1:
             parts = [make(1, f"{name}[{i}]") for i in range(model.replicas)]
             return RoutedBatcher(parts, lambda item: model.replica_of(state_of(item)))
         return make(concurrency, name)
@@ -141,7 +172,8 @@ class Runner:
             raise ValueError(f"algorithm {algo.name!r} needs a critic: pass critic=...")
         budget = budget or DEFAULT_BUDGET
         problems = list(problems)
-        policy = self._batcher(self._policy_batch, self.policy, self._concurrency[0], "policy", lambda request: request.state)
+        policy = self._batcher(self._policy_batch, self.policy, self._concurrency[0], "policy", lambda request: request.state,
+                               self._policy_calls)
         policy.stats = self.stats.policy
         critic = None
         if self.critic is not None:

@@ -34,6 +34,17 @@ class Policy(Protocol):
         ...
 
 
+def calls_in_flight(policy) -> int:
+    """How many `expand`/`complete` calls a backend serves at once to good effect (its
+    optional `calls_in_flight` attribute): 1 for an engine that runs one call to its end
+    (the default), more for one that batches continuously, where a new call's requests
+    join those running."""
+    calls = getattr(policy, "calls_in_flight", 1)
+    if not isinstance(calls, int) or calls < 1:
+        raise ValueError(f"{type(policy).__name__}.calls_in_flight must be an int >= 1, got {calls!r}")
+    return calls
+
+
 def per_state_counts(states: Sequence[State], n: Union[int, Sequence[int]]) -> list[int]:
     """Normalise the `n` argument of `Policy.expand` to one count per state."""
     counts = [n] * len(states) if isinstance(n, int) else list(n)

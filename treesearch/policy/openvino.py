@@ -83,6 +83,9 @@ class OpenVINOPolicy(BackendCounters):
     prefix caching, requests that arrive together and share a prompt prefix wait for the
     first of them to compute it (`treesearch.policy.prefix_staging`), so it is computed once.
 
+    The engine batches continuously: a call's requests join those running before the next
+    step, so it serves up to `max_batch_size` calls at once (`calls_in_flight`).
+
     Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated, as the pipeline
     does not report it: see `_PrefixEstimate`), `generated_tokens`, `calls`,
     `model_seconds` (time in the pipeline's steps). A request whose caller is cancelled
@@ -125,6 +128,7 @@ class OpenVINOPolicy(BackendCounters):
         scheduler.enable_prefix_caching = bool(prefix_caching)
         scheduler.cache_size = max(1, int(round(cache_gb)))
         scheduler.max_num_seqs = int(max_batch_size)
+        self.calls_in_flight = int(max_batch_size)
         scheduler.max_num_batched_tokens = max(scheduler.max_num_batched_tokens, 2048)
         properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _precision(dtype), "KV_CACHE_PRECISION": "f32"}
         if threads:
@@ -146,6 +150,12 @@ class OpenVINOPolicy(BackendCounters):
     @model_seconds.setter
     def model_seconds(self, value: float) -> None:
         self._engine.step_seconds = value
+
+    @property
+    def mean_running(self) -> float:
+        """Requests running per pipeline step, on average since the engine started: how
+        full its batches were kept."""
+        return self._engine.sequence_steps / self._engine.steps if self._engine.steps else 0.0
 
     def shutdown(self) -> None:
         """Stop the engine thread (pending requests fail) and free the pipeline."""
@@ -231,6 +241,15 @@ class OpenVINOPolicy(BackendCounters):
             await asyncio.wrap_future(x.future)
 
 
+# `pipeline.step` holds Python's GIL for the whole step, so the searches that send requests
+# run only while the engine thread waits. After a step that ended requests it waits for
+# their callers' next requests: up to HANDOFF_FIRST_S for the first, HANDOFF_GAP_S between
+# the next ones, HANDOFF_MAX_S in all (a step of a full batch takes about 100 ms here).
+HANDOFF_FIRST_S = 0.010
+HANDOFF_GAP_S = 0.003
+HANDOFF_MAX_S = 0.020
+
+
 class _Engine:
     """The thread that owns the pipeline: adds requests as they arrive, steps the
     pipeline while any is running, reads each request's new tokens after every step and
@@ -248,6 +267,8 @@ class _Engine:
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.step_seconds = 0.0
+        self.steps = 0  # pipeline steps taken
+        self.sequence_steps = 0  # requests running, summed over the steps (occupancy)
         self.stager = stager
         self.held: list[_Sample] = []
         self._inbox: "queue.SimpleQueue[Optional[list[_Sample]]]" = queue.SimpleQueue()
@@ -273,9 +294,11 @@ class _Engine:
 
     def _run(self) -> None:
         running: dict[int, _Sample] = {}
+        handoff = False  # the last step ended requests: their callers may send the next ones
         while True:
             try:
-                item = self._inbox.get(block=not running and not self.held)
+                item = self._first_item(block=not running and not self.held, handoff=handoff)
+                deadline = time.perf_counter() + HANDOFF_MAX_S
                 while True:
                     if item is None:
                         self._fail([*running.values(), *self.held], RuntimeError("OpenVINOPolicy was shut down"))
@@ -283,13 +306,16 @@ class _Engine:
                         self._settle(running.values())
                         return
                     self.held.extend(item)
-                    item = self._inbox.get_nowait()
+                    wait = min(HANDOFF_GAP_S, deadline - time.perf_counter()) if handoff else 0.0
+                    item = self._inbox.get(timeout=wait) if wait > 0 else self._inbox.get_nowait()
             except queue.Empty:
                 pass
             self._admit(running)
             if not running:
                 continue
             start = time.perf_counter()
+            self.steps += 1
+            self.sequence_steps += len(running)
             try:
                 self.pipeline.step()
             except Exception as err:  # the engine failed: fail what it held, keep serving
@@ -300,6 +326,7 @@ class _Engine:
                 continue
             finally:
                 self.step_seconds += time.perf_counter() - start
+            handoff = False
             for key in list(running):
                 sample = running[key]
                 try:
@@ -310,8 +337,20 @@ class _Engine:
                     done = True
                 if done:
                     del running[key]
+                    handoff = True
                 if self.stager is not None and (done or sample.ids):
                     self.stager.prefilled(key)
+
+    def _first_item(self, block: bool, handoff: bool):
+        """The next item of the inbox: waiting for it when nothing runs; after a step that
+        ended requests, up to `HANDOFF_FIRST_S`, since `pipeline.step` holds Python's GIL
+        and their callers can only send what comes next while this thread waits; else
+        only what is there (raises queue.Empty)."""
+        if block:
+            return self._inbox.get()
+        if handoff:
+            return self._inbox.get(timeout=HANDOFF_FIRST_S)
+        return self._inbox.get_nowait()
 
     def _admit(self, running: dict[int, _Sample]) -> None:
         """Add the held requests that may enter now, in order; the others stay held."""

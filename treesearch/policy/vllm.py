@@ -28,6 +28,7 @@ from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts,
 from treesearch.policy.engine_thread import EngineThread
 from treesearch.policy.steps import find_stop, request_seed, split_completion
 from treesearch.prompting import encode_state
+from treesearch.schemas import VLLMPolicyConfig
 from treesearch.types import SamplingParams, State, Step
 
 INSTALL_HINT = "pip install 'treesearch[vllm]' on a CUDA machine"
@@ -62,6 +63,8 @@ class VLLMPolicy(BackendCounters):
     Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (prompt tokens not served
     from the prefix cache, as vLLM reports), `generated_tokens`, `calls`. It is also a
     `critics.lm.TokenScorer`, so `self_eval` and `loglik` can score with its engine.
+    The engine batches continuously, so it serves as many calls at once as it runs
+    sequences (`calls_in_flight`: `max_num_seqs`, vLLM's default 256 unless given).
     """
 
     def __init__(
@@ -69,7 +72,7 @@ class VLLMPolicy(BackendCounters):
         model: str = "smollm2",
         *,
         dtype: str = "auto",
-        gpu_memory_utilization: float = 0.5,
+        gpu_memory_utilization: float = VLLMPolicyConfig.gpu_memory_utilization,
         seed: int = 0,
         enforce_eager: bool = False,
         export_dir: Optional[Union[str, os.PathLike]] = None,
@@ -87,6 +90,7 @@ class VLLMPolicy(BackendCounters):
         from treesearch.models import load_tokenizer
 
         self.model_name = str(model)
+        self.calls_in_flight = int(engine_kwargs.get("max_num_seqs") or 256)
         self.tokenizer = load_tokenizer(self.model_name)
         args = AsyncEngineArgs(
             model=self.model_name,

@@ -40,6 +40,7 @@ import numpy as np
 from critics.prm_model import PRMFormat, encode_steps, load_value_head, value_head_file
 from treesearch.auc import roc_auc, within_problem_auc  # noqa: F401  (roc_auc: re-exported)
 from treesearch.prompting import has_demonstrations, render_prompt
+from treesearch.schemas import PRMTraining
 from treesearch.train.common import (
     TRAIN_RECORD,
     DataArg,
@@ -343,12 +344,12 @@ def train_prm(
     data: DataArg,
     output_dir: Union[str, os.PathLike],
     *,
-    loss: str = "bce",
-    epochs: float = 1,
-    lr: float = 2e-5,
+    loss: str = PRMTraining.loss,
+    epochs: float = PRMTraining.epochs,
+    lr: float = PRMTraining.lr,
     head_lr: Optional[float] = None,
-    rank_weight: float = 0.0,
-    batch_size: int = 4,
+    rank_weight: float = PRMTraining.rank_weight,
+    batch_size: int = PRMTraining.batch_size,
     max_length: Optional[int] = 1024,
     threads: Optional[int] = None,
     seed: int = 0,

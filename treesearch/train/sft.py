@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from treesearch.schemas import PolicyTraining
 from treesearch.train.common import (
     TRAIN_RECORD,
     DataArg,
@@ -86,11 +87,11 @@ def build_sft_trainer(
     output_dir: Union[str, os.PathLike],
     *,
     eval_examples: Optional[list[dict]] = None,
-    lora: bool = False,
-    epochs: float = 1,
-    lr: float = 2e-5,
-    batch_size: int = 4,
-    max_length: Optional[int] = 1024,
+    lora: bool = PolicyTraining.lora,
+    epochs: float = PolicyTraining.epochs,
+    lr: float = PolicyTraining.lr,
+    batch_size: int = PolicyTraining.batch_size,
+    max_length: Optional[int] = PolicyTraining.max_length,
     seed: int = 0,
     max_steps: Optional[int] = None,
     gradient_accumulation_steps: int = 1,
@@ -154,11 +155,11 @@ def train_sft(
     data: DataArg,
     output_dir: Union[str, os.PathLike],
     *,
-    lora: bool = False,
-    epochs: float = 1,
+    lora: bool = PolicyTraining.lora,
+    epochs: float = PolicyTraining.epochs,
     lr: Optional[float] = None,
-    batch_size: int = 4,
-    max_length: Optional[int] = 1024,
+    batch_size: int = PolicyTraining.batch_size,
+    max_length: Optional[int] = PolicyTraining.max_length,
     threads: Optional[int] = None,
     seed: int = 0,
     eval_data: Optional[DataArg] = None,
