@@ -84,47 +84,24 @@ def default_job(repeats: int) -> dict:
         process = time.perf_counter() - start
         metrics = json.loads((folder / "metrics.json").read_text())
         if i:  # the first run converts the model and warms the caches
-            runs.append({"process_s": process, "search_wall_s": metrics["wall_seconds"],
-                         "generated_tokens": metrics.get("generated_tokens")})
+            session = metrics["last_session"]
+            runs.append({"process_s": process, "search_wall_s": session["wall_seconds"],
+                         "generated_tokens": metrics["generated_tokens"]["total"],
+                         "policy_call_s": session["policy"]["call_seconds"],
+                         "critic_call_s": session["critic"]["call_seconds"]})
     return {"runs": runs, "median_search_wall_s": statistics.median(r["search_wall_s"] for r in runs),
             "median_process_s": statistics.median(r["process_s"] for r in runs)}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=192)
-    parser.add_argument("--trees", type=int, default=None,
-                        help="trees in flight (default: as many as the engine runs requests at once, 64)")
-    parser.add_argument("--tokens", type=int, default=96)
-    parser.add_argument("--level", default="word2-10")
-    parser.add_argument("--prm", type=Path, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calls-in-flight", default="auto",
-                        help="policy calls in flight at once: auto (from the engine) or a number; "
-                             "a list (auto,1) runs every arm under each, the ratios against the first's self-consistency")
-    parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--job", action="store_true", help="also time the default `treesearch search`")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--quick", action="store_true", help="8 problems, 64 tokens, 1 repeat, a temporary file (CI)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.problems, args.trees, args.tokens, args.repeats = 8, 4, 64, 1
-    arms = args.arms.split(",")
-    if set(arms) - set(ARMS) or "self_consistency" not in arms:
-        parser.error(f"--arms: some of {ARMS}, self_consistency among them (the reference)")
-    out = args.out or (Path(tempfile.mkdtemp(prefix="engine-busy-")) / "engine_busy.json" if args.quick
-                       else HERE / "results" / "engine_busy.json")
-    settings = [None if c == "auto" else int(c) for c in args.calls_in_flight.split(",")]
-    import torch
-
+def measure_arms(args, arms: list[str], settings: list[Optional[int]]) -> dict:
+    """Every arm under each calls-in-flight setting, taking turns within each repeat, on one
+    OpenVINO engine after a warm-up pass; medians and ratios to self-consistency."""
     from critics import as_critic
     from critics.prm import PRMCritic
     from treesearch import Budget, Runner
     from treesearch.policy.openvino import OpenVINOPolicy
     from treesearch.tasks import ArithTask
 
-    torch.set_num_threads(args.threads)
     task = ArithTask(level=args.level)
     problems = task.load(split="dev", limit=task.available("dev", args.problems))
     policy = OpenVINOPolicy("smollm2", threads=args.threads)
@@ -137,9 +114,8 @@ def main(argv=None) -> dict:
               "mcts_free_critic": ("mcts", {}), "mcts_prm": ("mcts", {})}
     asyncio.run(Runner(policy, None, task, trees_in_flight=trees).run(problems, "greedy", Budget(generated_tokens=args.tokens)))  # warm-up
     report = {"problems": len(problems), "trees_in_flight": trees, "level": args.level, "tokens_per_problem": args.tokens,
-              "repeats": args.repeats, "threads": args.threads, "calls_in_flight": args.calls_in_flight,
-              "prm": str(args.prm) if args.prm else "random head on smollm2",
-              "machine": f"{platform.machine()}, torch {torch.__version__}", "arms": {}}
+              "calls_in_flight": args.calls_in_flight, "arms": {},
+              "prm": (str(args.prm) if args.prm else "random head on smollm2") if "mcts_prm" in arms else None}
     # every arm under the first setting; the others compare the PRM-free arms (the PRM arm is the long one)
     variants = [(arm, calls) for i, calls in enumerate(settings) for arm in arms if i == 0 or arm != "mcts_prm"]
     names = {(arm, calls): arm if calls == settings[0] else f"{arm}@calls={calls or 'auto'}" for arm, calls in variants}
@@ -164,6 +140,42 @@ def main(argv=None) -> dict:
         print(f"{arm:<26} median {tok_s:6.1f} tok/s = {report['arms'][arm]['vs_self_consistency']:.2f}x "
               f"self-consistency", flush=True)
     policy.shutdown()
+    return report
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", type=int, default=192)
+    parser.add_argument("--trees", type=int, default=None,
+                        help="trees in flight (default: as many as the engine runs requests at once, 64)")
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--level", default="word2-10")
+    parser.add_argument("--prm", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calls-in-flight", default="auto",
+                        help="policy calls in flight at once: auto (from the engine) or a number; "
+                             "a list (auto,1) runs every arm under each, the ratios against the first's self-consistency")
+    parser.add_argument("--arms", default=",".join(ARMS), help='the arms (with --job, "" for the job alone)')
+    parser.add_argument("--job", action="store_true", help="also time the default `treesearch search`")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="8 problems, 64 tokens, 1 repeat, a temporary file (CI)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.problems, args.trees, args.tokens, args.repeats = 8, 4, 64, 1
+    arms = [a for a in args.arms.split(",") if a]
+    if (set(arms) - set(ARMS) or "self_consistency" not in arms) and (arms or not args.job):
+        parser.error(f"--arms: some of {ARMS}, self_consistency among them (the reference); none with --job")
+    out = args.out or (Path(tempfile.mkdtemp(prefix="engine-busy-")) / "engine_busy.json" if args.quick
+                       else HERE / "results" / "engine_busy.json")
+    settings = [None if c == "auto" else int(c) for c in args.calls_in_flight.split(",")]
+    import torch
+
+    torch.set_num_threads(args.threads)
+    report = {"repeats": args.repeats, "threads": args.threads,
+              "machine": f"{platform.machine()}, torch {torch.__version__}"}
+    if arms:
+        report.update(measure_arms(args, arms, settings))
     if args.job:
         report["default_job"] = default_job(args.repeats)
         print(f"default job: search wall {report['default_job']['median_search_wall_s']:.1f} s "
