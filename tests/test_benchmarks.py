@@ -108,7 +108,10 @@ def test_throughput_quick_with_a_tiny_model(tmp_path, tiny_model_dir, monkeypatc
     assert cached["prompt_tokens_naive"] == uncached["prompt_tokens_naive"] == uncached["prompt_tokens_encoded"]
     assert cached["prompt_tokens_encoded"] < uncached["prompt_tokens_encoded"]
     assert {r["engine"] for r in report["mcts"]} == {"openvino_fp32", "hf_policy"}
-    assert all(r["tok_s"] > 0 and r["mean_policy_batch"] > 1 for r in report["mcts"])
+    for r in report["mcts"]:
+        assert r["tok_s"] > 0
+        # transformers gets requests gathered across trees; OpenVINO batches continuously, a call per request
+        assert r["mean_policy_batch"] > 1 if r["engine"] == "hf_policy" else r["mean_policy_batch"] == 1
     assert "job" not in report
     assert all(r["ratio"] > 1 for r in report["prefix"])  # KV reuse encodes fewer prompt tokens
     assert report["batching"]["rows"][1]["mean_policy_batch"] > report["batching"]["rows"][0]["mean_policy_batch"]
