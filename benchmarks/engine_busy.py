@@ -55,8 +55,7 @@ def arm_run(policy, critic, task, problems, algorithm: str, tokens: int, trees: 
     from treesearch import Budget, Runner
 
     runner = Runner(policy, critic, task, trees_in_flight=trees, policy_calls_in_flight=calls_in_flight)
-    engine_before = policy.model_seconds
-    steps_before, running_before = policy._engine.steps, policy._engine.sequence_steps
+    before = policy.stats()
     start = time.perf_counter()
     results = asyncio.run(runner.run(problems, algorithm, Budget(generated_tokens=tokens), seed=0, **options))
     wall = time.perf_counter() - start
@@ -64,10 +63,11 @@ def arm_run(policy, critic, task, problems, algorithm: str, tokens: int, trees: 
     if errors:
         raise RuntimeError(f"{algorithm}: {len(errors)} problems failed, e.g. {errors[0]}")
     generated = sum(r.accounting.generated_tokens for r in results)
+    spent = {key: value - before[key] for key, value in policy.stats().items()}
     return {"wall_s": wall, "generated_tokens": generated, "tok_s": generated / wall,
-            "engine_busy": (policy.model_seconds - engine_before) / wall,
+            "engine_busy": spent["model_seconds"] / wall,
             "mean_policy_batch": runner.stats.policy.mean_batch_size,
-            "mean_running": (policy._engine.sequence_steps - running_before) / max(1, policy._engine.steps - steps_before),
+            "mean_running": spent["sequence_steps"] / max(1, spent["engine_steps"]),
             "policy_calls": runner.stats.policy.calls, "critic_calls": runner.stats.critic.calls,
             "accuracy": sum(bool(r.correct) for r in results) / len(results)}
 

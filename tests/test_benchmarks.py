@@ -219,7 +219,9 @@ def test_prm_depth_scores_every_decided_step_of_a_run(tmp_path, tiny_model_dir):
         load("prm_depth").main([str(tmp_path / "run"), "--prm", str(tmp_path / "nope"), "--out", str(out)])
 
 
-def test_engine_busy_quick_measures_every_arm_on_one_engine(tmp_path, tiny_model_dir, monkeypatch):
+def tiny_prm(tmp_path, tiny_model_dir, monkeypatch):
+    """A value-head PRM with a random head on the tiny model, its OpenVINO IR cached under
+    `tmp_path`."""
     import torch
 
     from critics.prm_model import ValueHeadModel
@@ -228,7 +230,11 @@ def test_engine_busy_quick_measures_every_arm_on_one_engine(tmp_path, tiny_model
     monkeypatch.setenv("TREESEARCH_CACHE", str(tmp_path / "cache"))
     model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
     torch.manual_seed(0)
-    prm = ValueHeadModel(model).save_pretrained(tmp_path / "prm", tok)
+    return ValueHeadModel(model).save_pretrained(tmp_path / "prm", tok)
+
+
+def test_engine_busy_quick_measures_every_arm_on_one_engine(tmp_path, tiny_model_dir, monkeypatch):
+    prm = tiny_prm(tmp_path, tiny_model_dir, monkeypatch)
     out = tmp_path / "busy.json"
     report = load("engine_busy").main(["--quick", "--prm", str(prm), "--calls-in-flight", "auto,1", "--out", str(out)])
     assert json.loads(out.read_text()) == report and report["problems"] == 8 and report["trees_in_flight"] == 4
@@ -246,15 +252,7 @@ def test_engine_busy_quick_measures_every_arm_on_one_engine(tmp_path, tiny_model
 
 
 def test_prm_engine_quick_compares_both_backends_on_the_same_states(tmp_path, tiny_model_dir, monkeypatch):
-    import torch
-
-    from critics.prm_model import ValueHeadModel
-    from treesearch.models import load_causal_lm
-
-    monkeypatch.setenv("TREESEARCH_CACHE", str(tmp_path / "cache"))
-    model, tok = load_causal_lm(str(tiny_model_dir), device="cpu")
-    torch.manual_seed(0)
-    folder = ValueHeadModel(model).save_pretrained(tmp_path / "prm", tok)
+    folder = tiny_prm(tmp_path, tiny_model_dir, monkeypatch)
     out = tmp_path / "engine.json"
     report = load("prm_engine").main(["--quick", "--prm", str(folder), "--batch", "8", "--out", str(out)])
     assert json.loads(out.read_text()) == report and report["states"] == 32

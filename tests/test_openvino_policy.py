@@ -258,6 +258,9 @@ def test_many_concurrent_calls_and_accounting(pair):
     encoded = after["prompt_tokens_encoded"] - before["prompt_tokens_encoded"]
     assert 0 < encoded < naive
     assert engine.model_seconds > 0
+    # occupancy: every step ran at least one request, and the 16 requests shared steps
+    steps = after["engine_steps"] - before["engine_steps"]
+    assert 0 < steps < after["sequence_steps"] - before["sequence_steps"] <= 16 * steps
 
 
 def test_a_cancelled_call_frees_the_engine(pair):

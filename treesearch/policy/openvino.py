@@ -70,6 +70,11 @@ class _Sample:
     handle: Any = None
 
 
+def _engine_counter(name: str) -> property:
+    """A counter of the policy that the engine thread keeps (read and reset through it)."""
+    return property(lambda self: getattr(self._engine, name), lambda self, value: setattr(self._engine, name, value))
+
+
 class OpenVINOPolicy(BackendCounters):
     """A `Policy` on OpenVINO GenAI's continuous-batching pipeline (CPU).
 
@@ -88,11 +93,13 @@ class OpenVINOPolicy(BackendCounters):
 
     Counters: `prompt_tokens_naive`, `prompt_tokens_encoded` (estimated, as the pipeline
     does not report it: see `_PrefixEstimate`), `generated_tokens`, `calls`,
-    `model_seconds` (time in the pipeline's steps). A request whose caller is cancelled
+    `model_seconds` (time in the pipeline's steps), `engine_steps` (steps taken) and
+    `sequence_steps` (requests running, summed over the steps: divided by `engine_steps`,
+    how full its batches were kept). A request whose caller is cancelled
     is stopped at the next step; one that fails fails alone.
     """
 
-    COUNTERS = BackendCounters.COUNTERS + ("model_seconds",)
+    COUNTERS = BackendCounters.COUNTERS + ("model_seconds", "engine_steps", "sequence_steps")
 
     def __init__(
         self,
@@ -143,19 +150,9 @@ class OpenVINOPolicy(BackendCounters):
         self._engine = _Engine(pipeline, self.tokenizer, self.eos_ids, stager)
         self.reset_counters()
 
-    @property
-    def model_seconds(self) -> float:
-        return self._engine.step_seconds
-
-    @model_seconds.setter
-    def model_seconds(self, value: float) -> None:
-        self._engine.step_seconds = value
-
-    @property
-    def mean_running(self) -> float:
-        """Requests running per pipeline step, on average since the engine started: how
-        full its batches were kept."""
-        return self._engine.sequence_steps / self._engine.steps if self._engine.steps else 0.0
+    model_seconds = _engine_counter("step_seconds")
+    engine_steps = _engine_counter("steps")
+    sequence_steps = _engine_counter("sequence_steps")
 
     def shutdown(self) -> None:
         """Stop the engine thread (pending requests fail) and free the pipeline."""
