@@ -16,6 +16,8 @@ Each check runs on its own; one failing does not stop the others:
   vllm_loglik        the same for loglik
   vllm_rollout       a rollout critic that rolls out with the vLLM policy
   prm                (with --prm) the PRM critic on CUDA
+  vllm_prm           (with --prm, a value-head folder) the PRM on vLLM's pooling runner: step
+                     values agree with transformers' on CUDA within 0.01
   ray_job            a batch job through Ray with policy=vllm: the policy actor holds a GPU,
                      the self_eval critic runs on its engine (no critic actor), every problem
                      has a row and no error
@@ -158,6 +160,27 @@ def check_prm(ctx: dict) -> str:
     return f"values {[round(float(v), 2) for v in values]}"
 
 
+def check_vllm_prm(ctx: dict) -> str:
+    """A value-head PRM on vLLM's pooling runner against the same PRM in transformers on CUDA."""
+    import numpy as np
+
+    from critics.prm import PRMCritic
+
+    batch = states(8, steps=("16 - 3 - 4 = 9 eggs are left.\n", "9 * 2 = 18 dollars.\n"))
+    on_cuda = PRMCritic(ctx["prm"], backend="hf", device="cuda", dtype="float32")
+    served = PRMCritic(ctx["prm"], backend="vllm", dtype="float32")
+    try:
+        started = time.perf_counter()
+        got = asyncio.run(served.step_values(batch))
+        seconds = time.perf_counter() - started
+        want = asyncio.run(on_cuda.step_values(batch))
+    finally:
+        served.shutdown()
+    gap = float(np.max(np.abs(np.concatenate([np.subtract(a, b) for a, b in zip(got, want)]))))
+    assert gap < 0.01, f"step values differ by {gap:.4f}"
+    return f"largest step-value difference {gap:.5f} over 8 states x 2 steps; {seconds * 1000 / len(batch):.0f} ms per state"
+
+
 def _job_overrides(ctx: dict, out: Path, *extra: str) -> list[str]:
     return ["policy=vllm", f"policy.model={ctx['model']}", "policy.gpu_memory_utilization=0.4",
             "policy.max_model_len=2048", "task.limit=4", "search.budget.generated_tokens=256",
@@ -214,6 +237,7 @@ CHECKS: list[tuple[str, Callable[[dict], str], str]] = [
     ("vllm_loglik", check_vllm_loglik, "vllm_policy"),
     ("vllm_rollout", check_vllm_rollout, "vllm_policy"),
     ("prm", check_prm, "prm"),
+    ("vllm_prm", check_vllm_prm, "prm"),
     ("ray_job", check_ray_job, "vllm"),
     ("reload", check_reload, "models"),
 ]

@@ -1,12 +1,13 @@
 """Throughput of the policy backends and of the engine around them, side by side.
 
     python benchmarks/throughput.py [--threads 2] [--repeats 3] [--sections ...] [--model smollm2]
-        [--overhead-tokens 1000] [--overhead-step-tokens 4] [--job-repeats 3] [--quick] [--out FILE.json]
+        [--overhead-tokens 1000] [--overhead-step-tokens 4] [--job-repeats 3] [--vllm] [--quick] [--out FILE.json]
 
 Sections (each ratio is measured in one run, same model, same machine):
   generation  tokens/s at batch 1, 8, 32, 64 (greedy, 64 new tokens, distinct GSM8K
               questions) of the OpenVINO backend (fp32 and int8 weights), HFPolicy, and
-              the same model's plain transformers `generate`, taking turns per batch size
+              the same model's plain transformers `generate`, taking turns per batch size;
+              with --vllm also VLLMPolicy on vLLM's CPU build (here, and in tree and mcts)
   tree        the tree pattern: 8 states x 8 samples of a 32-token step, then 8 samples
               under each of 8 of those children (prompts that extend cached ones), for
               the OpenVINO backend with and without prefix caching and HFPolicy
@@ -259,6 +260,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--overhead-step-tokens", type=int, default=4, help="max tokens per step in the overhead job")
     parser.add_argument("--job-repeats", type=int, default=3, help="runs of the default job per backend")
     parser.add_argument("--no-openvino", action="store_true", help="leave the OpenVINO backend out")
+    parser.add_argument("--vllm", action="store_true",
+                        help="add vLLM (its CPU build, in its own environment: docs/install.md), in the CPU's "
+                             "default dtype and in float32, to the generation, tree and mcts sections")
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -281,6 +285,12 @@ def main(argv=None) -> dict:
         engines["openvino_fp32"] = OpenVINOPolicy(args.model, threads=args.threads, max_batch_size=64)
         if not args.quick:
             engines["openvino_int8"] = OpenVINOPolicy(args.model, weights="int8", threads=args.threads, max_batch_size=64)
+    if args.vllm and sections & {"generation", "tree", "mcts"}:
+        from treesearch.policy.vllm import VLLMPolicy, cpu_dtype
+
+        engines[f"vllm_{cpu_dtype()}"] = VLLMPolicy(args.model, threads=args.threads, max_model_len=4096)
+        if cpu_dtype() != "float32":
+            engines["vllm_float32"] = VLLMPolicy(args.model, dtype="float32", threads=args.threads, max_model_len=4096)
     engines["hf_policy"] = policy
     report = {
         "date": str(date.today()),

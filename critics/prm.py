@@ -14,7 +14,7 @@ from treesearch.prompting import render_prompt, without_demonstrations
 from treesearch.types import State
 
 AGGREGATES = ("last", "min", "mean", "prod")
-BACKENDS = ("auto", "hf", "openvino")
+BACKENDS = ("auto", "hf", "openvino", "vllm")
 
 
 class PRMCritic:
@@ -29,8 +29,10 @@ class PRMCritic:
     `qwen_prm` checkpoint whose config.json maps to code in the folder); off by default,
     because a PRM folder is data people pass around. `backend`: "hf" (transformers),
     "openvino" (a value-head folder compiled for the CPU plugin, `critics.prm_openvino`;
-    fp32, values equal to the transformers PRM's within 1e-4) or "auto", the default (openvino
-    for a value-head folder on a CPU-only device where its architecture converts, else hf).
+    fp32, values equal to the transformers PRM's within 1e-4), "vllm" (a value-head folder on
+    vLLM's pooling runner, `critics.prm_vllm`; a GPU, or the CPU with vLLM's CPU build) or
+    "auto", the default (openvino for a value-head folder on a CPU-only device where its
+    architecture converts, else hf).
     """
 
     def __init__(
@@ -74,6 +76,12 @@ class PRMCritic:
                 from treesearch.models import load_tokenizer
 
                 network, tokenizer = OpenVINOValueNet(folder, threads=threads), load_tokenizer(str(folder))
+            elif self.backend == "vllm":
+                from critics.prm_vllm import VLLMValueNet
+                from treesearch.models import load_tokenizer
+
+                dtype_name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+                network, tokenizer = VLLMValueNet(folder, dtype=dtype_name, threads=threads), load_tokenizer(str(folder))
             else:
                 network, tokenizer = self._load(folder, fmt, device, dtype, trust_remote_code)
         self.format = fmt
@@ -103,6 +111,12 @@ class PRMCritic:
             str(folder), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
         )
         return net.to(device).eval(), load_tokenizer(str(folder))
+
+    def shutdown(self) -> None:
+        """Stop the PRM's engine, where it has one of its own (the vllm backend)."""
+        stop = getattr(self.lm.model, "shutdown", None)
+        if callable(stop):
+            stop()
 
     def _single_token(self, text: str) -> int:
         ids = self.lm.encode(text)
@@ -170,8 +184,8 @@ register_critic("prm", PRMCritic)
 def _resolve_backend(backend: str, folder: Path, fmt: PRMFormat, device: str) -> str:
     """"hf" or "openvino" for a PRM folder: "auto" takes openvino for a value-head folder
     on the CPU whose architecture the IR builder supports."""
-    if backend == "openvino" and fmt.style != "value_head":
-        raise ValueError(f"PRM folder {folder}: the openvino backend runs value-head PRMs, this one is {fmt.style!r}")
+    if backend in ("openvino", "vllm") and fmt.style != "value_head":
+        raise ValueError(f"PRM folder {folder}: the {backend} backend runs value-head PRMs, this one is {fmt.style!r}")
     if backend != "auto":
         return backend
     from treesearch.models import resolve_device

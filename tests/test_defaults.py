@@ -259,6 +259,7 @@ JOB_TUNED = {
         ("HFPolicyConfig", "treesearch.policy.hf:HFPolicy"),
         ("OpenVINOPolicyConfig", "treesearch.policy.openvino:OpenVINOPolicy"),
         ("VLLMPolicyConfig", "treesearch.policy.vllm:VLLMPolicy"),
+        ("VLLMCPUPolicyConfig", "treesearch.policy.vllm:VLLMPolicy"),
         ("SelfEvalCriticConfig", "critics.self_eval:SelfEvalCritic"),
         ("ChecklistCriticConfig", "critics.checklist:ChecklistCritic"),
         ("LoglikCriticConfig", "critics.loglik:LogLikelihoodCritic"),

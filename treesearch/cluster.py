@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 import zlib
@@ -24,7 +25,7 @@ from treesearch.components import build_policy, plain
 from treesearch.config import ClusterConfig, PoolConfig, with_defaults
 from treesearch.hosting import (Clients, critic_from_specs, critic_shares_policy, log_shared_critic, prepare_process,
                                 release, wanted_models)
-from treesearch.policy.base import calls_in_flight, per_state_counts, per_state_params
+from treesearch.policy.base import EngineLost, calls_in_flight, per_state_counts, per_state_params
 from treesearch.types import JobStopped, State
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
     one the RAY_ADDRESS environment variable names (as under `ray job submit`), else start
     a private local cluster (`ray.init(address="local")`): a cluster that merely runs on
     the machine is not joined by accident."""
-    import os
 
     import ray
 
@@ -54,6 +54,28 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        global _PRIVATE_CLUSTER
+        _PRIVATE_CLUSTER = True
+
+
+_PRIVATE_CLUSTER = False  # this process started its own local cluster (its resources are all it will have)
+
+
+def check_gpus_exist(name: str, num_gpus: float) -> None:
+    """Refuse a pool that asks for GPUs on a private local cluster that has none, where
+    Ray would wait for them forever; on a joined cluster (which may add GPU nodes) only warn."""
+    import ray
+
+    if not num_gpus or not ray.is_initialized():
+        return
+    have = ray.cluster_resources().get("GPU", 0)
+    if have:
+        return
+    why = (f"cluster.{name}.num_gpus={num_gpus:g} but the Ray cluster has no GPU; on a CPU machine use "
+           f"policy=vllm_cpu for vLLM (or set cluster.{name}.num_gpus=0)")
+    if _PRIVATE_CLUSTER:
+        raise ModelLoadError(why)
+    log.warning("%s: the %s actors wait until a GPU node joins", why, name)
 
 
 class ClusterLost(JobStopped):
@@ -123,15 +145,26 @@ class _PolicyHost:
         return True
 
     async def expand(self, states, n, params):
-        return await self.policy.expand(states, n, params)
+        return await self._unless_lost(self.policy.expand(states, n, params))
 
     async def complete(self, states, params):
-        return await self.policy.complete(states, params)
+        return await self._unless_lost(self.policy.complete(states, params))
 
     async def score_with_cost(self, states):
         if self.critic is None:
             raise RuntimeError("this policy actor hosts no critic")
-        return await score_with_cost(self.critic, states)
+        return await self._unless_lost(score_with_cost(self.critic, states))
+
+    @staticmethod
+    async def _unless_lost(call):
+        """Await a backend call; if its engine is lost for good (`EngineLost`), end this
+        actor's process, so that its pool starts a fresh actor and retries the call."""
+        try:
+            return await call
+        except EngineLost as err:
+            log.error("%s; ending this policy actor so that it is replaced", err)
+            logging.shutdown()
+            os._exit(1)
 
     def ping(self) -> bool:
         return True
@@ -218,6 +251,7 @@ class ActorPool:
         self.name = name
         self.retries = retries
         self.options = {key: res[key] for key in RAY_ACTOR_OPTIONS}
+        check_gpus_exist(name, float(self.options["num_gpus"] or 0))
         if res.get("runtime_env"):
             self.options["runtime_env"] = res["runtime_env"]
         self.actors = [self._start() for _ in range(self.replicas)]

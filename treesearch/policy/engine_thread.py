@@ -40,10 +40,25 @@ class EngineThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def close(self) -> None:
-        """Stop the loop and its thread (the engine itself is shut down by its owner)."""
+        """Stop the loop and its thread (the engine itself is shut down by its owner first).
+        Tasks still on the loop (an engine's output handler) are cancelled and awaited, so
+        none is destroyed pending."""
         if self.loop.is_closed():
             return
+        if self.thread.is_alive():
+            try:
+                self.run(_cancel_the_others())
+            except RuntimeError:  # the loop stopped under us: nothing left to drain
+                pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+async def _cancel_the_others() -> None:
+    """Cancel every task on the running loop but this one, and wait for them to end."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
