@@ -207,6 +207,35 @@ def test_a_value_head_prm_on_vllms_pooling_runner_scores_as_transformers(model_d
         served.shutdown()
 
 
+USER_SCRIPT = """
+import asyncio
+import sys
+
+import treesearch  # at the top, as users write it: vLLM's spawned worker imports this script again
+from treesearch.policy.vllm import VLLMPolicy
+from treesearch.types import Problem, SamplingParams, State
+
+if __name__ == "__main__":
+    policy = VLLMPolicy(sys.argv[1], max_model_len=1024)
+    state = State(Problem(id="q", question="What is 2 + 3?"), [{"role": "user", "content": "What is 2 + 3?"}])
+    [[step]] = asyncio.run(policy.expand([state], 1, SamplingParams(temperature=0.0, max_new_tokens=8)))
+    print("STEP", step.num_tokens, flush=True)
+    policy.shutdown()
+"""
+
+
+def test_a_script_that_imports_treesearch_at_its_top_runs_the_engine_and_exits_cleanly(model_dir, tmp_path):
+    """vLLM's CPU worker re-imports the main script and scans its modules (numba's llvmlite
+    among them: treesearch.policy.vllm_plugin); the shutdown leaves nothing pending."""
+    script = tmp_path / "user_script.py"
+    script.write_text(USER_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(model_dir)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "STEP" in done.stdout
+    for trouble in ("Task was destroyed but it is pending", "Exception ignored", "output_handler failed"):
+        assert trouble not in done.stderr, done.stderr[-4000:]
+
+
 def _engine_core_pids(root: int) -> list[int]:
     import psutil
 
