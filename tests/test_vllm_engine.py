@@ -236,11 +236,20 @@ def test_a_script_that_imports_treesearch_at_its_top_runs_the_engine_and_exits_c
         assert trouble not in done.stderr, done.stderr[-4000:]
 
 
-def _engine_core_pids(root: int) -> list[int]:
+def _engine_core_pids(root: int | None = None) -> list[int]:
+    """Live vLLM EngineCore processes (children of `root`, or all): a killed one lingers as
+    a zombie, with its name cut to 15 characters and no command line, until reaped."""
     import psutil
 
-    return [p.pid for p in psutil.Process(root).children(recursive=True) if "EngineCore" in p.name()
-            or any("EngineCore" in part for part in p.cmdline()[:1])]
+    procs = psutil.Process(root).children(recursive=True) if root else psutil.process_iter()
+    found = []
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and "EngineCore" in proc.name():
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def test_a_killed_engine_process_is_rebuilt_and_the_call_retried(engine):
@@ -275,7 +284,7 @@ def test_a_search_job_on_vllm_through_ray_survives_a_killed_engine(tmp_path):
     """`treesearch search policy=vllm_cpu` through Ray actors on the CPU; the engine process
     is killed once a problem is done: the engine is rebuilt, every problem appears once,
     and the job ends cleanly (no task destroyed pending)."""
-    import psutil
+    import signal
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "treesearch.cli", "search", "policy=vllm_cpu", "task.limit=3",
@@ -288,10 +297,9 @@ def test_a_search_job_on_vllm_through_ray_survives_a_killed_engine(tmp_path):
     def kill_once_a_problem_is_done():
         while job.poll() is None and not killed:
             if list(out.glob("results/*.json")):
-                for proc in psutil.process_iter(["name"]):
-                    if "EngineCore" in (proc.info["name"] or ""):
-                        proc.kill()
-                        killed.append(proc.pid)
+                for pid in _engine_core_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                 return
             time.sleep(0.5)
 
