@@ -139,20 +139,22 @@ class LMScorer:
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **kwargs)
         return out.logits[:, -1, :].float()
 
-    def run_batched(self, fn: Callable[[list], list], items: Sequence) -> list:
-        """`fn` over chunks of at most `max_batch_size` items, under no-grad."""
+    def run_batched(self, fn: Callable[[list], list], items: Sequence, chunked: bool = True) -> list:
+        """`fn` over chunks of at most `max_batch_size` items (all at once when not
+        `chunked`: `fn` batches them itself), under no-grad, one call at a time."""
         import torch
 
         out: list = []
+        size = self.max_batch_size if chunked else max(1, len(items))
         with self._lock, torch.inference_mode():
             if self.threads is not None:
                 torch.set_num_threads(int(self.threads))
-            for start in range(0, len(items), self.max_batch_size):
-                out.extend(fn(list(items[start : start + self.max_batch_size])))
+            for start in range(0, len(items), size):
+                out.extend(fn(list(items[start : start + size])))
         return out
 
-    async def run(self, fn: Callable[[list], list], items: Sequence) -> list:
-        return await asyncio.to_thread(self.run_batched, fn, items)
+    async def run(self, fn: Callable[[list], list], items: Sequence, chunked: bool = True) -> list:
+        return await asyncio.to_thread(self.run_batched, fn, items, chunked)
 
     async def next_token_logprobs(self, sequences: Sequence[Sequence[int]],
                                   candidates: Sequence[int]) -> list[list[float]]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from critics.registry import register_critic
 from critics.lm import LMScorer
-from critics.prm_model import PRMFormat, ValueHeadModel, encode_steps, read_format
+from critics.prm_model import PRMFormat, ValueHeadModel, encode_segments, read_format
 from treesearch.prompting import render_prompt, without_demonstrations
 from treesearch.types import State
 
@@ -143,14 +143,29 @@ class PRMCritic:
         return [per_token[i, pos].tolist() for i, (_, pos) in enumerate(items)]
 
     def encode(self, state: State) -> tuple[list[int], list[int]]:
+        """`(ids, positions)`: the state's tokens and the position scoring each step."""
+        ids, ends = self.segments(state)
+        return ids, [end - 1 for end in ends[1:]]
+
+    def segments(self, state: State) -> tuple[list[int], list[int]]:
+        """`(ids, ends)`: the state's tokens and where its prompt and each step end."""
         prompt = state.prompt if self.format.prompts == "searched" else without_demonstrations(state.prompt)
-        return encode_steps(self.lm.tokenizer, render_prompt(self.lm.tokenizer, prompt), state.steps, self.format)
+        return encode_segments(self.lm.tokenizer, render_prompt(self.lm.tokenizer, prompt), state.steps, self.format)
+
+    def _cached_step_values(self, items: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Step values from a network that reuses the keys and values of scored segments."""
+        return [(1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).tolist()
+                for logits in self.lm.model.score_steps(items, self.lm.max_batch_size)]
 
     async def step_values(self, states: Sequence[State]) -> list[list[float]]:
         """The PRM's value of every step of each state."""
-        items = [self.encode(s) for s in states]
-        scored = [i for i, (_, pos) in enumerate(items) if pos]
-        values = await self.lm.run(self.step_values_batch, [items[i] for i in scored])
+        segmented = [self.segments(s) for s in states]
+        scored = [i for i, (_, ends) in enumerate(segmented) if len(ends) > 1]
+        if hasattr(self.lm.model, "score_steps"):
+            values = await self.lm.run(self._cached_step_values, [segmented[i] for i in scored], chunked=False)
+        else:
+            items = [(ids, [end - 1 for end in ends[1:]]) for ids, ends in segmented]
+            values = await self.lm.run(self.step_values_batch, [items[i] for i in scored])
         out: list[list[float]] = [[] for _ in states]
         for i, v in zip(scored, values):
             out[i] = v

@@ -72,17 +72,25 @@ class PRMFormat:
             self.separator = "<extra_0>"
 
 
-def encode_steps(tokenizer: Any, prompt_text: str, steps: Sequence[str], fmt: PRMFormat) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + steps (+ separators) and, per step, the position whose output
-    scores it. Steps are tokenized one by one, so positions are exact; training and
-    scoring both use this function, so they see the same tokens."""
+def encode_segments(tokenizer: Any, prompt_text: str, steps: Sequence[str], fmt: PRMFormat) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + steps (+ separators) and where each segment ends: `ends[0]` is
+    the prompt's length, `ends[k]` the end of step k. Steps are tokenized one by one, so a
+    state's ids begin with its parent's."""
     ids = tokenizer.encode(prompt_text, add_special_tokens=False)
     sep = tokenizer.encode(fmt.separator, add_special_tokens=False) if fmt.separator else []
-    positions = []
+    ends = [len(ids)]
     for step in steps:
         ids = ids + tokenizer.encode(step, add_special_tokens=False) + sep
-        positions.append(len(ids) - 1)
-    return ids, positions
+        ends.append(len(ids))
+    return ids, ends
+
+
+def encode_steps(tokenizer: Any, prompt_text: str, steps: Sequence[str], fmt: PRMFormat) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + steps (+ separators) and, per step, the position whose output
+    scores it (the step's last token). Training and scoring both use this function, so
+    they see the same tokens."""
+    ids, ends = encode_segments(tokenizer, prompt_text, steps, fmt)
+    return ids, [end - 1 for end in ends[1:]]
 
 
 class ValueHeadModel(torch.nn.Module):

@@ -58,9 +58,16 @@ def build_model(lm: Any, weights: str = "fp32"):
 
 def build_value_model(lm: Any, head_weight: np.ndarray, head_bias: np.ndarray, weights: str = "fp32"):
     """A stateless `openvino.Model` of `lm`'s decoder topped by a scalar value head
-    (`head_weight` [1, hidden], `head_bias` [1]): inputs `input_ids`, `attention_mask`,
-    `position_ids` ([batch, length]); output `values`, the value logit at every position
-    ([batch, length]). A PRM's forward pass, for scoring on the CPU plugin."""
+    (`head_weight` [1, hidden], `head_bias` [1]). A PRM's forward pass over new tokens
+    after cached ones, for scoring on the CPU plugin:
+
+    - inputs `input_ids`, `position_ids` ([batch, new]); `attention_mask` ([batch,
+      past + new]: 0 over padding, in the past or the new part); `past.{layer}.key` and
+      `past.{layer}.value` ([batch, kv_heads, past, head_dim], past may be 0): the keys
+      and values of the tokens before, as this model returned them;
+    - outputs `values`, the value logit at every new position ([batch, new]), and
+      `present.{layer}.key` / `present.{layer}.value`, the new tokens' keys and values
+      ([batch, kv_heads, new, head_dim], after the rotary embedding)."""
     import openvino as ov
 
     if weights not in WEIGHT_FORMATS:
@@ -93,7 +100,9 @@ class _Builder:
     def __init__(self, config: Any, state: dict[str, np.ndarray], weights: str, rotary, stateless: bool = False):
         import openvino.opset13 as ops
 
-        self.stateless = stateless  # no KV-cache variables: every call sees its whole sequence
+        self.stateless = stateless  # no KV-cache variables: past keys and values are inputs, new ones outputs
+        self.past_inputs: list[Any] = []
+        self.present_outputs: list[Any] = []
         self.ops = ops
         self.config = config
         self.state = state
@@ -196,13 +205,18 @@ class _Builder:
 
     def cache(self, layer: int, kind: str, new, batch, beam_idx):
         """Concatenate the new keys (values) to the layer's cached ones, reordered by
-        `beam_idx`; returns the full tensor and the Assign that stores it (None in a
-        stateless model: the new keys are all there is)."""
+        `beam_idx`; returns the full tensor and the Assign that stores it (in a stateless
+        model the cached ones are an input, the new ones an output, and there is no Assign)."""
         import openvino as ov
 
-        if self.stateless:
-            return new, None
         ops = self.ops
+        if self.stateless:
+            past = self.parameter(ov, f"past.{layer}.{kind}", [-1, self.kv_heads, -1, self.head_dim], ov.Type.f32)
+            present = ops.result(new)
+            present.output(0).get_tensor().set_names({f"present.{layer}.{kind}"})
+            self.past_inputs.append(past)
+            self.present_outputs.append(present)
+            return ops.concat([past, new], axis=2), None
         name = f"past_key_values.{layer}.{kind}present.{layer}.{kind}"
         shape = ops.concat([batch, self.i64([self.kv_heads, 0, self.head_dim])], 0)
         empty = ops.broadcast(self.f32(0.0), shape)
@@ -285,7 +299,8 @@ class _Builder:
         values = ops.squeeze(self.linear(hidden, "value_head"), self.i64([2]))
         result = ops.result(values)
         result.output(0).get_tensor().set_names({"values"})
-        return ov.Model([result], [], [input_ids, attention_mask, position_ids], "treesearch_prm")
+        return ov.Model([result, *self.present_outputs], [], [input_ids, attention_mask, position_ids, *self.past_inputs],
+                        "treesearch_prm")
 
 
 def quantize_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

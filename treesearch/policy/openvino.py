@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 from treesearch.policy.base import BackendCounters, ParamsArg, per_state_counts, per_state_params
+from treesearch.policy.cpu_turns import CPU_TURNS
 from treesearch.policy.prefix_staging import PrefixStager
 from treesearch.policy.steps import eos_token_ids, find_stop, finished_step, request_seed, split_completion
 from treesearch.prompting import encode_state
@@ -314,7 +315,9 @@ class _Engine:
             self.steps += 1
             self.sequence_steps += len(running)
             try:
-                self.pipeline.step()
+                with CPU_TURNS.turn():  # a critic's network on these cores waits for it (and it for them)
+                    start = time.perf_counter()
+                    self.pipeline.step()
             except Exception as err:  # the engine failed: fail what it held, keep serving
                 self._fail(running.values(), RuntimeError(f"OpenVINO pipeline step failed: {err}"))
                 for key in running if self.stager is not None else ():
