@@ -1,7 +1,7 @@
 """How busy a search keeps the CPU engine, side by side in one run on one engine.
 
     python benchmarks/engine_busy.py [--problems 192] [--trees N] [--tokens 96] [--level word2-10]
-        [--prm DIR] [--repeats 3] [--threads 2] [--calls-in-flight auto[,1]] [--job]
+        [--prm DIR] [--prm-prompts searched|zero_shot] [--repeats 3] [--threads 2] [--calls-in-flight auto[,1]] [--job]
         [--out benchmarks/results/engine_busy.json] [--quick]
 
 On one OpenVINO policy (the packaged SmolLM2, fp32) and the same `--problems` arithmetic
@@ -15,7 +15,8 @@ where the last trees finish one by one, does not dominate it):
 - `mcts_free_critic`: MCTS* with the default options and a zero-cost critic (a constant),
   so the policy engine is what is timed;
 - `mcts_prm`: MCTS* with a value-head PRM on OpenVINO (`--prm`, else a random head on the
-  packaged model: the same cost as a trained one).
+  packaged model: the same cost as a trained one; `--prm-prompts zero_shot` has it read
+  the prompts without their worked examples, as a PRM trained on zero-shot rows does).
 
 Per arm (median of `--repeats` after a warm-up pass that caches the prompts): generated
 tokens/s, the share of wall time the engine spent in its steps, the mean number of
@@ -108,14 +109,15 @@ def measure_arms(args, arms: list[str], settings: list[Optional[int]]) -> dict:
     trees = args.trees or policy.calls_in_flight
     critics = {"self_consistency": None, "mcts_free_critic": as_critic(lambda state: 0.5)}
     if "mcts_prm" in arms:
-        folder = args.prm or random_prm(Path(tempfile.mkdtemp(prefix="prm-")) / "prm")
+        folder = args.prm or random_prm(Path(tempfile.mkdtemp(prefix="prm-")) / "prm", prompts=args.prm_prompts)
         critics["mcts_prm"] = PRMCritic(str(folder), device="cpu", threads=args.threads)
     setups = {"self_consistency": ("self_consistency", {"samples": 64, "parallel": 64}),
               "mcts_free_critic": ("mcts", {}), "mcts_prm": ("mcts", {})}
     asyncio.run(Runner(policy, None, task, trees_in_flight=trees).run(problems, "greedy", Budget(generated_tokens=args.tokens)))  # warm-up
     report = {"problems": len(problems), "trees_in_flight": trees, "level": args.level, "tokens_per_problem": args.tokens,
               "calls_in_flight": args.calls_in_flight, "arms": {},
-              "prm": (str(args.prm) if args.prm else "random head on smollm2") if "mcts_prm" in arms else None}
+              "prm": (str(args.prm) if args.prm else f"random head on smollm2, {args.prm_prompts} prompts")
+              if "mcts_prm" in arms else None}
     # every arm under the first setting; the others compare the PRM-free arms (the PRM arm is the long one)
     variants = [(arm, calls) for i, calls in enumerate(settings) for arm in arms if i == 0 or arm != "mcts_prm"]
     names = {(arm, calls): arm if calls == settings[0] else f"{arm}@calls={calls or 'auto'}" for arm, calls in variants}
@@ -151,6 +153,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--level", default="word2-10")
     parser.add_argument("--prm", type=Path, default=None)
+    parser.add_argument("--prm-prompts", choices=("searched", "zero_shot"), default="searched",
+                        help="the random PRM reads the prompt as searched (3-shot) or without its worked examples "
+                             "(as a PRM trained on zero-shot rows does)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls-in-flight", default="auto",

@@ -43,17 +43,19 @@ def states(n: int):
     return out
 
 
-def random_prm(folder: Path) -> Path:
+def random_prm(folder: Path, prompts: str = "searched") -> Path:
+    """A value-head PRM folder on the packaged model with a random head (`prompts`: how it
+    reads a state's prompt, `critics.prm_model.PRMFormat`)."""
     import torch
 
-    from critics.prm_model import ValueHeadModel
+    from critics.prm_model import PRMFormat, ValueHeadModel
     from treesearch.models import drop_gguf_marker, load_causal_lm
 
     model, tok = load_causal_lm("smollm2", device="cpu", dtype="float32")
     model = copy.deepcopy(model)  # not the loader's cached one
     drop_gguf_marker(model)  # dequantised to fp32 on load: saved as a plain folder
     torch.manual_seed(0)
-    return ValueHeadModel(model).save_pretrained(folder, tok)
+    return ValueHeadModel(model).save_pretrained(folder, tok, PRMFormat(prompts=prompts))
 
 
 def timed(critic, batch: list, repeats: int) -> tuple[list[float], list]:
