@@ -137,15 +137,13 @@ class Runner:
         gets one batcher per replica; others get one batcher for `concurrency` replicas.
         Each replica has `calls` calls in flight: 1 for an engine that serves one call at a
         time, more for one that batches continuously (a call's requests join the running
-        batch). An engine of that kind, in this process or behind a Ray pool, gets every
-        request as a call of its own, at once, so a tree goes on as soon as its own samples
-        are done, not when the slowest request of a gathered batch is, and the trees fall
-        out of lockstep: one tree's critic call runs while the others generate (the default
-        job: 59 s instead of 74 s, BENCHMARKS.md); a Ray hop is a few milliseconds."""
+        batch). An in-process engine of that kind gets every request as a call of its own,
+        at once, so it returns as soon as its own samples are done, not when the slowest
+        request of a gathered batch is; across processes calls stay gathered (one hop each)."""
         remote = isinstance(model, Replicated)
 
         def make(concurrency: int, label: str) -> Batcher:
-            if calls > 1:
+            if calls > 1 and not remote:
                 return Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_concurrency=concurrency * calls,
                                clock=self.stats.clock, name=label)
             return Batcher(fn, max_batch_size=self._max_batch_size * concurrency, max_wait_s=self._max_wait_s,
